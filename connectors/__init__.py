@@ -1,0 +1,1 @@
+"""Connections to Kafka: the embedded development broker and topic administration."""

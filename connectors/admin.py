@@ -1,0 +1,75 @@
+"""Topic administration with kafka-python: faust does not create source topics, and a
+producer's first send would auto-create one with the broker's default partition count
+(tables then fail with PartitionsMismatch), so every topic is created up front."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import structlog
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+log = structlog.get_logger(__name__)
+
+
+class TopicSetupError(RuntimeError):
+    """Topics could not be created or have the wrong partition count."""
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Iterable[str],
+    partitions: int,
+    *,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+) -> None:
+    """Create the missing topics and check that existing ones have `partitions` partitions."""
+    wanted = sorted(set(topics))
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            _ensure(bootstrap, wanted, partitions, replication_factor)
+            return
+        except TopicSetupError:
+            raise
+        except KafkaError as exc:  # broker still starting: retry until the deadline
+            last_error = exc
+            time.sleep(0.2)
+    raise TopicSetupError(
+        f"could not create topics on {bootstrap} within {timeout_s}s: {last_error!r}; "
+        "check that the broker is reachable (--broker / CHURNGUARD_BROKER)"
+    )
+
+
+def _ensure(bootstrap: str, wanted: list[str], partitions: int, replication_factor: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="churnguard-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in wanted if t not in existing]
+        if missing:
+            try:
+                admin.create_topics(
+                    [NewTopic(t, partitions, replication_factor) for t in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass  # another process created it between list and create
+            log.info("topics_created", topics=missing, partitions=partitions)
+        described = admin.describe_topics(wanted)
+        wrong = {
+            d["name"]: len(d["partitions"])
+            for d in described
+            if d["name"] in existing and len(d["partitions"]) != partitions
+        }
+        if wrong:
+            raise TopicSetupError(
+                f"topics exist with a partition count other than {partitions}: {wrong}; "
+                "inputs, outputs and tables must be co-partitioned — set "
+                "CHURNGUARD_PARTITIONS to match or recreate the topics"
+            )
+    finally:
+        admin.close()
