@@ -1,0 +1,29 @@
+"""Time helpers. churnguard computes in epoch seconds (float, UTC) and renders RFC 3339."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+DAY = 86_400.0
+HOUR = 3_600.0
+
+
+def day_number(ts: float) -> int:
+    """Days since the epoch (UTC) — the key of the per-day activity buckets."""
+    return int(ts // DAY)
+
+
+def rfc3339(ts: float) -> str:
+    """Deterministic rendering: always UTC, `Z`, milliseconds only when present."""
+    moment = datetime.fromtimestamp(ts, UTC)
+    if moment.microsecond:
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_rfc3339(text: str) -> float:
+    """Inverse of rfc3339 for any aware ISO 8601 timestamp; raises ValueError otherwise."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no UTC offset")
+    return moment.timestamp()

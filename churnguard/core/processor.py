@@ -1,0 +1,175 @@
+"""One event in, the customer's next state and what it triggers out:
+`apply_event(state, event, engine) -> Outcome`. Used by the worker and by replay alike."""
+
+from __future__ import annotations
+
+from bisect import insort
+from dataclasses import dataclass, field
+from typing import Any
+
+from churnguard.core.clock import day_number, rfc3339
+from churnguard.core.rfm import rfm_scores, segment_of
+from churnguard.core.rules import Action, Firing, RulePack, evaluate
+from churnguard.core.scoring import health
+from churnguard.core.state import (
+    CLOSED_TICKETS_KEPT,
+    LOGIN_WINDOW_DAYS,
+    PURCHASE_WINDOW_DAYS,
+    SPEND_SCALE,
+    CustomerState,
+    OpenTicket,
+    prune,
+    remember,
+)
+from schemas.events import Event, Login, Profile, Purchase, Ticket
+from streams.settings import RfmSettings, ScoringSettings
+
+# Never copied into rule contexts, actions or logs.
+PERSONAL_FIELDS = frozenset({"name", "email", "phone"})
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """Everything apply_event needs besides the state and the event."""
+
+    scoring: ScoringSettings
+    rfm: RfmSettings
+    pack: RulePack
+    dedup_window: int = 64
+
+
+@dataclass(slots=True)
+class Outcome:
+    state: CustomerState
+    actions: list[Action] = field(default_factory=list)
+    # Set when the score or the segment changed: the record for the scores topic.
+    score_record: dict[str, Any] | None = None
+    duplicate: bool = False
+
+
+def apply_event(
+    state: CustomerState | None,
+    event: Event,
+    engine: Engine,
+    *,
+    source: tuple[str, int] | None = None,
+) -> Outcome:
+    """Apply `event` (read from `source` = (topic, offset) when it came from Kafka)."""
+    state = state or CustomerState(customer_id=event.customer_id)
+    if source is not None and state.offsets.get(source[0], -1) >= source[1]:
+        return Outcome(state, duplicate=True)  # redelivered after a restart: already applied
+    if source is not None:
+        state.offsets[source[0]] = source[1]
+    if event.event_id in state.seen:
+        return Outcome(state, duplicate=True)
+    remember(state.seen, event.event_id, engine.dedup_window)
+
+    occurred = event.occurred_at.timestamp()
+    state.clock = max(state.clock, occurred)
+    signals = _apply(state, event, occurred, engine)
+    score_record = rescore(state, engine, caused_by=(event.event_id,))
+    firing = Firing(
+        signals=signals,
+        now=state.clock,
+        trigger_key=event.event_id,
+        caused_by=(event.event_id,),
+        event={k: v for k, v in event.__dict__.items() if k not in PERSONAL_FIELDS},
+    )
+    return Outcome(state, evaluate(engine.pack, state, firing), score_record)
+
+
+def rescore(
+    state: CustomerState, engine: Engine, *, caused_by: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """Recompute score and segment at the customer's clock; the score record if they changed."""
+    now = state.clock
+    result = health(state, now, engine.scoring)
+    scores = rfm_scores(state, now, engine.rfm)
+    segment = segment_of(scores, engine.rfm)
+    changed = state.score != result.score or state.segment != segment
+    state.score = result.score
+    state.components = (result.recency, result.engagement, result.service)
+    state.segment = segment
+    state.rfm = scores
+    if not changed:
+        return None
+    return {
+        "customer_id": state.customer_id,
+        "at": rfc3339(now),
+        "score": result.score,
+        "components": {
+            "recency": result.recency,
+            "engagement": result.engagement,
+            "service": result.service,
+        },
+        "segment": segment,
+        "rfm": None if scores is None else {"r": scores[0], "f": scores[1], "m": scores[2]},
+        "caused_by": list(caused_by),
+    }
+
+
+def _apply(state: CustomerState, event: Event, occurred: float, engine: Engine) -> frozenset[str]:
+    """Fold the event into the state (order-insensitive where history matters)."""
+    today = day_number(state.clock)
+    day = day_number(occurred)
+    match event:
+        case Purchase():
+            signals = {"purchase"}
+            if state.first_purchase_at is None:
+                signals.add("first_purchase")
+            state.first_purchase_at = min(state.first_purchase_at or occurred, occurred)
+            state.last_purchase_at = max(state.last_purchase_at or occurred, occurred)
+            state.order_count += 1
+            state.spend_e4 += int(event.amount * SPEND_SCALE)
+            state.purchase_days[day] = state.purchase_days.get(day, 0) + 1
+            prune(state.purchase_days, today, PURCHASE_WINDOW_DAYS)
+            return frozenset(signals)
+        case Login():
+            state.login_days[day] = state.login_days.get(day, 0) + 1
+            prune(state.login_days, today, LOGIN_WINDOW_DAYS)
+            return frozenset({"login"})
+        case Ticket():
+            return _apply_ticket(state, event, occurred, engine)
+        case Profile():
+            _apply_profile(state, event)
+            return frozenset({"profile"})
+
+
+def _apply_ticket(
+    state: CustomerState, event: Ticket, occurred: float, engine: Engine
+) -> frozenset[str]:
+    ticket = event.ticket_id
+    signals: set[str] = set()
+    if event.status == "opened":
+        # A late "opened" for a ticket already closed must not reopen it.
+        if ticket not in state.open_tickets and ticket not in state.closed_tickets:
+            state.open_tickets[ticket] = OpenTicket(occurred, event.priority or "normal")
+            signals.add("ticket_opened")
+    else:
+        if ticket in state.open_tickets or ticket not in state.closed_tickets:
+            state.open_tickets.pop(ticket, None)
+            remember(state.closed_tickets, ticket, CLOSED_TICKETS_KEPT)
+            signals.add("ticket_closed")
+        if event.satisfaction is not None:
+            insort(state.ratings, (occurred, event.satisfaction))
+            del state.ratings[: -engine.scoring.satisfaction_sample]
+    return frozenset(signals)
+
+
+def _apply_profile(state: CustomerState, event: Profile) -> None:
+    fields = event.model_fields_set
+    if event.birthday is not None:
+        state.birthday = event.birthday.isoformat()
+    if event.signup_date is not None:
+        state.signup_date = event.signup_date.isoformat()
+    if event.tier is not None:
+        state.tier = event.tier
+    if event.account_manager is not None:
+        state.account_manager = event.account_manager
+    if event.tags is not None:
+        state.tags = list(event.tags)
+    # Only whether a channel exists is kept; an explicit null removes it.
+    if "email" in fields:
+        state.has_email = bool(event.email)
+    if "phone" in fields:
+        state.has_phone = bool(event.phone)

@@ -1,0 +1,82 @@
+"""Raw record bytes -> a validated event, or the reason it cannot be used."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from churnguard.core.clock import HOUR
+from schemas.events import Event, Login, Profile, Purchase, TaggedEvent, Ticket
+
+EARLIEST_VALID = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
+
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    "purchase": TypeAdapter(Purchase),
+    "login": TypeAdapter(Login),
+    "ticket": TypeAdapter(Ticket),
+    "profile": TypeAdapter(Profile),
+    "": TypeAdapter(TaggedEvent),  # the combined topic: `type` selects the model
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    kind: str  # malformed_json | invalid_event | unknown_type | absurd_timestamp | key_mismatch
+    reason: str
+
+
+def parse_event(
+    raw: bytes | None,
+    event_type: str,
+    *,
+    now: float,
+    max_future_hours: float,
+    key: bytes | None = None,
+    require_key: bool = False,
+) -> Event | Rejected:
+    """`event_type` is the type a per-type topic carries, "" for the combined topic.
+    With `require_key`, the record key must be the customer id (co-partitioning)."""
+    if not raw:
+        return Rejected("malformed_json", "empty record value")
+    try:
+        event: Event = _ADAPTERS[event_type].validate_json(raw)
+    except ValidationError as exc:
+        return _explain(exc)
+    occurred = event.occurred_at.timestamp()
+    if occurred < EARLIEST_VALID or occurred > now + max_future_hours * HOUR:
+        return Rejected(
+            "absurd_timestamp",
+            f"occurred_at {event.occurred_at.isoformat()} is before 2000-01-01 or more than "
+            f"{max_future_hours:g} h ahead of the wall clock",
+        )
+    if require_key and key != event.customer_id.encode():
+        shown = "missing" if key is None else "different from customer_id"
+        return Rejected(
+            "key_mismatch",
+            f"record key is {shown}: producers must key every record by customer_id "
+            "so that a customer's events share one partition",
+        )
+    return event
+
+
+def _explain(exc: ValidationError) -> Rejected:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    kind = first["type"]
+    if kind == "json_invalid":
+        return Rejected("malformed_json", f"not valid JSON: {first['msg']}")
+    if kind in {"union_tag_invalid", "union_tag_not_found"}:
+        return Rejected(
+            "unknown_type",
+            "field 'type' must be one of purchase, login, ticket, profile"
+            + (" (missing)" if kind == "union_tag_not_found" else ""),
+        )
+    parts = []
+    for error in errors[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "record"
+        parts.append(f"{where}: {error['msg']}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return Rejected("invalid_event", "; ".join(parts) + more)

@@ -1,0 +1,77 @@
+"""`churnguard replay`: the worker's core, in-process, over a JSON-lines file in event-time
+order. Same file ⇒ byte-identical output."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+import orjson
+
+from churnguard.core.processor import Engine, apply_event
+from churnguard.core.rules import Action
+from churnguard.core.state import CustomerState
+from churnguard.core.validation import Rejected, parse_event
+from schemas.events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    line_number: int
+    kind: str
+    reason: str
+
+
+def read_events(
+    lines: Iterable[bytes], *, now: float, max_future_hours: float
+) -> tuple[list[Event], list[BadLine]]:
+    events: list[tuple[float, int, Event]] = []
+    bad: list[BadLine] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        parsed = parse_event(line, "", now=now, max_future_hours=max_future_hours)
+        if isinstance(parsed, Rejected):
+            bad.append(BadLine(number, parsed.kind, parsed.reason))
+        else:
+            events.append((parsed.occurred_at.timestamp(), number, parsed))
+    # Event-time order; the file order breaks ties so the result is deterministic.
+    events.sort(key=lambda item: (item[0], item[1]))
+    return [event for _, _, event in events], bad
+
+
+def replay(events: Iterable[Event], engine: Engine, *, until: float | None = None) -> Iterator[Action]:
+    states: dict[str, CustomerState] = {}
+    for event in events:
+        if until is not None and event.occurred_at.timestamp() > until:
+            break
+        outcome = apply_event(states.get(event.customer_id), event, engine)
+        states[event.customer_id] = outcome.state
+        yield from outcome.actions
+
+
+def encode_action(action: Action) -> bytes:
+    # Decimal amounts in variables render as strings; keys keep the contract's order.
+    return orjson.dumps(action.to_record(), default=str) + b"\n"
+
+
+def run_replay(
+    source: IO[bytes],
+    out: IO[bytes],
+    errors: IO[str],
+    engine: Engine,
+    *,
+    until: float | None,
+    max_future_hours: float,
+) -> tuple[int, int]:
+    """Returns (actions written, bad lines)."""
+    events, bad = read_events(source, now=time.time(), max_future_hours=max_future_hours)
+    for line in bad:
+        errors.write(f"line {line.line_number}: {line.kind}: {line.reason}\n")
+    written = 0
+    for action in replay(events, engine, until=until):
+        out.write(encode_action(action))
+        written += 1
+    return written, len(bad)

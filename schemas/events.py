@@ -1,0 +1,80 @@
+"""Input events (contract v1). Each per-type topic carries one model; the combined topic
+`churnguard.events` carries the same models tagged with `type`."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+TicketPriority = Literal["low", "normal", "high", "urgent"]
+Tier = Literal["standard", "vip"]
+
+
+class _Event(BaseModel):
+    # Unknown fields are ignored so producers can add fields without breaking consumers.
+    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
+
+    event_id: Id
+    customer_id: Id
+    occurred_at: AwareDatetime
+
+
+class Purchase(_Event):
+    type: Literal["purchase"] = "purchase"
+    order_id: Id
+    amount: Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=4, allow_inf_nan=False)]
+    currency: Annotated[str, StringConstraints(min_length=3, max_length=3, to_upper=True)]
+    items: list[dict[str, object]] | None = None
+
+
+class Login(_Event):
+    type: Literal["login"] = "login"
+    channel: str | None = None
+
+
+class Ticket(_Event):
+    type: Literal["ticket"] = "ticket"
+    ticket_id: Id
+    status: Literal["opened", "closed"]
+    priority: TicketPriority | None = None
+    satisfaction: Annotated[int, Field(ge=1, le=5)] | None = None
+
+
+class Profile(_Event):
+    """Partial update: absent fields leave the stored value unchanged. name/email/phone are
+    validated but never stored or logged (data minimisation): churnguard only keeps whether
+    a contact channel exists."""
+
+    type: Literal["profile"] = "profile"
+    birthday: date | None = None
+    signup_date: date | None = None
+    tier: Tier | None = None
+    account_manager: Id | None = None
+    tags: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] | None = None
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+
+
+Event = Purchase | Login | Ticket | Profile
+EventType = Literal["purchase", "login", "ticket", "profile"]
+
+# The combined topic: one ordered stream per customer, discriminated by `type`.
+TaggedEvent = Annotated[Event, Field(discriminator="type")]
+
+MODEL_BY_TYPE: dict[str, type[_Event]] = {
+    "purchase": Purchase,
+    "login": Login,
+    "ticket": Ticket,
+    "profile": Profile,
+}
+
+
+def occurred_ts(event: Event) -> float:
+    return event.occurred_at.timestamp()
+
+

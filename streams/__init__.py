@@ -1,0 +1,1 @@
+"""The Faust shell: app factory, settings, topics and codecs."""
