@@ -8,13 +8,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-import orjson
-
 from churnguard.core.processor import Engine, apply_event
 from churnguard.core.rules import Action
 from churnguard.core.state import CustomerState
 from churnguard.core.validation import Rejected, parse_event
 from schemas.events import Event
+from streams.codecs import encode_action
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +41,9 @@ def read_events(
     return [event for _, _, event in events], bad
 
 
-def replay(events: Iterable[Event], engine: Engine, *, until: float | None = None) -> Iterator[Action]:
+def replay(
+    events: Iterable[Event], engine: Engine, *, until: float | None = None
+) -> Iterator[Action]:
     states: dict[str, CustomerState] = {}
     for event in events:
         if until is not None and event.occurred_at.timestamp() > until:
@@ -50,11 +51,6 @@ def replay(events: Iterable[Event], engine: Engine, *, until: float | None = Non
         outcome = apply_event(states.get(event.customer_id), event, engine)
         states[event.customer_id] = outcome.state
         yield from outcome.actions
-
-
-def encode_action(action: Action) -> bytes:
-    # Decimal amounts in variables render as strings; keys keep the contract's order.
-    return orjson.dumps(action.to_record(), default=str) + b"\n"
 
 
 def run_replay(
@@ -72,6 +68,6 @@ def run_replay(
         errors.write(f"line {line.line_number}: {line.kind}: {line.reason}\n")
     written = 0
     for action in replay(events, engine, until=until):
-        out.write(encode_action(action))
+        out.write(encode_action(action) + b"\n")
         written += 1
     return written, len(bad)

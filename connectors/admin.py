@@ -4,6 +4,7 @@ producer's first send would auto-create one with the broker's default partition 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 
@@ -52,12 +53,11 @@ def _ensure(bootstrap: str, wanted: list[str], partitions: int, replication_fact
         existing = set(admin.list_topics())
         missing = [t for t in wanted if t not in existing]
         if missing:
-            try:
+            # Another process may create one between list and create.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
                     [NewTopic(t, partitions, replication_factor) for t in missing]
                 )
-            except TopicAlreadyExistsError:
-                pass  # another process created it between list and create
             log.info("topics_created", topics=missing, partitions=partitions)
         described = admin.describe_topics(wanted)
         wrong = {

@@ -66,7 +66,7 @@ def start_broker(port: int | None = None, *, timeout_s: float = 20.0) -> Embedde
     """Start Tansu on 127.0.0.1 and wait until it accepts connections."""
     port = port or free_port()
     listener = f"tcp://127.0.0.1:{port}"
-    process = subprocess.Popen(  # noqa: S603 - fixed binary from an installed package
+    process = subprocess.Popen(
         [broker_binary(), "broker", "--listener-url", listener,
          "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
         stdout=subprocess.DEVNULL,
@@ -87,7 +87,9 @@ def start_broker(port: int | None = None, *, timeout_s: float = 20.0) -> Embedde
             return broker
         time.sleep(0.05)  # polling a socket that has no readiness event to await
     broker.stop()
-    raise BrokerStartError(f"embedded broker did not listen on 127.0.0.1:{port} within {timeout_s}s")
+    raise BrokerStartError(
+        f"embedded broker did not listen on 127.0.0.1:{port} within {timeout_s}s"
+    )
 
 
 @contextlib.contextmanager

@@ -60,6 +60,9 @@ class Profile(_Event):
     phone: str | None = None
 
 
+# Never stored, copied into rule contexts or actions, or logged.
+PERSONAL_FIELDS = frozenset({"name", "email", "phone"})
+
 Event = Purchase | Login | Ticket | Profile
 EventType = Literal["purchase", "login", "ticket", "profile"]
 

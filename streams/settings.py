@@ -122,7 +122,7 @@ class RuleSettings(BaseModel):
     winback_score_threshold: float = Field(60, gt=0, le=100)
     # Expected resolution (ticket acknowledgement) and SLA per priority, hours.
     ticket_sla_hours: dict[str, float] = Field(
-        default_factory=lambda: {"urgent": 4, "high": 24, "normal": 72, "low": 168}
+        default_factory=lambda: {"urgent": 4.0, "high": 24.0, "normal": 72.0, "low": 168.0}
     )
     default_task_queue: str = "retention-team"
     supervisor_queue: str = "retention-supervisors"

@@ -24,9 +24,6 @@ from churnguard.core.state import (
 from schemas.events import Event, Login, Profile, Purchase, Ticket
 from streams.settings import RfmSettings, ScoringSettings
 
-# Never copied into rule contexts, actions or logs.
-PERSONAL_FIELDS = frozenset({"name", "email", "phone"})
-
 
 @dataclass(frozen=True, slots=True)
 class Engine:
@@ -73,7 +70,7 @@ def apply_event(
         now=state.clock,
         trigger_key=event.event_id,
         caused_by=(event.event_id,),
-        event={k: v for k, v in event.__dict__.items() if k not in PERSONAL_FIELDS},
+        event=event,
     )
     return Outcome(state, evaluate(engine.pack, state, firing), score_record)
 

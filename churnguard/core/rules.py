@@ -19,6 +19,7 @@ from churnguard.core.state import (
     CustomerState,
     count_in_window,
 )
+from schemas.events import PERSONAL_FIELDS
 
 # Signals an event can raise (see processor.apply_event).
 Signal = Literal["purchase", "first_purchase", "login", "profile", "ticket_opened", "ticket_closed"]
@@ -184,7 +185,8 @@ class Firing:
     now: float
     trigger_key: str
     caused_by: tuple[str, ...]
-    event: Mapping[str, Any]
+    # The triggering event; its fields (personal ones excluded) are read only when a rule fires.
+    event: BaseModel | None = None
 
 
 def evaluate(pack: RulePack, state: CustomerState, firing: Firing) -> list[Action]:
@@ -235,10 +237,12 @@ def _context(pack: RulePack, state: CustomerState, firing: Firing) -> dict[str, 
         "segment": state.segment,
         "now": rfc3339(firing.now),
     }
-    for key, value in firing.event.items():
-        context[f"event.{key}"] = value
-    priority = firing.event.get("priority")
-    if firing.event.get("type") == "ticket":
+    fields = {} if firing.event is None else vars(firing.event)
+    for key, value in fields.items():
+        if key not in PERSONAL_FIELDS:
+            context[f"event.{key}"] = value
+    priority = fields.get("priority")
+    if fields.get("type") == "ticket":
         hours = pack.ticket_sla_hours.get(priority or "normal", pack.ticket_sla_hours["normal"])
         context["ticket.priority"] = priority or "normal"
         context["ticket.expected_resolution_hours"] = hours

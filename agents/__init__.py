@@ -1,0 +1,1 @@
+"""Faust agents: the thin shell that moves events in and actions out."""

@@ -1,0 +1,3 @@
+from churnguard.cli import main
+
+raise SystemExit(main())

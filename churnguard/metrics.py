@@ -1,0 +1,36 @@
+"""Every counter churnguard keeps, in one place (exported to Prometheus in a later issue).
+Plain integers incremented per batch by the shell; no locks (one event loop)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Metrics:
+    events_in: Counter[str] = field(default_factory=Counter)  # by source topic
+    events_applied: Counter[str] = field(default_factory=Counter)  # by event type
+    duplicates: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)  # by rejection kind
+    actions: Counter[tuple[str, str]] = field(default_factory=Counter)  # by (rule, type)
+    score_changes: int = 0
+    batches: int = 0
+    batch_events: int = 0
+    batch_seconds: float = 0.0
+    failed_batches: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "events_in": dict(self.events_in),
+            "events_applied": dict(self.events_applied),
+            "duplicates": self.duplicates,
+            "dead_letters": dict(self.dead_letters),
+            "actions": {f"{rule}/{kind}": n for (rule, kind), n in sorted(self.actions.items())},
+            "score_changes": self.score_changes,
+            "batches": self.batches,
+            "batch_events": self.batch_events,
+            "batch_seconds": round(self.batch_seconds, 3),
+            "failed_batches": self.failed_batches,
+        }

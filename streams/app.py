@@ -1,0 +1,64 @@
+"""The Faust app: settings in, app with its topics and the customer-state table out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+from faust.types import TableT
+
+from streams.settings import Settings
+from streams.topology import STATE_TABLE
+
+
+@dataclass(frozen=True)
+class Topology:
+    app: faust.App
+    # Source topics (raw bytes, decoded with orjson/pydantic by the batch path).
+    inputs: dict[str, faust.TopicT]
+    customer_to_state: TableT[bytes, bytes]
+
+
+def create_app(settings: Settings) -> Topology:
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker,
+        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
+        datadir=str(settings.store_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        # Group joins wait for these; short values keep restarts and the demo fast.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 5),
+        # Records of a batch go out in a few produce requests instead of one each.
+        producer_linger=0.005,
+        web_enabled=settings.web_enabled,
+        web_port=settings.web_port,
+        autodiscover=False,
+    )
+    # Every input is keyed by customer_id with the same partition count, so partition p of
+    # each input, of the table's changelog and of the outputs hold the same customers: no
+    # repartition topic is needed and faust co-assigns the table with the inputs.
+    inputs = {
+        name: app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+        )
+        for name in settings.topics.inputs()
+    }
+    # Values are orjson bytes written by the batch path; faust only stores and changelogs them.
+    table = app.Table(
+        STATE_TABLE,
+        schema=faust.Schema(
+            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        ),
+        partitions=settings.partitions,
+        default=None,
+    )
+    return Topology(app=app, inputs=inputs, customer_to_state=table)
