@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,14 +55,14 @@ class ScoringSettings(BaseModel):
     recency_weight: float = Field(0.4, ge=0)
     engagement_weight: float = Field(0.3, ge=0)
     service_weight: float = Field(0.3, ge=0)
-    recency_full_days: float = Field(7, ge=0)
-    recency_zero_days: float = Field(90, gt=0)
+    recency_full_days: float = Field(7.0, ge=0)
+    recency_zero_days: float = Field(90.0, gt=0)
     engagement_window_days: int = Field(30, ge=1)
-    engagement_points_per_login: float = Field(10, ge=0)
+    engagement_points_per_login: float = Field(10.0, ge=0)
     satisfaction_sample: int = Field(5, ge=1)
-    service_without_ratings: float = Field(80, ge=0, le=100)
-    overdue_ticket_hours: float = Field(72, gt=0)
-    overdue_ticket_penalty: float = Field(15, ge=0)
+    service_without_ratings: float = Field(80.0, ge=0, le=100)
+    overdue_ticket_hours: float = Field(72.0, gt=0)
+    overdue_ticket_penalty: float = Field(15.0, ge=0)
 
     @model_validator(mode="after")
     def _weights(self) -> ScoringSettings:
@@ -115,20 +115,35 @@ class RfmSettings(BaseModel):
     fallback_segment: str = "hibernating"
 
 
+DEFAULT_SLA_HOURS = {"urgent": 4.0, "high": 24.0, "normal": 72.0, "low": 168.0}
+
+
 class RuleSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    vip_spend_threshold: float = Field(10_000, gt=0)
-    winback_score_threshold: float = Field(60, gt=0, le=100)
+    vip_spend_threshold: float = Field(10_000.0, gt=0)
+    winback_score_threshold: float = Field(60.0, gt=0, le=100)
     # Expected resolution (ticket acknowledgement) and SLA per priority, hours.
-    ticket_sla_hours: dict[str, float] = Field(
-        default_factory=lambda: {"urgent": 4.0, "high": 24.0, "normal": 72.0, "low": 168.0}
-    )
+    # A partial map (CHURNGUARD_RULES__TICKET_SLA_HOURS='{"urgent": 2}') overrides only those.
+    ticket_sla_hours: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_SLA_HOURS))
     default_task_queue: str = "retention-team"
     supervisor_queue: str = "retention-supervisors"
-    winback_coupon_value: float = 15
+    winback_coupon_value: float = 15.0
     winback_coupon_days: int = 30
     disabled: frozenset[str] = frozenset()
+
+    @field_validator("ticket_sla_hours")
+    @classmethod
+    def _complete_sla(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - set(DEFAULT_SLA_HOURS)
+        if unknown:
+            raise ValueError(
+                f"ticket_sla_hours has unknown priorities {sorted(unknown)}; "
+                f"use {sorted(DEFAULT_SLA_HOURS)}"
+            )
+        if any(hours <= 0 for hours in value.values()):
+            raise ValueError("ticket_sla_hours must be positive")
+        return {**DEFAULT_SLA_HOURS, **value}
 
 
 class Settings(BaseSettings):

@@ -9,7 +9,7 @@ from typing import Any
 
 from churnguard.core.clock import day_number, rfc3339
 from churnguard.core.rfm import rfm_scores, segment_of
-from churnguard.core.rules import Action, Firing, RulePack, evaluate
+from churnguard.core.rules import Action, Firing, RulePack, evaluate, prime
 from churnguard.core.scoring import health
 from churnguard.core.state import (
     CLOSED_TICKETS_KEPT,
@@ -52,7 +52,9 @@ def apply_event(
     source: tuple[str, int] | None = None,
 ) -> Outcome:
     """Apply `event` (read from `source` = (topic, offset) when it came from Kafka)."""
-    state = state or CustomerState(customer_id=event.customer_id)
+    if state is None:
+        state = CustomerState(customer_id=event.customer_id)
+        prime(engine.pack, state)
     if source is not None and state.offsets.get(source[0], -1) >= source[1]:
         return Outcome(state, duplicate=True)  # redelivered after a restart: already applied
     if source is not None:
@@ -123,7 +125,9 @@ def _apply(state: CustomerState, event: Event, occurred: float, engine: Engine) 
             return frozenset(signals)
         case Login():
             state.login_days[day] = state.login_days.get(day, 0) + 1
-            prune(state.login_days, today, LOGIN_WINDOW_DAYS)
+            # Kept as long as the engagement window (configurable) needs them.
+            prune(state.login_days, today,
+                  max(LOGIN_WINDOW_DAYS, engine.scoring.engagement_window_days))
             return frozenset({"login"})
         case Ticket():
             return _apply_ticket(state, event, occurred, engine)

@@ -206,6 +206,17 @@ def evaluate(pack: RulePack, state: CustomerState, firing: Firing) -> list[Actio
     return actions
 
 
+def prime(pack: RulePack, state: CustomerState) -> None:
+    """Arm the threshold rules whose condition is false for a brand-new customer, so that a
+    first event which already crosses a threshold (a first purchase of 12,000) fires them."""
+    for rule in pack.rules:
+        trigger = rule.when
+        if isinstance(trigger, ThresholdTrigger) and not trigger.holds(
+            metric_value(state, trigger.metric)
+        ):
+            state.armed.append(rule.id)
+
+
 def _triggered(rule: Rule, state: CustomerState, firing: Firing) -> bool:
     trigger = rule.when
     if isinstance(trigger, SignalTrigger):
@@ -241,12 +252,14 @@ def _context(pack: RulePack, state: CustomerState, firing: Firing) -> dict[str, 
     for key, value in fields.items():
         if key not in PERSONAL_FIELDS:
             context[f"event.{key}"] = value
-    priority = fields.get("priority")
     if fields.get("type") == "ticket":
-        hours = pack.ticket_sla_hours.get(priority or "normal", pack.ticket_sla_hours["normal"])
-        context["ticket.priority"] = priority or "normal"
+        # The promise runs from the ticket's own time, even when its event arrives late.
+        priority = fields.get("priority") or "normal"
+        hours = pack.ticket_sla_hours[priority]
+        opened = fields["occurred_at"].timestamp()
+        context["ticket.priority"] = priority
         context["ticket.expected_resolution_hours"] = hours
-        context["ticket.expected_resolution_at"] = rfc3339(firing.now + hours * HOUR)
+        context["ticket.expected_resolution_at"] = rfc3339(opened + hours * HOUR)
     return context
 
 

@@ -1,0 +1,303 @@
+"""batch.process_partition: validation, DLQ, state loading/writing, routing and metrics."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import orjson
+import pytest
+
+from churnguard.batch import BatchContext, process_partition
+from churnguard.core.clock import DAY, rfc3339
+from churnguard.core.state import CustomerState
+from churnguard.metrics import Metrics
+from streams.settings import TopicNames
+
+TOPICS = TopicNames()
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@pytest.fixture
+def metrics():
+    return Metrics()
+
+
+@pytest.fixture
+def ctx(engine, metrics):
+    return BatchContext.create(engine, TOPICS, metrics, 24)
+
+
+@pytest.fixture
+def now(t0):
+    return t0 + 90 * DAY
+
+
+class Store:
+    """A dict-backed state store; records every multi-get."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.loads: list[list[bytes]] = []
+
+    def load(self, keys: list[bytes]) -> list[bytes | None]:
+        self.loads.append(list(keys))
+        return [self.data.get(k) for k in keys]
+
+
+@pytest.fixture
+def store():
+    return Store()
+
+
+@pytest.fixture
+def records(raw_factory):
+    """records((topic, payload-kwargs-or-raw-bytes), …) with consecutive offsets per topic.
+
+    A dict payload is built by raw_factory for the topic's event type; its key defaults to
+    the customer id; pass key= in the dict to override (None for no key)."""
+
+    def make(*specs, partition=3, start=0):
+        offsets: dict[str, int] = {}
+        out = []
+        types = TOPICS.inputs()
+        for topic, spec in specs:
+            offset = offsets.get(topic, start)
+            offsets[topic] = offset + 1
+            if isinstance(spec, dict):
+                fields = dict(spec)
+                key = fields.pop("key", fields.get("customer_id", "c1").encode())
+                type_ = fields.pop("type_", types[topic] or "purchase")
+                value = raw_factory(type_, **fields)
+                if types[topic]:
+                    data = orjson.loads(value)
+                    del data["type"]
+                    value = orjson.dumps(data)
+            else:
+                key, value = b"c1", spec
+            out.append(Record(topic, partition, offset, key, value))
+        return out
+
+    return make
+
+
+def run(recs, store, ctx, now):
+    result = process_partition(recs, store.load, ctx, now=now)
+    store.data.update(result.writes)
+    return result
+
+
+def by_topic(result):
+    grouped: dict[str, list[dict]] = {}
+    for output in result.outputs:
+        grouped.setdefault(output.topic, []).append(orjson.loads(output.value))
+    return grouped
+
+
+# --- dead letters --------------------------------------------------------------------------
+
+def test_bad_record_is_dead_lettered_and_later_good_events_still_apply(
+    records, store, ctx, now, metrics
+):
+    bad_value = b'{"event_id": "x", "customer_id": "c1", "amount": -3'
+    recs = records(
+        (TOPICS.purchases, {"amount": "10", "day": 1}),
+        (TOPICS.purchases, bad_value),
+        (TOPICS.purchases, {"amount": "20", "day": 2}),
+    )
+    result = run(recs, store, ctx, now)
+    [dead] = [o for o in result.outputs if o.topic == TOPICS.dlq]
+    assert dead.key == b"c1"
+    letter = orjson.loads(dead.value)
+    assert letter["kind"] == "malformed_json"
+    assert letter["reason"]
+    assert letter["source"] == {"topic": TOPICS.purchases, "partition": 3, "offset": 1}
+    assert base64.b64decode(letter["value_b64"]) == bad_value
+    assert base64.b64decode(letter["key_b64"]) == b"c1"
+    assert letter["dead_lettered_at"] == rfc3339(now)
+    assert letter["contract_version"] == 1
+    state = CustomerState.from_bytes(result.writes[b"c1"])
+    assert state.order_count == 2
+    assert state.spend_e4 == 300_000
+    assert metrics.dead_letters == {"malformed_json": 1}
+    assert metrics.events_in == {TOPICS.purchases: 3}
+    assert metrics.events_applied == {"purchase": 2}
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind", "word"),
+    [
+        ({"amount": "-5"}, "invalid_event", "amount"),
+        ({"amount": ...}, "invalid_event", "amount"),
+        ({"occurred_at": "1999-01-01T00:00:00Z"}, "absurd_timestamp", "occurred_at"),
+        ({"occurred_at": "2024-03-01T00:00:00"}, "invalid_event", "occurred_at"),
+        ({"key": None}, "key_mismatch", "key"),
+        ({"key": b"c2"}, "key_mismatch", "key"),
+    ],
+)
+def test_each_rejection_kind_is_counted_and_dead_lettered(
+    records, store, ctx, now, metrics, payload, kind, word
+):
+    result = run(records((TOPICS.purchases, payload)), store, ctx, now)
+    [dead] = result.outputs
+    assert dead.topic == TOPICS.dlq
+    letter = orjson.loads(dead.value)
+    assert letter["kind"] == kind
+    assert word in letter["reason"]
+    assert metrics.dead_letters == {kind: 1}
+    assert result.writes == {}
+    assert store.loads == []  # nothing valid: no state is read
+
+
+def test_unknown_type_and_tombstone_on_the_combined_topic(records, store, ctx, now, metrics):
+    recs = records(
+        (TOPICS.events, b'{"type": "refund", "event_id": "r", "customer_id": "c1"}'),
+        (TOPICS.events, None),
+    )
+    result = run(recs, store, ctx, now)
+    letters = [orjson.loads(o.value) for o in result.outputs]
+    assert [letter["kind"] for letter in letters] == ["unknown_type", "malformed_json"]
+    assert letters[1]["value_b64"] is None
+    assert letters[1]["source"]["offset"] == 1
+    assert metrics.dead_letters == {"unknown_type": 1, "malformed_json": 1}
+
+
+# --- state loading and writing -------------------------------------------------------------
+
+def test_each_dirty_customer_is_loaded_and_written_once(records, store, ctx, now):
+    recs = records(
+        (TOPICS.purchases, {"customer_id": "c1", "day": 1}),
+        (TOPICS.logins, {"customer_id": "c2", "day": 1}),
+        (TOPICS.purchases, {"customer_id": "c2", "day": 2}),
+        (TOPICS.logins, {"customer_id": "c1", "day": 2}),
+        (TOPICS.events, {"customer_id": "c1", "day": 3, "type_": "login"}),
+    )
+    result = run(recs, store, ctx, now)
+    assert store.loads == [[b"c1", b"c2"]]
+    assert sorted(result.writes) == [b"c1", b"c2"]
+    c1 = CustomerState.from_bytes(result.writes[b"c1"])
+    c2 = CustomerState.from_bytes(result.writes[b"c2"])
+    assert (c1.order_count, sum(c1.login_days.values())) == (1, 2)
+    assert (c2.order_count, sum(c2.login_days.values())) == (1, 1)
+    assert c1.offsets == {TOPICS.purchases: 0, TOPICS.logins: 1, TOPICS.events: 0}
+
+
+def test_stored_state_is_continued(records, store, ctx, now):
+    run(records((TOPICS.purchases, {"amount": "6000", "day": 1})), store, ctx, now)
+    result = run(records((TOPICS.purchases, {"amount": "4000", "day": 2}), start=1),
+                 store, ctx, now)
+    state = CustomerState.from_bytes(result.writes[b"c1"])
+    assert state.order_count == 2
+    assert state.spend_e4 == 100_000_000
+
+
+def test_redelivered_batch_is_applied_once(records, store, ctx, now, metrics):
+    batch = records((TOPICS.purchases, {"day": 1}), (TOPICS.tickets, {"day": 1}))
+    first = run(batch, store, ctx, now)
+    assert [o.topic for o in first.outputs if o.topic != TOPICS.scores] == [TOPICS.notifications]
+    again = run(batch, store, ctx, now)
+    assert metrics.duplicates == 2
+    assert again.outputs == []
+    assert CustomerState.from_bytes(store.data[b"c1"]).order_count == 1
+
+
+def test_duplicate_event_id_in_one_batch(records, store, ctx, now, metrics):
+    recs = records(
+        (TOPICS.purchases, {"event_id": "same", "amount": "10"}),
+        (TOPICS.purchases, {"event_id": "same", "amount": "10"}),
+    )
+    result = run(recs, store, ctx, now)
+    assert metrics.duplicates == 1
+    assert metrics.events_applied == {"purchase": 1}
+    state = CustomerState.from_bytes(result.writes[b"c1"])
+    assert state.order_count == 1
+    assert state.offsets == {TOPICS.purchases: 1}
+
+
+# --- outputs -------------------------------------------------------------------------------
+
+def test_actions_are_routed_by_type(records, store, ctx, now, metrics):
+    recs = records(
+        (TOPICS.profiles, {"day": 0, "account_manager": "am-1", "email": "a@b.c"}),
+        (TOPICS.purchases, {"day": 0, "amount": "10000"}),          # vip: profile_update + welcome
+        (TOPICS.tickets, {"day": 1, "ticket_id": "T", "status": "opened"}),  # ack
+        (TOPICS.logins, {"day": 40}),                               # win-back (VIP: 4 actions)
+    )
+    result = run(recs, store, ctx, now)
+    grouped = by_topic(result)
+    types = {t: [r["type"] for r in out] for t, out in grouped.items() if t != TOPICS.scores}
+    assert types == {
+        TOPICS.profile_updates: ["profile_update"],
+        TOPICS.notifications: ["notification", "notification", "notification"],
+        TOPICS.tasks: ["task", "task"],
+        TOPICS.coupons: ["coupon"],
+    }
+    assert [r["payload"]["template"] for r in grouped[TOPICS.notifications]] == [
+        "vip_welcome", "ticket_acknowledgement", "winback_care",
+    ]
+    assert all(o.key == b"c1" for o in result.outputs)
+    assert metrics.actions == {
+        ("vip_upgrade", "profile_update"): 1,
+        ("vip_upgrade", "notification"): 1,
+        ("ticket_opened_ack", "notification"): 1,
+        ("health_winback", "notification"): 1,
+        ("health_winback", "task"): 2,
+        ("health_winback", "coupon"): 1,
+    }
+
+
+def test_action_topics_follow_prefixed_topic_names(engine, metrics, raw_factory, now):
+    topics = TOPICS.with_prefix("t1.")
+    ctx = BatchContext.create(engine, topics, metrics, 24)
+    value = raw_factory("ticket", status="opened")
+    result = process_partition([Record(topics.events, 0, 0, b"c1", value)],
+                               Store().load, ctx, now=now)
+    assert sorted(o.topic for o in result.outputs) == [
+        "t1.actions.notifications", "t1.scores",
+    ]
+    assert metrics.events_in == {"t1.events": 1}
+
+
+def test_score_records_and_counters(records, store, ctx, now, metrics):
+    recs = records(
+        (TOPICS.purchases, {"day": 0, "amount": "50"}),
+        (TOPICS.profiles, {"day": 0, "tags": ["a"]}),   # no score change
+        (TOPICS.logins, {"day": 0}),
+    )
+    result = run(recs, store, ctx, now)
+    scores = by_topic(result)[TOPICS.scores]
+    assert [s["score"] for s in scores] == [64.0, 67.0]
+    assert [s["segment"] for s in scores] == ["new", "new"]
+    assert metrics.score_changes == 2
+    assert metrics.events_in == {TOPICS.purchases: 1, TOPICS.profiles: 1, TOPICS.logins: 1}
+    assert metrics.events_applied == {"purchase": 1, "profile": 1, "login": 1}
+    assert metrics.duplicates == 0
+    assert metrics.dead_letters == {}
+    snapshot = metrics.snapshot()
+    assert snapshot["score_changes"] == 2
+    assert snapshot["events_applied"] == {"purchase": 1, "profile": 1, "login": 1}
+
+
+def test_outputs_keep_the_order_of_the_records(records, store, ctx, now):
+    recs = records(
+        (TOPICS.tickets, {"day": 0, "ticket_id": "A", "status": "opened"}),
+        (TOPICS.tickets, b"garbage"),
+        (TOPICS.tickets, {"day": 0.5, "ticket_id": "A", "status": "closed"}),
+    )
+    result = run(recs, store, ctx, now)
+    kinds = [(o.topic, orjson.loads(o.value).get("rule_id")) for o in result.outputs
+             if o.topic != TOPICS.scores]
+    # The DLQ record is emitted during validation, before any state is touched.
+    assert kinds == [
+        (TOPICS.dlq, None),
+        (TOPICS.notifications, "ticket_opened_ack"),
+        (TOPICS.notifications, "ticket_closed_survey"),
+    ]
