@@ -422,7 +422,7 @@ def test_state_bytes_are_json(feed, rich_history):
     assert rfc3339(data["clock"]).startswith("2024-03-06")
 
 
-# --- regression found in review -----------------------------------------------------------------------------
+# --- regression found in review ---
 
 def test_engagement_window_longer_than_30_days_counts_older_logins(event_factory, engine_factory):
     engine = engine_factory(scoring=ScoringSettings(engagement_window_days=60))

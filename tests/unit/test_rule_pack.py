@@ -430,7 +430,7 @@ def test_rule_json_with_a_bad_trigger_is_rejected():
         Rule.model_validate({"id": "no_actions", "when": {"on": "login"}, "actions": []})
 
 
-# --- regressions found in review ----------------------------------------------------------------------------
+# --- regressions found in review ---
 
 def test_expected_resolution_is_counted_from_the_ticket_opening(feed, event_factory, t0):
     feed(event_factory("login", hours=2))
