@@ -3,12 +3,13 @@ order. Same file ⇒ byte-identical output."""
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from churnguard.core.processor import Engine, apply_event
+from churnguard.core.processor import Engine, advance, apply_event
 from churnguard.core.rules import Action
 from churnguard.core.state import CustomerState
 from churnguard.core.validation import Rejected, parse_event
@@ -44,13 +45,35 @@ def read_events(
 def replay(
     events: Iterable[Event], engine: Engine, *, until: float | None = None
 ) -> Iterator[Action]:
+    """Events in event-time order; the clock advances with them, so every timer fires at
+    its due time, in due order, exactly as the worker's ticks would fire it. With `until`,
+    events after it are ignored and the clock runs on to it."""
     states: dict[str, CustomerState] = {}
+    # (due, customer) of every customer with a pending timer; stale entries are skipped.
+    dues: list[tuple[float, str]] = []
+
+    def fire_until(moment: float) -> Iterator[Action]:
+        while dues and dues[0][0] <= moment:
+            due, customer = heapq.heappop(dues)
+            state = states[customer]
+            if state.next_due != due:
+                continue  # superseded by a later event of this customer
+            yield from advance(state, due, engine).actions
+            if state.next_due is not None:
+                heapq.heappush(dues, (state.next_due, customer))
+
     for event in events:
-        if until is not None and event.occurred_at.timestamp() > until:
+        occurred = event.occurred_at.timestamp()
+        if until is not None and occurred > until:
             break
+        yield from fire_until(occurred)
         outcome = apply_event(states.get(event.customer_id), event, engine)
-        states[event.customer_id] = outcome.state
+        states[event.customer_id] = state = outcome.state
         yield from outcome.actions
+        if state.next_due is not None:
+            heapq.heappush(dues, (state.next_due, event.customer_id))
+    if until is not None:
+        yield from fire_until(until)
 
 
 def run_replay(

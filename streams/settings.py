@@ -130,6 +130,15 @@ class RuleSettings(BaseModel):
     supervisor_queue: str = "retention-supervisors"
     winback_coupon_value: float = 15.0
     winback_coupon_days: int = 30
+    onboarding_days: float = Field(7.0, gt=0)
+    faq_url: str = "https://help.example.com/faq"
+    inactivity_days: float = Field(30.0, gt=0)
+    birthday_coupon_value: float = Field(10.0, gt=0)
+    anniversary_coupon_value: float = Field(10.0, gt=0)
+    anniversary_coupon_days: int = Field(30, ge=1)
+    escalation_queue: str = "support-escalations"
+    # IANA zone of anniversaries at 09:00 (birthday and signup coupons).
+    business_timezone: str = "UTC"
     disabled: frozenset[str] = frozenset()
 
     @field_validator("ticket_sla_hours")
@@ -173,6 +182,10 @@ class Settings(BaseSettings):
     session_timeout_s: float = 10.0
     rebalance_timeout_s: float = 10.0
     log_level: str = "info"
+    # Wall-clock timer tick of the worker; due timers fire within one tick.
+    tick_interval_s: float = Field(1.0, gt=0)
+    # Customers advanced per partition per tick at most (the rest wait for the next tick).
+    tick_limit: int = Field(5_000, ge=1)
 
     @property
     def bootstrap(self) -> str:

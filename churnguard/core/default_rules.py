@@ -64,12 +64,56 @@ def default_pack_data(cfg: RuleSettings) -> dict[str, Any]:
                  "where": {"state.tier": "vip"}},
             ],
         },
+        {
+            "id": "onboarding_tips",
+            "description": "Tips a week after the first purchase.",
+            "when": {"on": "after", "anchor": "first_purchase", "days": cfg.onboarding_days},
+            "actions": [{
+                "type": "notification",
+                "template": "onboarding_tips",
+                "variables": {"faq_url": cfg.faq_url},
+            }],
+        },
+        {
+            "id": "birthday_coupon",
+            "description": "A coupon on the birthday at 09:00 business time, once a year.",
+            "when": {"on": "anniversary", "date": "birthday"},
+            "actions": [{"type": "coupon", "value": cfg.birthday_coupon_value,
+                         "kind": "percent", "expires_in_days": cfg.anniversary_coupon_days}],
+        },
+        {
+            "id": "signup_anniversary_coupon",
+            "description": "A coupon on the signup anniversary at 09:00 business time.",
+            "when": {"on": "anniversary", "date": "signup_date"},
+            "actions": [{"type": "coupon", "value": cfg.anniversary_coupon_value,
+                         "kind": "percent", "expires_in_days": cfg.anniversary_coupon_days}],
+        },
+        {
+            "id": "inactive_30d_followup",
+            "description": "A churn-risk call after a silence with neither login nor purchase.",
+            "when": {"on": "inactivity", "days": cfg.inactivity_days},
+            "actions": [{"type": "task", "assignee": "account_manager", "priority": "high",
+                         "due_in_hours": 24, "title": "Churn-risk call",
+                         "details": {"silent_days": "$inactivity.days"}}],
+        },
+        {
+            "id": "ticket_sla_breach",
+            "description": "Escalate a ticket still open past its SLA.",
+            "when": {"on": "ticket_overdue"},
+            "actions": [{"type": "task", "assignee": cfg.escalation_queue, "priority": "urgent",
+                         "due_in_hours": 1, "title": "Ticket past its SLA: escalate",
+                         "details": {"ticket_id": "$ticket.ticket_id",
+                                     "priority": "$ticket.priority",
+                                     "opened_at": "$ticket.opened_at",
+                                     "sla_hours": "$ticket.sla_hours"}}],
+        },
     ]
     return {
         "rules": [rule for rule in rules if rule["id"] not in cfg.disabled],
         "ticket_sla_hours": cfg.ticket_sla_hours,
         "default_task_queue": cfg.default_task_queue,
         "supervisor_queue": cfg.supervisor_queue,
+        "timezone": cfg.business_timezone,
     }
 
 

@@ -9,7 +9,16 @@ from typing import Any
 
 from churnguard.core.clock import day_number, rfc3339
 from churnguard.core.rfm import rfm_scores, segment_of
-from churnguard.core.rules import Action, Firing, RulePack, evaluate, prime
+from churnguard.core.rules import (
+    Action,
+    Firing,
+    RulePack,
+    evaluate,
+    forget_ticket_marks,
+    next_due,
+    prime,
+    start_anniversaries,
+)
 from churnguard.core.scoring import health
 from churnguard.core.state import (
     CLOSED_TICKETS_KEPT,
@@ -39,9 +48,15 @@ class Engine:
 class Outcome:
     state: CustomerState
     actions: list[Action] = field(default_factory=list)
-    # Set when the score or the segment changed: the record for the scores topic.
-    score_record: dict[str, Any] | None = None
+    # One record per score or segment change, for the scores topic.
+    score_records: list[dict[str, Any]] = field(default_factory=list)
     duplicate: bool = False
+    # Timer occurrences found past their grace (a backfill): recorded, not fired.
+    expired: list[str] = field(default_factory=list)
+
+    @property
+    def score_record(self) -> dict[str, Any] | None:
+        return self.score_records[-1] if self.score_records else None
 
 
 def apply_event(
@@ -51,7 +66,8 @@ def apply_event(
     *,
     source: tuple[str, int] | None = None,
 ) -> Outcome:
-    """Apply `event` (read from `source` = (topic, offset) when it came from Kafka)."""
+    """Apply `event` (read from `source` = (topic, offset) when it came from Kafka). Timers
+    due before the event fire first, at their due times, as they would have live."""
     if state is None:
         state = CustomerState(customer_id=event.customer_id)
         prime(engine.pack, state)
@@ -64,9 +80,12 @@ def apply_event(
     remember(state.seen, event.event_id, engine.dedup_window)
 
     occurred = event.occurred_at.timestamp()
+    outcome = advance(state, occurred, engine)
     state.clock = max(state.clock, occurred)
     signals = _apply(state, event, occurred, engine)
-    score_record = rescore(state, engine, caused_by=(event.event_id,))
+    record = rescore(state, engine, caused_by=(event.event_id,))
+    if record is not None:
+        outcome.score_records.append(record)
     firing = Firing(
         signals=signals,
         now=state.clock,
@@ -74,7 +93,31 @@ def apply_event(
         caused_by=(event.event_id,),
         event=event,
     )
-    return Outcome(state, evaluate(engine.pack, state, firing), score_record)
+    outcome.actions += evaluate(engine.pack, state, firing)
+    outcome.expired += firing.expired
+    state.next_due = next_due(engine.pack, state, engine.scoring)
+    return outcome
+
+
+def advance(state: CustomerState, until: float, engine: Engine) -> Outcome:
+    """Fire everything due up to `until`, each at its own due time (the customer's clock
+    moves to it), so live ticks, late events and replays produce the same actions."""
+    outcome = Outcome(state)
+    due = next_due(engine.pack, state, engine.scoring)
+    while due is not None and due <= until:
+        state.clock = max(state.clock, due)
+        record = rescore(state, engine, caused_by=())
+        if record is not None:
+            outcome.score_records.append(record)
+        firing = Firing(signals=frozenset(), now=state.clock, trigger_key=f"at:{due!r}",
+                        caused_by=())
+        outcome.actions += evaluate(engine.pack, state, firing)
+        outcome.expired += firing.expired
+        following = next_due(engine.pack, state, engine.scoring)
+        # Progress guard: a due that fired nothing and stays due would loop forever.
+        due = None if following is not None and following <= due else following
+    state.next_due = next_due(engine.pack, state, engine.scoring)
+    return outcome
 
 
 def rescore(
@@ -120,10 +163,12 @@ def _apply(state: CustomerState, event: Event, occurred: float, engine: Engine) 
             state.last_purchase_at = max(state.last_purchase_at or occurred, occurred)
             state.order_count += 1
             state.spend_e4 += int(event.amount * SPEND_SCALE)
+            state.last_active_at = max(state.last_active_at or occurred, occurred)
             state.purchase_days[day] = state.purchase_days.get(day, 0) + 1
             prune(state.purchase_days, today, PURCHASE_WINDOW_DAYS)
             return frozenset(signals)
         case Login():
+            state.last_active_at = max(state.last_active_at or occurred, occurred)
             state.login_days[day] = state.login_days.get(day, 0) + 1
             # Kept as long as the engagement window (configurable) needs them.
             prune(state.login_days, today,
@@ -132,7 +177,10 @@ def _apply(state: CustomerState, event: Event, occurred: float, engine: Engine) 
         case Ticket():
             return _apply_ticket(state, event, occurred, engine)
         case Profile():
+            before = (state.birthday, state.signup_date)
             _apply_profile(state, event)
+            if (state.birthday, state.signup_date) != before:
+                start_anniversaries(engine.pack, state)
             return frozenset({"profile"})
 
 
@@ -150,6 +198,7 @@ def _apply_ticket(
         if ticket in state.open_tickets or ticket not in state.closed_tickets:
             state.open_tickets.pop(ticket, None)
             remember(state.closed_tickets, ticket, CLOSED_TICKETS_KEPT)
+            forget_ticket_marks(state, ticket)
             signals.add("ticket_closed")
         if event.satisfaction is not None:
             insort(state.ratings, (occurred, event.satisfaction))

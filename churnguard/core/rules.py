@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from churnguard.core.clock import DAY, HOUR, day_number, rfc3339
 from churnguard.core.state import (
@@ -19,7 +20,20 @@ from churnguard.core.state import (
     CustomerState,
     count_in_window,
 )
+from churnguard.core.scoring import crossing_time
+from churnguard.core.triggers import (
+    AfterTrigger,
+    AnniversaryTrigger,
+    InactivityTrigger,
+    Occurrence,
+    TicketOverdueTrigger,
+    TimerTrigger,
+    begin_anniversaries,
+    mark,
+    pending,
+)
 from schemas.events import PERSONAL_FIELDS
+from streams.settings import ScoringSettings
 
 # Signals an event can raise (see processor.apply_event).
 Signal = Literal["purchase", "first_purchase", "login", "profile", "ticket_opened", "ticket_closed"]
@@ -61,7 +75,12 @@ class ThresholdTrigger(_Spec):
         return self.at_least is not None and value >= self.at_least
 
 
-Trigger = Annotated[SignalTrigger | ThresholdTrigger, Field(discriminator="on")]
+Trigger = Annotated[
+    SignalTrigger | ThresholdTrigger | AfterTrigger | AnniversaryTrigger | InactivityTrigger
+    | TicketOverdueTrigger,
+    Field(discriminator="on"),
+]
+TIMER_TRIGGERS = (AfterTrigger, AnniversaryTrigger, InactivityTrigger, TicketOverdueTrigger)
 # Condition paths: "state.tier", "event.priority", "event.satisfaction", … (see _context).
 Conditions = dict[str, Any]
 
@@ -83,6 +102,8 @@ class TaskSpec(_Spec):
     priority: Literal["low", "normal", "high", "urgent"] = "normal"
     due_in_hours: float = Field(24, ge=0)
     title: str
+    # Like notification variables: "$"-values are read from the context.
+    details: dict[str, Any] = Field(default_factory=dict)
     where: Conditions = Field(default_factory=dict)
 
 
@@ -123,6 +144,22 @@ class RulePack(_Spec):
     ticket_sla_hours: dict[str, float]
     default_task_queue: str
     supervisor_queue: str
+    # Business time zone of anniversaries ("09:00 on the birthday").
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as "
+                             "'Europe/Paris' or 'UTC'") from exc
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,22 +224,30 @@ class Firing:
     caused_by: tuple[str, ...]
     # The triggering event; its fields (personal ones excluded) are read only when a rule fires.
     event: BaseModel | None = None
+    # Filled by evaluate: timer occurrences that were past their grace and did not fire.
+    expired: list[str] = field(default_factory=list)
 
 
 def evaluate(pack: RulePack, state: CustomerState, firing: Firing) -> list[Action]:
-    """Run every enabled rule against the state after the event; update the rules' trigger
-    memory and apply profile updates to `state` in place; return the actions in pack order."""
+    """Run every enabled rule against the state after the event (or at a due time); update
+    the rules' trigger memory and apply profile updates to `state` in place; return the
+    actions in pack order. Timer occurrences found past their grace are marked `expired`."""
     actions: list[Action] = []
     for rule in pack.rules:
-        if not rule.enabled or not _triggered(rule, state, firing):
+        if not rule.enabled:
             continue
-        context = _context(pack, state, firing)
-        if not _matches(rule.where, context) or _any_matches(rule.where_not, context):
-            continue
-        for index, spec in enumerate(rule.actions):
-            if spec.where and not _matches(spec.where, _context(pack, state, firing)):
+        for trigger_key, extra in _fired(pack, rule, state, firing):
+            context = _context(pack, state, firing) | extra
+            if not _matches(rule.where, context) or _any_matches(rule.where_not, context):
                 continue
-            actions.append(_build(pack, rule, index, spec, state, firing))
+            for index, spec in enumerate(rule.actions):
+                if spec.where and not _matches(spec.where, context):
+                    continue
+                actions.append(
+                    _build(pack, rule, index, spec, state, firing, trigger_key, context)
+                )
+                if isinstance(spec, ProfileUpdateSpec):
+                    context = _context(pack, state, firing) | extra
     return actions
 
 
@@ -217,23 +262,79 @@ def prime(pack: RulePack, state: CustomerState) -> None:
             state.armed.append(rule.id)
 
 
-def _triggered(rule: Rule, state: CustomerState, firing: Firing) -> bool:
+def next_due(pack: RulePack, state: CustomerState, scoring: ScoringSettings) -> float | None:
+    """The earliest moment a rule may fire with no new event: a timer occurrence, or the
+    score decaying below an armed `health_score below` threshold."""
+    dues: list[float] = []
+    for rule in pack.rules:
+        if not rule.enabled:
+            continue
+        trigger = rule.when
+        if isinstance(trigger, TIMER_TRIGGERS):
+            dues += [o.due for o in _pending(pack, rule.id, trigger, state)]
+        elif (isinstance(trigger, ThresholdTrigger) and trigger.metric == "health_score"
+              and trigger.below is not None and rule.id in state.armed):
+            crossing = crossing_time(state, trigger.below, state.clock, scoring)
+            if crossing is not None:
+                dues.append(crossing)
+    return min(dues, default=None)
+
+
+def start_anniversaries(pack: RulePack, state: CustomerState) -> None:
+    """A profile date changed: its anniversaries fire from the customer's clock on."""
+    for rule in pack.rules:
+        if isinstance(rule.when, AnniversaryTrigger):
+            begin_anniversaries(rule.id, rule.when, state, pack.tz)
+
+
+def forget_ticket_marks(state: CustomerState, ticket_id: str) -> None:
+    """A closed ticket can no longer be overdue: drop its marks (state stays small)."""
+    suffix = f":{ticket_id}"
+    for key in [k for k in state.marks if k.endswith(suffix)]:
+        del state.marks[key]
+
+
+def _pending(
+    pack: RulePack, rule_id: str, trigger: TimerTrigger, state: CustomerState
+) -> list[Occurrence]:
+    return pending(rule_id, trigger, state, sla_hours=pack.ticket_sla_hours, tz=pack.tz)
+
+
+def _fired(
+    pack: RulePack, rule: Rule, state: CustomerState, firing: Firing
+) -> list[tuple[str, dict[str, Any]]]:
+    """The trigger keys (one per firing) this rule fires with now, and their context."""
     trigger = rule.when
     if isinstance(trigger, SignalTrigger):
-        return trigger.on in firing.signals
-    if trigger.once and rule.id in state.fired:
+        return [(firing.trigger_key, {})] if trigger.on in firing.signals else []
+    if isinstance(trigger, ThresholdTrigger):
+        return [(firing.trigger_key, {})] if _crossed(rule.id, trigger, state) else []
+    fired = []
+    for occurrence in _pending(pack, rule.id, trigger, state):
+        if occurrence.due > firing.now:
+            continue
+        mark(rule.id, trigger, state, occurrence)
+        if firing.now - occurrence.due > trigger.grace_hours * HOUR:
+            firing.expired.append(occurrence.key)  # a backfill found it too late to matter
+            continue
+        fired.append((occurrence.key, {**occurrence.context, "due_at": rfc3339(occurrence.due)}))
+    return fired
+
+
+def _crossed(rule_id: str, trigger: ThresholdTrigger, state: CustomerState) -> bool:
+    if trigger.once and rule_id in state.fired:
         return False
     holds = trigger.holds(metric_value(state, trigger.metric))
-    armed = rule.id in state.armed
+    armed = rule_id in state.armed
     if not holds:
         if not armed:
-            state.armed.append(rule.id)
+            state.armed.append(rule_id)
         return False
     if not armed:
         return False
-    state.armed.remove(rule.id)
+    state.armed.remove(rule_id)
     if trigger.once:
-        state.fired.append(rule.id)
+        state.fired.append(rule_id)
     return True
 
 
@@ -285,15 +386,17 @@ def _build(
     spec: NotificationSpec | TaskSpec | CouponSpec | ProfileUpdateSpec,
     state: CustomerState,
     firing: Firing,
+    trigger_key: str,
+    context: Mapping[str, Any],
 ) -> Action:
-    ident = action_id(state.customer_id, rule.id, firing.trigger_key, index)
+    ident = action_id(state.customer_id, rule.id, trigger_key, index)
     payload: dict[str, Any]
     match spec:
         case NotificationSpec():
             payload = {
                 "template": spec.template,
                 "channel": _channel(spec.channel, state),
-                "variables": _resolve(spec.variables, _context(pack, state, firing)),
+                "variables": _resolve(spec.variables, context),
             }
         case TaskSpec():
             payload = {
@@ -302,6 +405,8 @@ def _build(
                 "due_at": rfc3339(firing.now + spec.due_in_hours * HOUR),
                 "title": spec.title,
             }
+            if spec.details:
+                payload["details"] = _resolve(spec.details, context)
         case CouponSpec():
             payload = {
                 "code": f"CG-{ident[:10].upper()}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from churnguard.core.clock import DAY, HOUR, day_number
@@ -57,3 +58,58 @@ def health(state: CustomerState, now: float, cfg: ScoringSettings) -> Health:
     )
     # Rounded so that outputs are stable across platforms and equal scores compare equal.
     return Health(round(score, 2), round(recency, 2), round(engagement, 2), round(service, 2))
+
+
+def crossing_time(
+    state: CustomerState, threshold: float, now: float, cfg: ScoringSettings
+) -> float | None:
+    """The first whole second after `now` at which the score, with no new event, is below
+    `threshold` — or None if it never gets there. Without events the score only falls:
+    recency ages linearly, logins leave the engagement window and open tickets become overdue,
+    so the components are constant between those breakpoints except recency's linear part."""
+    steps: list[float] = []
+    if state.last_purchase_at is not None:
+        steps += [state.last_purchase_at + cfg.recency_full_days * DAY,
+                  state.last_purchase_at + cfg.recency_zero_days * DAY]
+    window = cfg.engagement_window_days
+    steps += [(day + window) * DAY for day in state.login_days]
+    overdue_after = cfg.overdue_ticket_hours * HOUR
+    # Overdue strictly after the limit: the step is effective one second later.
+    steps += [t.opened_at + overdue_after + 1 for t in state.open_tickets.values()]
+    start = now
+    for end in [*sorted(s for s in steps if s > now), None]:
+        found = _cross_in(state, threshold, start, end, cfg)
+        if found is not None:
+            return found
+        if end is None:
+            return None
+        start = end
+    return None
+
+
+def _cross_in(
+    state: CustomerState, threshold: float, start: float, end: float | None, cfg: ScoringSettings
+) -> float | None:
+    """Solve within [start, end), where engagement and service are constant."""
+    if health(state, start, cfg).score < threshold:
+        return float(math.ceil(start))
+    rest = cfg.engagement_weight * engagement_component(state, start, cfg) + (
+        cfg.service_weight * service_component(state, start, cfg)
+    )
+    if state.last_purchase_at is None or cfg.recency_weight == 0:
+        return None  # recency is constant (0): nothing falls inside the segment
+    # Scores are rounded to 2 decimals: aim 0.005 below the threshold, then check.
+    needed_recency = (threshold - 0.005 - rest) / cfg.recency_weight
+    span = cfg.recency_zero_days - cfg.recency_full_days
+    age_days = cfg.recency_zero_days - needed_recency * span / 100.0
+    moment = state.last_purchase_at + age_days * DAY
+    if moment < start:
+        return None  # recency would already have to be lower than it is: not in this segment
+    candidate = float(math.ceil(moment))
+    if end is not None and candidate >= end:
+        return None
+    for _ in range(3):  # float rounding: step a second or two if still not below
+        if health(state, candidate, cfg).score < threshold:
+            return candidate
+        candidate += 1
+    return None

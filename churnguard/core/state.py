@@ -30,6 +30,8 @@ class CustomerState:
     clock: float = 0.0
     first_purchase_at: float | None = None
     last_purchase_at: float | None = None
+    # Latest login or purchase: the inactivity clock.
+    last_active_at: float | None = None
     order_count: int = 0
     spend_e4: int = 0
     purchase_days: dict[int, int] = field(default_factory=dict)
@@ -50,6 +52,10 @@ class CustomerState:
     segment: str | None = None
     rfm: tuple[int, int, int] | None = None
     fired: list[str] = field(default_factory=list)
+    # Timer occurrences already fired (see core/triggers.py): rule or rule:ticket -> mark.
+    marks: dict[str, str] = field(default_factory=dict)
+    # The earliest time a timer (or the score's decay) is due: the due index's sort key.
+    next_due: float | None = None
     armed: list[str] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
     # Source topic -> last applied offset: a redelivered record changes nothing.

@@ -1,0 +1,151 @@
+"""Time-driven triggers: when each one is next due for a customer, as plain arithmetic over
+the state. A fired occurrence is remembered in `state.marks` so it never fires twice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from datetime import time as clock_time
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from churnguard.core.clock import DAY, HOUR, rfc3339
+from churnguard.core.state import CustomerState
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AfterTrigger(_Spec):
+    """Once, `days` after the anchor (the first purchase)."""
+
+    on: Literal["after"]
+    anchor: Literal["first_purchase"]
+    days: float = Field(gt=0)
+    # An occurrence found later than this after its due time (a backfill of old events) is
+    # recorded as expired instead of firing.
+    grace_hours: float = Field(24, gt=0)
+
+
+class AnniversaryTrigger(_Spec):
+    """Once a year on a profile date at a local time of the business time zone. Feb 29 is
+    celebrated on Feb 28 in other years; occurrences before the date was known never fire."""
+
+    on: Literal["anniversary"]
+    date: Literal["birthday", "signup_date"]
+    at: clock_time = clock_time(9, 0)
+    grace_hours: float = Field(24, gt=0)
+
+
+class InactivityTrigger(_Spec):
+    """`days` with neither login nor purchase; again after new activity and another silence."""
+
+    on: Literal["inactivity"]
+    days: float = Field(gt=0)
+    grace_hours: float = Field(24, gt=0)
+
+
+class TicketOverdueTrigger(_Spec):
+    """A ticket still open past the SLA of its priority (the pack's ticket_sla_hours)."""
+
+    on: Literal["ticket_overdue"]
+    grace_hours: float = Field(24, gt=0)
+
+
+TimerTrigger = AfterTrigger | AnniversaryTrigger | InactivityTrigger | TicketOverdueTrigger
+
+
+@dataclass(frozen=True, slots=True)
+class Occurrence:
+    due: float
+    # Stable across replays: part of the action ids, and the mark that stops a second firing.
+    key: str
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+def pending(
+    rule_id: str,
+    trigger: TimerTrigger,
+    state: CustomerState,
+    *,
+    sla_hours: dict[str, float],
+    tz: ZoneInfo,
+) -> list[Occurrence]:
+    """The occurrences of this timer that have not fired yet (any due time)."""
+    marks = state.marks
+    match trigger:
+        case AfterTrigger():
+            if state.first_purchase_at is None or rule_id in marks:
+                return []
+            return [Occurrence(state.first_purchase_at + trigger.days * DAY, rule_id)]
+        case AnniversaryTrigger():
+            text = getattr(state, trigger.date)
+            if text is None:
+                return []
+            year = int(marks.get(rule_id, "0")) + 1
+            due = anniversary(date.fromisoformat(text), year, trigger.at, tz)
+            return [Occurrence(due, f"{rule_id}:{year}", {"anniversary.year": year})]
+        case InactivityTrigger():
+            if state.last_active_at is None:
+                return []
+            key = f"{rule_id}:{rfc3339(state.last_active_at)}"
+            if marks.get(rule_id) == key:
+                return []
+            return [Occurrence(state.last_active_at + trigger.days * DAY, key,
+                               {"inactivity.days": trigger.days})]
+        case TicketOverdueTrigger():
+            return [
+                Occurrence(
+                    ticket.opened_at + sla_hours[ticket.priority] * HOUR,
+                    f"{rule_id}:{ticket_id}",
+                    {
+                        "ticket.ticket_id": ticket_id,
+                        "ticket.priority": ticket.priority,
+                        "ticket.opened_at": rfc3339(ticket.opened_at),
+                        "ticket.sla_hours": sla_hours[ticket.priority],
+                    },
+                )
+                for ticket_id, ticket in state.open_tickets.items()
+                if f"{rule_id}:{ticket_id}" not in marks
+            ]
+
+
+def mark(rule_id: str, trigger: TimerTrigger, state: CustomerState, occurrence: Occurrence) -> None:
+    """Remember a fired (or expired) occurrence so it never fires again."""
+    match trigger:
+        case AnniversaryTrigger():
+            state.marks[rule_id] = occurrence.key.rsplit(":", 1)[1]
+        case InactivityTrigger():
+            state.marks[rule_id] = occurrence.key
+        case AfterTrigger():
+            state.marks[rule_id] = "done"
+        case TicketOverdueTrigger():
+            state.marks[occurrence.key] = "done"
+
+
+def anniversary(day: date, year: int, at: clock_time, tz: ZoneInfo) -> float:
+    """`day`'s anniversary in `year` at local time `at`; Feb 29 falls on Feb 28 otherwise."""
+    try:
+        local = datetime.combine(day.replace(year=year), at, tzinfo=tz)
+    except ValueError:  # Feb 29 in a common year
+        local = datetime.combine(date(year, 2, 28), at, tzinfo=tz)
+    return local.timestamp()
+
+
+def begin_anniversaries(
+    rule_id: str, trigger: AnniversaryTrigger, state: CustomerState, tz: ZoneInfo
+) -> None:
+    """A date was set or changed: only its occurrences after the customer's clock may fire
+    (no coupons for the years before we knew it; a signup's own day is no anniversary)."""
+    text = getattr(state, trigger.date)
+    if text is None:
+        state.marks.pop(rule_id, None)
+        return
+    day = date.fromisoformat(text)
+    year = datetime.fromtimestamp(state.clock, tz).year
+    while year > day.year and anniversary(day, year, trigger.at, tz) >= state.clock:
+        year -= 1
+    state.marks[rule_id] = str(max(year, day.year))
