@@ -104,7 +104,9 @@ def process_partition(
     dirty: set[bytes] = set()
     for record, event in valid:
         key = event.customer_id.encode()
-        outcome = apply_event(states[key], event, ctx.engine, source=(record.topic, record.offset))
+        outcome = apply_event(
+            states[key], event, ctx.engine, source=(record.topic, record.offset), noticed_at=now
+        )
         states[key] = outcome.state
         dirty.add(key)  # even a duplicate moves the state's offset forward
         if outcome.duplicate:
@@ -114,10 +116,9 @@ def process_partition(
         for action in outcome.actions:
             metrics.actions[(action.rule_id, action.type)] += 1
             result.outputs.append(Output(ctx.action_topic(action.type), key, encode_action(action)))
-        if outcome.score_record is not None:
+        for score in outcome.score_records:
             metrics.score_changes += 1
-            score = encode_score(outcome.score_record)
-            result.outputs.append(Output(ctx.topics.scores, key, score))
+            result.outputs.append(Output(ctx.topics.scores, key, encode_score(score)))
     for key in dirty:
         state = states[key]
         assert state is not None  # every dirty key had an event applied

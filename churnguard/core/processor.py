@@ -65,9 +65,13 @@ def apply_event(
     engine: Engine,
     *,
     source: tuple[str, int] | None = None,
+    noticed_at: float | None = None,
 ) -> Outcome:
     """Apply `event` (read from `source` = (topic, offset) when it came from Kafka). Timers
-    due before the event fire first, at their due times, as they would have live."""
+    due before the event fire first, at their due times, as they would have live.
+    `noticed_at` is the live worker's wall clock: a timer occurrence that is only noticed
+    more than its grace after it was due (a backfill of old events) expires instead of
+    firing. Replay leaves it None: in event time nothing is ever late."""
     if state is None:
         state = CustomerState(customer_id=event.customer_id)
         prime(engine.pack, state)
@@ -80,7 +84,7 @@ def apply_event(
     remember(state.seen, event.event_id, engine.dedup_window)
 
     occurred = event.occurred_at.timestamp()
-    outcome = advance(state, occurred, engine)
+    outcome = advance(state, occurred, engine, noticed_at=noticed_at)
     state.clock = max(state.clock, occurred)
     signals = _apply(state, event, occurred, engine)
     record = rescore(state, engine, caused_by=(event.event_id,))
@@ -92,6 +96,7 @@ def apply_event(
         trigger_key=event.event_id,
         caused_by=(event.event_id,),
         event=event,
+        noticed_at=noticed_at,
     )
     outcome.actions += evaluate(engine.pack, state, firing)
     outcome.expired += firing.expired
@@ -99,9 +104,12 @@ def apply_event(
     return outcome
 
 
-def advance(state: CustomerState, until: float, engine: Engine) -> Outcome:
+def advance(
+    state: CustomerState, until: float, engine: Engine, *, noticed_at: float | None = None
+) -> Outcome:
     """Fire everything due up to `until`, each at its own due time (the customer's clock
-    moves to it), so live ticks, late events and replays produce the same actions."""
+    moves to it), so live ticks, late events and replays produce the same actions. A live
+    tick passes its wall clock as `noticed_at` (see apply_event)."""
     outcome = Outcome(state)
     due = next_due(engine.pack, state, engine.scoring)
     while due is not None and due <= until:
@@ -110,7 +118,7 @@ def advance(state: CustomerState, until: float, engine: Engine) -> Outcome:
         if record is not None:
             outcome.score_records.append(record)
         firing = Firing(signals=frozenset(), now=state.clock, trigger_key=f"at:{due!r}",
-                        caused_by=())
+                        caused_by=(), noticed_at=noticed_at)
         outcome.actions += evaluate(engine.pack, state, firing)
         outcome.expired += firing.expired
         following = next_due(engine.pack, state, engine.scoring)
@@ -177,10 +185,11 @@ def _apply(state: CustomerState, event: Event, occurred: float, engine: Engine) 
         case Ticket():
             return _apply_ticket(state, event, occurred, engine)
         case Profile():
-            before = (state.birthday, state.signup_date)
+            before = {"birthday": state.birthday, "signup_date": state.signup_date}
             _apply_profile(state, event)
-            if (state.birthday, state.signup_date) != before:
-                start_anniversaries(engine.pack, state)
+            changed = {name for name, value in before.items() if getattr(state, name) != value}
+            if changed:
+                start_anniversaries(engine.pack, state, changed)
             return frozenset({"profile"})
 
 
@@ -198,7 +207,7 @@ def _apply_ticket(
         if ticket in state.open_tickets or ticket not in state.closed_tickets:
             state.open_tickets.pop(ticket, None)
             remember(state.closed_tickets, ticket, CLOSED_TICKETS_KEPT)
-            forget_ticket_marks(state, ticket)
+            forget_ticket_marks(engine.pack, state, ticket)
             signals.add("ticket_closed")
         if event.satisfaction is not None:
             insort(state.ratings, (occurred, event.satisfaction))

@@ -14,13 +14,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from churnguard.core.clock import DAY, HOUR, day_number, rfc3339
+from churnguard.core.scoring import crossing_time
 from churnguard.core.state import (
     LOGIN_WINDOW_DAYS,
     PURCHASE_WINDOW_DAYS,
     CustomerState,
     count_in_window,
 )
-from churnguard.core.scoring import crossing_time
 from churnguard.core.triggers import (
     AfterTrigger,
     AnniversaryTrigger,
@@ -31,6 +31,7 @@ from churnguard.core.triggers import (
     begin_anniversaries,
     mark,
     pending,
+    ticket_mark,
 )
 from schemas.events import PERSONAL_FIELDS
 from streams.settings import ScoringSettings
@@ -224,6 +225,9 @@ class Firing:
     caused_by: tuple[str, ...]
     # The triggering event; its fields (personal ones excluded) are read only when a rule fires.
     event: BaseModel | None = None
+    # When the due occurrences are noticed (a tick's wall time, an event's time): later than
+    # `grace_hours` after its due, an occurrence expires instead of firing. Defaults to `now`.
+    noticed_at: float | None = None
     # Filled by evaluate: timer occurrences that were past their grace and did not fire.
     expired: list[str] = field(default_factory=list)
 
@@ -280,18 +284,18 @@ def next_due(pack: RulePack, state: CustomerState, scoring: ScoringSettings) -> 
     return min(dues, default=None)
 
 
-def start_anniversaries(pack: RulePack, state: CustomerState) -> None:
-    """A profile date changed: its anniversaries fire from the customer's clock on."""
+def start_anniversaries(pack: RulePack, state: CustomerState, dates: set[str]) -> None:
+    """Profile `dates` changed: their anniversaries fire from the customer's clock on."""
     for rule in pack.rules:
-        if isinstance(rule.when, AnniversaryTrigger):
+        if isinstance(rule.when, AnniversaryTrigger) and rule.when.date in dates:
             begin_anniversaries(rule.id, rule.when, state, pack.tz)
 
 
-def forget_ticket_marks(state: CustomerState, ticket_id: str) -> None:
+def forget_ticket_marks(pack: RulePack, state: CustomerState, ticket_id: str) -> None:
     """A closed ticket can no longer be overdue: drop its marks (state stays small)."""
-    suffix = f":{ticket_id}"
-    for key in [k for k in state.marks if k.endswith(suffix)]:
-        del state.marks[key]
+    for rule in pack.rules:
+        if isinstance(rule.when, TicketOverdueTrigger):
+            state.marks.pop(ticket_mark(rule.id, ticket_id), None)
 
 
 def _pending(
@@ -314,7 +318,8 @@ def _fired(
         if occurrence.due > firing.now:
             continue
         mark(rule.id, trigger, state, occurrence)
-        if firing.now - occurrence.due > trigger.grace_hours * HOUR:
+        noticed = firing.now if firing.noticed_at is None else firing.noticed_at
+        if noticed - occurrence.due > trigger.grace_hours * HOUR:
             firing.expired.append(occurrence.key)  # a backfill found it too late to matter
             continue
         fired.append((occurrence.key, {**occurrence.context, "due_at": rfc3339(occurrence.due)}))

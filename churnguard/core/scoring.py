@@ -74,8 +74,8 @@ def crossing_time(
     window = cfg.engagement_window_days
     steps += [(day + window) * DAY for day in state.login_days]
     overdue_after = cfg.overdue_ticket_hours * HOUR
-    # Overdue strictly after the limit: the step is effective one second later.
-    steps += [t.opened_at + overdue_after + 1 for t in state.open_tickets.values()]
+    # Overdue strictly after the limit: from the first whole second past it.
+    steps += [math.floor(t.opened_at + overdue_after) + 1.0 for t in state.open_tickets.values()]
     start = now
     for end in [*sorted(s for s in steps if s > now), None]:
         found = _cross_in(state, threshold, start, end, cfg)

@@ -100,7 +100,7 @@ def pending(
             return [
                 Occurrence(
                     ticket.opened_at + sla_hours[ticket.priority] * HOUR,
-                    f"{rule_id}:{ticket_id}",
+                    ticket_mark(rule_id, ticket_id),
                     {
                         "ticket.ticket_id": ticket_id,
                         "ticket.priority": ticket.priority,
@@ -109,7 +109,7 @@ def pending(
                     },
                 )
                 for ticket_id, ticket in state.open_tickets.items()
-                if f"{rule_id}:{ticket_id}" not in marks
+                if ticket_mark(rule_id, ticket_id) not in marks
             ]
 
 
@@ -124,6 +124,10 @@ def mark(rule_id: str, trigger: TimerTrigger, state: CustomerState, occurrence: 
             state.marks[rule_id] = "done"
         case TicketOverdueTrigger():
             state.marks[occurrence.key] = "done"
+
+
+def ticket_mark(rule_id: str, ticket_id: str) -> str:
+    return f"{rule_id}:{ticket_id}"
 
 
 def anniversary(day: date, year: int, at: clock_time, tz: ZoneInfo) -> float:
@@ -148,4 +152,6 @@ def begin_anniversaries(
     year = datetime.fromtimestamp(state.clock, tz).year
     while year > day.year and anniversary(day, year, trigger.at, tz) >= state.clock:
         year -= 1
-    state.marks[rule_id] = str(max(year, day.year))
+    # Once a year even when the date is corrected after this year's coupon went out.
+    already = int(state.marks.get(rule_id, "0"))
+    state.marks[rule_id] = str(max(year, day.year, already))

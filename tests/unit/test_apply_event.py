@@ -328,8 +328,14 @@ def test_personal_fields_never_reach_the_stored_state(feed, event_factory):
 
 def test_personal_fields_never_reach_an_action_fired_by_a_profile_event(feed, event_factory):
     feed(event_factory("purchase", amount="100", day=0))  # score 64: the win-back is armed
-    actions = feed(event_factory("profile", day=40, **PII))  # score falls below 60
-    assert {a.rule_id for a in actions} == {"health_winback"}
+    # The score fell below 60 on day 15 by time alone: the profile event's outcome carries the
+    # timers due before it (onboarding day 7, win-back at the crossing, inactivity day 30),
+    # fired at their own due times; none may carry the profile's personal fields.
+    actions = feed(event_factory("profile", day=40, **PII))
+    assert [a.rule_id for a in actions] == [
+        "onboarding_tips", *["health_winback"] * 3, "inactive_30d_followup",
+    ]
+    assert {a.caused_by for a in actions} == {()}
     for action in actions:
         assert _pii_in(encode_action(action)) == []
 

@@ -224,34 +224,58 @@ def test_duplicate_event_id_in_one_batch(records, store, ctx, now, metrics):
 
 # --- outputs -------------------------------------------------------------------------------
 
-def test_actions_are_routed_by_type(records, store, ctx, now, metrics):
+def test_actions_are_routed_by_type(records, store, ctx, now, metrics, t0):
     recs = records(
         (TOPICS.profiles, {"day": 0, "account_manager": "am-1", "email": "a@b.c"}),
         (TOPICS.purchases, {"day": 0, "amount": "10000"}),          # vip: profile_update + welcome
         (TOPICS.tickets, {"day": 1, "ticket_id": "T", "status": "opened"}),  # ack
-        (TOPICS.logins, {"day": 40}),                               # win-back (VIP: 4 actions)
+        # Before the login, in due order: the ticket's 72 h SLA breach (day 4), the win-back
+        # one second later (the overdue ticket costs 15 service points: 40 + 19.5 < 60; VIP:
+        # 4 actions).
+        (TOPICS.logins, {"day": 4.5}),
     )
-    result = run(recs, store, ctx, now)
+    # Seen live at the login: the dues before it are on time (seen weeks later they expire).
+    result = run(recs, store, ctx, t0 + 4.5 * DAY)
     grouped = by_topic(result)
     types = {t: [r["type"] for r in out] for t, out in grouped.items() if t != TOPICS.scores}
     assert types == {
         TOPICS.profile_updates: ["profile_update"],
-        TOPICS.notifications: ["notification", "notification", "notification"],
-        TOPICS.tasks: ["task", "task"],
+        TOPICS.notifications: ["notification"] * 3,
+        TOPICS.tasks: ["task"] * 3,
         TOPICS.coupons: ["coupon"],
     }
     assert [r["payload"]["template"] for r in grouped[TOPICS.notifications]] == [
         "vip_welcome", "ticket_acknowledgement", "winback_care",
+    ]
+    assert [(r["rule_id"], r["payload"]["assignee"], r["created_at"])
+            for r in grouped[TOPICS.tasks]] == [
+        ("ticket_sla_breach", "support-escalations", rfc3339(t0 + 4 * DAY)),
+        ("health_winback", "am-1", rfc3339(t0 + 4 * DAY + 1)),
+        ("health_winback", "retention-supervisors", rfc3339(t0 + 4 * DAY + 1)),
     ]
     assert all(o.key == b"c1" for o in result.outputs)
     assert metrics.actions == {
         ("vip_upgrade", "profile_update"): 1,
         ("vip_upgrade", "notification"): 1,
         ("ticket_opened_ack", "notification"): 1,
+        ("ticket_sla_breach", "task"): 1,
         ("health_winback", "notification"): 1,
         ("health_winback", "task"): 2,
         ("health_winback", "coupon"): 1,
     }
+
+
+def test_every_score_record_of_an_outcome_is_published(records, store, ctx, now, metrics, t0):
+    recs = records((TOPICS.purchases, {"day": 0}), (TOPICS.logins, {"day": 30}))
+    result = run(recs, store, ctx, now)
+    scores = by_topic(result)[TOPICS.scores]
+    assert [(s["at"], s["score"], s["caused_by"]) for s in scores] == [
+        (rfc3339(t0), 64.0, ["e-0001"]),
+        ("2024-03-16T19:26:57Z", 59.99, []),       # the win-back's crossing
+        (rfc3339(t0 + 30 * DAY), 52.92, []),       # rescored at the inactivity due
+        (rfc3339(t0 + 30 * DAY), 55.92, ["e-0002"]),
+    ]
+    assert metrics.score_changes == 4
 
 
 def test_action_topics_follow_prefixed_topic_names(engine, metrics, raw_factory, now):

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from churnguard.core.clock import DAY, HOUR, rfc3339
 from churnguard.core.default_rules import default_pack
-from churnguard.core.processor import apply_event
+from churnguard.core.processor import advance, apply_event
 from churnguard.core.rules import Rule, RulePack, ThresholdTrigger, action_id
 from streams.codecs import encode_action
 from streams.settings import RuleSettings
@@ -156,13 +156,37 @@ def test_vip_upgrade_when_the_very_first_purchase_crosses_the_threshold(feed, ev
 
 
 # --- health_winback ------------------------------------------------------------------------
-# A purchase alone scores 64 (recency 100, service 80). A login 30 days later scores
-# 0.4 × 72.29 + 3 + 24 = 55.92: the score crosses 60 downwards.
+# A purchase alone scores 64 (recency 100, service 80). With no further event, recency decays
+# after 7 days: 0.4 × recency + 24 drops below 60 (59.99, the score is rounded) 15.310375 days
+# later (T0 + 15 d 7 h 26 min 56.4 s); the win-back fires at the first whole second after
+# that, 2024-03-16T19:26:57Z, by time alone (caused_by == ()), not at the next event. A login
+# 30 days after the purchase then scores 0.4 × 72.29 + 3 + 24 = 55.92.
+# These tests are about the win-back: the time-driven rules are disabled (see test_timers.py).
 
-def test_winback_fires_when_the_score_drops_below_60(feed, event_factory, t0):
+TIMER_RULES = frozenset({
+    "onboarding_tips", "birthday_coupon", "signup_anniversary_coupon",
+    "inactive_30d_followup", "ticket_sla_breach",
+})
+CROSSING_S = 15 * DAY + 7 * HOUR + 26 * 60 + 57  # after a lone purchase at T0
+CROSSING = "2024-03-16T19:26:57Z"
+
+
+def winback_rules(**overrides) -> RuleSettings:
+    return RuleSettings(disabled=TIMER_RULES, **overrides)
+
+
+@pytest.fixture
+def winback_feed(feed_factory, engine_factory):
+    return feed_factory(engine_factory(rules=winback_rules()))
+
+
+def test_winback_fires_when_the_score_drops_below_60(winback_feed, event_factory, t0):
+    feed = winback_feed
     feed(event_factory("purchase", day=0))
     assert feed.state().score == 64.0
-    actions = feed(event_factory("login", event_id="drop", day=30))
+    assert feed.state().next_due == t0 + CROSSING_S
+    assert rfc3339(t0 + CROSSING_S) == CROSSING
+    actions = feed(event_factory("login", event_id="later", day=30))
     assert feed.state().score == pytest.approx(55.92)
     assert [(a.rule_id, a.type) for a in actions] == [
         ("health_winback", "notification"),
@@ -170,63 +194,97 @@ def test_winback_fires_when_the_score_drops_below_60(feed, event_factory, t0):
         ("health_winback", "coupon"),
     ]
     care, task, coupon = actions
-    now = t0 + 30 * DAY
+    crossed = t0 + CROSSING_S
+    assert all(a.created_at == CROSSING for a in actions)
+    assert all(a.caused_by == () for a in actions)  # time alone, not the login
+    assert all(a.health_score == 59.99 for a in actions)
     assert care.payload["template"] == "winback_care"
-    assert care.payload["variables"] == {"health_score": 55.92, "segment": "new"}
+    assert care.payload["variables"] == {"health_score": 59.99, "segment": "new"}
     assert task.payload == {
         "assignee": "retention-team",
         "priority": "high",
-        "due_at": rfc3339(now + 24 * HOUR),
+        "due_at": rfc3339(crossed + 24 * HOUR),
         "title": "Win-back call: health score dropped",
     }
     assert coupon.payload["value"] == 15
     assert coupon.payload["kind"] == "percent"
-    assert coupon.payload["expires_at"] == rfc3339(now + 30 * DAY)
+    assert coupon.payload["expires_at"] == rfc3339(crossed + 30 * DAY)
     assert re.fullmatch(r"CG-[0-9A-F]{10}", coupon.payload["code"])
-    assert all(a.caused_by == ("drop",) for a in actions)
+    # The action ids use the due time (at:<due>), not the login's event id.
+    assert [a.action_id for a in actions] == [
+        action_id("c1", "health_winback", f"at:{crossed!r}", i) for i in range(3)
+    ]
+    # The crossing has its own score record (no cause), then the login's.
+    records = feed.outcomes[-1].score_records
+    assert [(r["at"], r["score"], r["caused_by"]) for r in records] == [
+        (CROSSING, 59.99, []),
+        (rfc3339(t0 + 30 * DAY), 55.92, ["later"]),
+    ]
 
 
-def test_no_winback_for_a_customer_never_at_60(feed, event_factory):
+def test_no_winback_for_a_customer_never_at_60(winback_feed, event_factory):
+    feed = winback_feed
     for day in range(12):
         feed(event_factory("login", day=day))  # at most 0 + 30 + 24 = 54
+    assert feed.state().next_due is None  # nothing to decay below: no crossing ahead
     feed(event_factory("login", day=60))
     assert feed.state().score < 60
     assert feed.all_actions() == []
 
 
-def test_winback_not_again_while_staying_below(feed, event_factory):
+def test_winback_not_again_while_staying_below(winback_feed, event_factory, t0):
+    feed = winback_feed
     feed(event_factory("purchase", day=0))
-    assert len(feed(event_factory("login", day=30))) == 3
+    first = feed(event_factory("login", day=30))
+    assert [a.rule_id for a in first] == ["health_winback"] * 3
+    assert feed.state().next_due is None  # disarmed until the score is back at 60
     for day in (31, 40, 50, 100):
         assert feed(event_factory("login", day=day)) == []
+        assert feed.state().next_due is None
     assert feed.state().score < 60
 
 
-def test_winback_again_after_recovering_and_dropping_again(feed, event_factory):
+def test_winback_again_after_recovering_and_dropping_again(winback_feed, event_factory, t0):
+    feed = winback_feed
     feed(event_factory("purchase", day=0))
     first = feed(event_factory("login", event_id="drop-1", day=30))
-    assert feed(event_factory("purchase", day=32)) == []  # recovers to 70
-    assert feed.state().score >= 60
+    assert feed(event_factory("purchase", day=32)) == []  # recovers to 67: armed again
+    assert feed.state().score == 67.0
+    # Recency from day 32, the day-30 login leaving the window: below 60 on day 53.
+    assert rfc3339(feed.state().next_due) == "2024-04-24T00:50:57Z"
     second = feed(event_factory("login", event_id="drop-2", day=70))
     assert feed.state().score < 60
     assert [a.rule_id for a in first] == ["health_winback"] * 3
     assert [a.rule_id for a in second] == ["health_winback"] * 3
+    assert {a.created_at for a in first} == {CROSSING}
+    assert {a.created_at for a in second} == {"2024-04-24T00:50:57Z"}
+    assert {a.caused_by for a in first + second} == {()}
     assert {a.action_id for a in first}.isdisjoint(a.action_id for a in second)
 
 
 def test_winback_score_equal_to_the_threshold_is_not_below(
-    feed_factory, engine_factory, event_factory
+    feed_factory, engine_factory, event_factory, t0
 ):
-    # Threshold 64: the purchase alone scores exactly 64 (≥, armed), the next drop fires.
-    feed = feed_factory(engine_factory(rules=RuleSettings(winback_score_threshold=64)))
+    # Threshold 64: the purchase alone scores exactly 64 (≥, armed) and keeps scoring exactly
+    # 64 for the 7 days recency stays at 100; only then does the decay take it below.
+    feed = feed_factory(engine_factory(rules=winback_rules(winback_score_threshold=64)))
     feed(event_factory("purchase", day=0))
     assert feed.state().score == 64.0
     assert feed(event_factory("profile", hours=1)) == []
+    state = feed.state()
+    outcome = advance(state, t0 + 7 * DAY, feed.engine)
+    assert outcome.actions == []
+    assert state.score == 64.0  # rescored at day 7: still exactly 64
+    # 0.4 × recency + 24 < 63.995 ⇔ age > 7.010375 d = 7 d 896.4 s: the next whole second.
+    assert state.next_due == t0 + 7 * DAY + 897
     actions = feed(event_factory("profile", day=8))
     assert [a.rule_id for a in actions] == ["health_winback"] * 3
+    assert {a.created_at for a in actions} == {rfc3339(t0 + 7 * DAY + 897)}
+    assert {a.health_score for a in actions} == {63.99}
 
 
-def test_winback_task_goes_to_the_account_manager(feed, event_factory):
+def test_winback_task_goes_to_the_account_manager(winback_feed, event_factory):
+    feed = winback_feed
     feed(event_factory("profile", account_manager="am-zoe"))
     feed(event_factory("purchase", day=0))
     tasks = [a for a in feed(event_factory("login", day=30)) if a.type == "task"]
@@ -234,13 +292,14 @@ def test_winback_task_goes_to_the_account_manager(feed, event_factory):
 
 
 def test_winback_task_default_queue_is_configurable(feed_factory, engine_factory, event_factory):
-    feed = feed_factory(engine_factory(rules=RuleSettings(default_task_queue="care-desk")))
+    feed = feed_factory(engine_factory(rules=winback_rules(default_task_queue="care-desk")))
     feed(event_factory("purchase", day=0))
     tasks = [a for a in feed(event_factory("login", day=30)) if a.type == "task"]
     assert [t.payload["assignee"] for t in tasks] == ["care-desk"]
 
 
-def test_vip_winback_adds_a_supervisor_task(feed, event_factory):
+def test_vip_winback_adds_a_supervisor_task(winback_feed, event_factory):
+    feed = winback_feed
     feed(event_factory("profile", tier="vip", account_manager="am-max"))
     feed(event_factory("purchase", day=0))
     actions = feed(event_factory("login", day=30))
@@ -251,29 +310,37 @@ def test_vip_winback_adds_a_supervisor_task(feed, event_factory):
         ("task", "retention-supervisors"),
     ]
     assert actions[3].payload["title"] == "VIP at risk: review the win-back play"
+    assert {a.created_at for a in actions} == {CROSSING}
 
 
-def test_customer_upgraded_by_spend_gets_the_supervisor_task(feed, event_factory):
+def test_customer_upgraded_by_spend_gets_the_supervisor_task(winback_feed, event_factory):
+    feed = winback_feed
     feed(event_factory("profile"))
     feed(event_factory("purchase", amount="10000", day=0))
     assert feed.state().tier == "vip"
     actions = feed(event_factory("login", day=30))
-    assert len(actions) == 4
+    assert [a.rule_id for a in actions] == ["health_winback"] * 4
     assert actions[-1].payload["assignee"] == "retention-supervisors"
+    assert {a.created_at for a in actions} == {CROSSING}
 
 
 def test_winback_threshold_and_coupon_are_configurable(
-    feed_factory, engine_factory, event_factory
+    feed_factory, engine_factory, event_factory, t0
 ):
-    feed = feed_factory(engine_factory(rules=RuleSettings(
+    feed = feed_factory(engine_factory(rules=winback_rules(
         winback_score_threshold=50, winback_coupon_value=25, winback_coupon_days=7)))
     feed(event_factory("purchase", day=0))
     assert feed(event_factory("login", day=30)) == []  # 55.92 is not below 50
+    # With the day-30 login counted, 0.4 × recency + 27 < 49.995 at 2024-04-12T18:50:57Z.
+    crossed = feed.state().next_due
+    assert rfc3339(crossed) == "2024-04-12T18:50:57Z"
     actions = feed(event_factory("login", day=50))
     assert feed.state().score < 50
     [coupon] = [a for a in actions if a.type == "coupon"]
+    assert coupon.created_at == rfc3339(crossed)
+    assert coupon.health_score == 49.99
     assert coupon.payload["value"] == 25
-    assert coupon.payload["expires_at"] == rfc3339(feed.state().clock + 7 * DAY)
+    assert coupon.payload["expires_at"] == rfc3339(crossed + 7 * DAY)
 
 
 # --- action records ------------------------------------------------------------------------
@@ -298,8 +365,13 @@ def test_action_ids_are_deterministic_and_distinct(feed_factory, history):
     first, second = feed_factory(), feed_factory()
     first(*history())
     second(*history())
+    # ack, survey, then at the login: the timers due before it, in due order.
+    assert [a.rule_id for a in first.all_actions()] == [
+        "ticket_opened_ack", "ticket_closed_survey", "onboarding_tips",
+        *["health_winback"] * 4, "inactive_30d_followup",
+    ]
     ids = [a.action_id for a in first.all_actions()]
-    assert len(ids) == 6  # ack, survey, 4 × win-back
+    assert len(ids) == 8
     assert ids == [a.action_id for a in second.all_actions()]
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
@@ -312,7 +384,7 @@ def test_action_ids_differ_between_customers(feed, history):
     feed(*history("c1"), *history("c2"))
     c1 = [a.action_id for a in feed.all_actions() if a.customer_id == "c1"]
     c2 = [a.action_id for a in feed.all_actions() if a.customer_id == "c2"]
-    assert len(c1) == len(c2) == 6
+    assert len(c1) == len(c2) == 8
     assert set(c1).isdisjoint(c2)
 
 
@@ -327,19 +399,25 @@ def test_action_id_depends_on_every_part():
 
 def test_action_record_has_every_contract_field(feed, history):
     feed(*history())
-    state = feed.state()
-    action = feed.all_actions()[-1]
+    actions = feed.all_actions()
+    # The VIP supervisor task of the win-back, fired by the decay before the login.
+    action = [a for a in actions if a.rule_id == "health_winback"][-1]
     record = action.to_record()
     assert list(record) == CONTRACT_FIELDS
     assert record["type"] == "task"
     assert record["customer_id"] == "c1"
     assert record["rule_id"] == "health_winback"
     assert record["rule_version"] == 1
-    assert record["created_at"] == rfc3339(state.clock)
-    assert record["caused_by"] == ["l1"]
-    assert record["health_score"] == state.score
-    assert record["segment"] == state.segment == "new"
+    assert record["created_at"] == CROSSING
+    assert record["caused_by"] == []
+    assert record["health_score"] == 59.99  # the score at the crossing, not at the login
+    assert record["segment"] == "new"
     assert set(record["payload"]) == {"assignee", "priority", "due_at", "title"}
+    # An event-driven action names its event.
+    ack = actions[0].to_record()
+    assert list(ack) == CONTRACT_FIELDS
+    assert (ack["rule_id"], ack["caused_by"]) == ("ticket_opened_ack", ["t1"])
+    assert ack["created_at"] == rfc3339(feed.state().clock - 29 * DAY)
 
 
 # --- settings and rule specs ---------------------------------------------------------------
@@ -347,6 +425,8 @@ def test_action_record_has_every_contract_field(feed, history):
 def test_default_pack_rules_in_order():
     assert [r.id for r in default_pack(RuleSettings()).rules] == [
         "ticket_opened_ack", "ticket_closed_survey", "vip_upgrade", "health_winback",
+        "onboarding_tips", "birthday_coupon", "signup_anniversary_coupon",
+        "inactive_30d_followup", "ticket_sla_breach",
     ]
 
 
@@ -360,10 +440,14 @@ def test_disabled_rule_is_removed(feed_factory, engine_factory, event_factory):
     assert closed == []
 
 
-def test_disabled_winback_never_fires(feed_factory, engine_factory, event_factory):
+def test_disabled_winback_never_fires(feed_factory, engine_factory, event_factory, t0):
     feed = feed_factory(engine_factory(rules=RuleSettings(disabled=frozenset({"health_winback"}))))
     feed(event_factory("purchase", day=0), event_factory("login", day=30))
-    assert feed.all_actions() == []
+    # Only the (enabled) timers fire; no win-back, not even when time runs on for a year.
+    assert [a.rule_id for a in feed.all_actions()] == ["onboarding_tips", "inactive_30d_followup"]
+    later = advance(feed.state(), t0 + 365 * DAY, feed.engine)
+    assert [a.rule_id for a in later.actions] == ["inactive_30d_followup"]
+    assert feed.state().score < 60
 
 
 def test_rule_with_enabled_false_does_not_fire(event_factory, engine):

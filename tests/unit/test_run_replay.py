@@ -47,19 +47,35 @@ def small_file(raw_factory):
     ]
 
 
-def test_small_file_produces_the_expected_actions(replay_lines, small_file):
+def test_small_file_produces_the_expected_actions(replay_lines, small_file, t0):
     actions, _, errors, (written, bad) = replay_lines(small_file)
     assert errors == ""
     assert (written, bad) == (len(actions), 0)
-    assert [(a["customer_id"], a["rule_id"], a["type"]) for a in actions] == [
-        ("b", "ticket_opened_ack", "notification"),
-        ("a", "vip_upgrade", "profile_update"),
-        ("a", "vip_upgrade", "notification"),
-        ("b", "ticket_closed_survey", "notification"),
-        ("b", "health_winback", "notification"),
-        ("b", "health_winback", "task"),
-        ("b", "health_winback", "coupon"),
+    # Event-driven actions at their events, timers at their due times, all customers
+    # interleaved in time order; nothing after the last event (no --until).
+    b_crossing = "2024-03-17T04:44:57Z"  # 40 + 0.3 × 75 = 62.5 from day 3.5 decays below 60
+    a_crossing = rfc3339(t0 + 2 * DAY + 15 * DAY + 26_817)  # 64 from day 2: 15.310375 d later
+    assert [(a["customer_id"], a["rule_id"], a["type"], a["created_at"]) for a in actions] == [
+        ("b", "ticket_opened_ack", "notification", rfc3339(t0 + DAY)),
+        ("b", "ticket_sla_breach", "task", rfc3339(t0 + 2 * DAY)),  # high: 24 h, closed day 3
+        ("a", "vip_upgrade", "profile_update", rfc3339(t0 + 2 * DAY)),
+        ("a", "vip_upgrade", "notification", rfc3339(t0 + 2 * DAY)),
+        ("b", "ticket_closed_survey", "notification", rfc3339(t0 + 3 * DAY)),
+        ("a", "onboarding_tips", "notification", rfc3339(t0 + 7.5 * DAY)),
+        ("b", "onboarding_tips", "notification", rfc3339(t0 + 10.5 * DAY)),
+        ("b", "health_winback", "notification", b_crossing),
+        ("b", "health_winback", "task", b_crossing),
+        ("b", "health_winback", "coupon", b_crossing),
+        ("a", "health_winback", "notification", a_crossing),
+        ("a", "health_winback", "task", a_crossing),
+        ("a", "health_winback", "coupon", a_crossing),
+        ("a", "health_winback", "task", a_crossing),  # VIP: the supervisor task
+        ("a", "inactive_30d_followup", "task", rfc3339(t0 + 32 * DAY)),
+        ("b", "inactive_30d_followup", "task", rfc3339(t0 + 33.5 * DAY)),
     ]
+    assert a_crossing == "2024-03-18T19:26:57Z"
+    timers = {"ticket_sla_breach", "onboarding_tips", "health_winback", "inactive_30d_followup"}
+    assert all((a["caused_by"] == []) == (a["rule_id"] in timers) for a in actions)
 
 
 def test_replay_is_byte_identical_across_runs(replay_lines, small_file):
@@ -84,7 +100,9 @@ def test_output_lines_are_contract_records(replay_lines, small_file):
             "action_id", "type", "customer_id", "rule_id", "rule_version", "created_at",
             "caused_by", "health_score", "segment", "payload",
         ]
-    assert actions[2]["payload"]["variables"] == {"lifetime_spend": 10_500.0}
+    [welcome] = [a for a in actions
+                 if (a["rule_id"], a["type"]) == ("vip_upgrade", "notification")]
+    assert welcome["payload"]["variables"] == {"lifetime_spend": 10_500.0}
 
 
 def test_bad_lines_are_reported_with_their_line_number(replay_lines, raw_factory):
@@ -206,7 +224,11 @@ def test_demo_vip_winback_has_the_supervisor_task(demo_actions):
         ("coupon", None),
         ("task", "retention-supervisors"),
     ]
-    assert winback[0]["created_at"] == rfc3339(DEMO_START + 55 * DAY)
+    # Fired by time alone, before c02's day-55 login: the day-8 login leaves the 30-day
+    # engagement window at the start of day 38 (61.43 -> 57.95).
+    assert {a["created_at"] for a in winback} == {rfc3339(DEMO_START + 38 * DAY)}
+    assert {tuple(a["caused_by"]) for a in winback} == {()}
+    assert winback[0]["health_score"] == 57.95
 
 
 def test_demo_redelivered_event_changes_nothing(replay_lines, demo_lines):
