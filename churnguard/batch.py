@@ -7,7 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from churnguard.core.processor import Engine, apply_event
+from churnguard import due_index
+from churnguard.core.processor import Engine, Outcome, advance, apply_event
 from churnguard.core.state import CustomerState
 from churnguard.core.validation import Rejected, parse_event
 from churnguard.metrics import Metrics
@@ -38,7 +39,8 @@ class Output:
 
 @dataclass(slots=True)
 class PartitionResult:
-    writes: dict[bytes, bytes] = field(default_factory=dict)
+    # Table writes: states and due-index entries; None deletes the key.
+    writes: dict[bytes, bytes | None] = field(default_factory=dict)
     outputs: list[Output] = field(default_factory=list)
 
 
@@ -97,10 +99,8 @@ def process_partition(
         return result
 
     keys = list(dict.fromkeys(event.customer_id.encode() for _, event in valid))
-    states: dict[bytes, CustomerState | None] = {
-        key: None if raw is None else CustomerState.from_bytes(raw)
-        for key, raw in zip(keys, load(keys), strict=True)
-    }
+    states = _load(keys, load)
+    due_before = {key: None if state is None else state.next_due for key, state in states.items()}
     dirty: set[bytes] = set()
     for record, event in valid:
         key = event.customer_id.encode()
@@ -113,17 +113,73 @@ def process_partition(
             metrics.duplicates += 1
             continue
         metrics.events_applied[event.type] += 1
-        for action in outcome.actions:
-            metrics.actions[(action.rule_id, action.type)] += 1
-            result.outputs.append(Output(ctx.action_topic(action.type), key, encode_action(action)))
-        for score in outcome.score_records:
-            metrics.score_changes += 1
-            result.outputs.append(Output(ctx.topics.scores, key, encode_score(score)))
+        _collect(outcome, key, ctx, result)
+    _store(dirty, states, due_before, result)
+    return result
+
+
+def process_due(
+    entries: Sequence[bytes],
+    load: Callable[[list[bytes]], list[bytes | None]],
+    ctx: BatchContext,
+    *,
+    now: float,
+) -> PartitionResult:
+    """A tick: advance the customers of these due-index entries to the wall clock `now`,
+    firing their timers; their index entries move in the same writes as their states."""
+    result = PartitionResult()
+    states = _load(list(dict.fromkeys(due_index.customer_of(e) for e in entries)), load)
+    due_before = {key: None if state is None else state.next_due for key, state in states.items()}
+    for key, state in states.items():
+        if state is not None:
+            _collect(advance(state, now, ctx.engine, noticed_at=now), key, ctx, result)
+    _store({k for k, s in states.items() if s is not None}, states, due_before, result)
+    # An entry that is not the state's current one (or has no state) is stale: drop it, or a
+    # tick would read it forever.
+    current = {
+        due_index.due_key(state.next_due, key)
+        for key, state in states.items()
+        if state is not None and state.next_due is not None
+    }
+    for entry in entries:
+        if entry not in current:
+            result.writes[entry] = None
+    ctx.metrics.due_customers += len(states)
+    return result
+
+
+def _load(
+    keys: list[bytes], load: Callable[[list[bytes]], list[bytes | None]]
+) -> dict[bytes, CustomerState | None]:
+    return {
+        key: None if raw is None else CustomerState.from_bytes(raw)
+        for key, raw in zip(keys, load(keys), strict=True)
+    }
+
+
+def _collect(outcome: Outcome, key: bytes, ctx: BatchContext, result: PartitionResult) -> None:
+    metrics = ctx.metrics
+    for action in outcome.actions:
+        metrics.actions[(action.rule_id, action.type)] += 1
+        result.outputs.append(Output(ctx.action_topic(action.type), key, encode_action(action)))
+    for score in outcome.score_records:
+        metrics.score_changes += 1
+        result.outputs.append(Output(ctx.topics.scores, key, encode_score(score)))
+    metrics.timers_expired += len(outcome.expired)
+
+
+def _store(
+    dirty: set[bytes],
+    states: dict[bytes, CustomerState | None],
+    due_before: dict[bytes, float | None],
+    result: PartitionResult,
+) -> None:
+    """Each dirty state once, and its due-index entry moved if its next due changed."""
     for key in dirty:
         state = states[key]
         assert state is not None  # every dirty key had an event applied
         result.writes[key] = state.to_bytes()
-    return result
+        result.writes.update(due_index.moves(key, due_before[key], state.next_due))
 
 
 def _dead_letter(record: RawRecord, rejected: Rejected, ctx: BatchContext, now: float) -> Output:

@@ -16,6 +16,9 @@ class Metrics:
     dead_letters: Counter[str] = field(default_factory=Counter)  # by rejection kind
     actions: Counter[tuple[str, str]] = field(default_factory=Counter)  # by (rule, type)
     score_changes: int = 0
+    timer_ticks: int = 0
+    due_customers: int = 0  # customers advanced by ticks
+    timers_expired: int = 0  # occurrences noticed past their grace (backfills): not fired
     batches: int = 0
     batch_events: int = 0
     batch_seconds: float = 0.0
@@ -29,6 +32,9 @@ class Metrics:
             "dead_letters": dict(self.dead_letters),
             "actions": {f"{rule}/{kind}": n for (rule, kind), n in sorted(self.actions.items())},
             "score_changes": self.score_changes,
+            "timer_ticks": self.timer_ticks,
+            "due_customers": self.due_customers,
+            "timers_expired": self.timers_expired,
             "batches": self.batches,
             "batch_events": self.batch_events,
             "batch_seconds": round(self.batch_seconds, 3),

@@ -9,7 +9,9 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# No control characters: ids are Kafka keys and RocksDB keys (churnguard.due_index uses a
+# NUL-prefixed key space in the same table).
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
 TicketPriority = Literal["low", "normal", "high", "urgent"]
 Tier = Literal["standard", "vip"]
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
+from churnguard import due_index
 from churnguard.batch import BatchContext, process_partition
 from churnguard.core.clock import DAY, rfc3339
 from churnguard.core.state import CustomerState
@@ -182,7 +183,11 @@ def test_each_dirty_customer_is_loaded_and_written_once(records, store, ctx, now
     )
     result = run(recs, store, ctx, now)
     assert store.loads == [[b"c1", b"c2"]]
-    assert sorted(result.writes) == [b"c1", b"c2"]
+    states = sorted(k for k in result.writes if not k.startswith(due_index.PREFIX))
+    assert states == [b"c1", b"c2"]
+    # Each customer's pending timers are indexed by due time, once.
+    entries = [k for k in result.writes if k.startswith(due_index.PREFIX)]
+    assert sorted(due_index.customer_of(k) for k in entries) == [b"c1", b"c2"]
     c1 = CustomerState.from_bytes(result.writes[b"c1"])
     c2 = CustomerState.from_bytes(result.writes[b"c2"])
     assert (c1.order_count, sum(c1.login_days.values())) == (1, 2)
