@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from churnguard.clocks import EventClock
 from churnguard.core.processor import Engine, advance, apply_event
 from churnguard.core.rules import Action
 from churnguard.core.state import CustomerState
@@ -51,9 +52,10 @@ def replay(
     states: dict[str, CustomerState] = {}
     # (due, customer) of every customer with a pending timer; stale entries are skipped.
     dues: list[tuple[float, str]] = []
+    clock = EventClock()
 
-    def fire_until(moment: float) -> Iterator[Action]:
-        while dues and dues[0][0] <= moment:
+    def fire_due() -> Iterator[Action]:
+        while dues and dues[0][0] <= clock.now():
             due, customer = heapq.heappop(dues)
             state = states[customer]
             if state.next_due != due:
@@ -66,14 +68,16 @@ def replay(
         occurred = event.occurred_at.timestamp()
         if until is not None and occurred > until:
             break
-        yield from fire_until(occurred)
+        clock.advance_to(occurred)
+        yield from fire_due()
         outcome = apply_event(states.get(event.customer_id), event, engine)
         states[event.customer_id] = state = outcome.state
         yield from outcome.actions
         if state.next_due is not None:
             heapq.heappush(dues, (state.next_due, event.customer_id))
     if until is not None:
-        yield from fire_until(until)
+        clock.advance_to(until)
+        yield from fire_due()
 
 
 def run_replay(
