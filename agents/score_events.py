@@ -8,15 +8,19 @@ are committed by the batch path only after that returns."""
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import structlog
+from faust.types import TP
+
+from agents.locks import PartitionLocks
+from churnguard.batch import BatchContext, process_partition
+from churnguard.clocks import Clock
 from streams.batch_path import SourceRecord
 from tables.state_store import OutputRecord, TableBatchWriter
-
-from churnguard.batch import BatchContext, process_partition
 
 log = structlog.get_logger(__name__)
 
@@ -24,34 +28,40 @@ log = structlog.get_logger(__name__)
 class ScoreEvents:
     """The batch handler installed into the worker's consumer."""
 
-    def __init__(self, ctx: BatchContext, writer: TableBatchWriter) -> None:
+    def __init__(
+        self, ctx: BatchContext, writer: TableBatchWriter, locks: PartitionLocks, clock: Clock
+    ) -> None:
         self.ctx = ctx
         self.writer = writer
+        self.locks = locks
+        self.clock = clock
 
-    async def __call__(self, batch: Mapping[object, Sequence[SourceRecord]]) -> None:
+    async def __call__(self, batch: Mapping[TP, Sequence[SourceRecord]]) -> None:
         started = time.perf_counter()
-        by_partition: dict[int, list[SourceRecord]] = defaultdict(list)
-        for records in batch.values():
-            for record in records:
-                by_partition[record.partition].append(record)
-        now = time.time()
+        by_partition: dict[int, list[Sequence[SourceRecord]]] = defaultdict(list)
+        for tp, records in batch.items():
+            by_partition[tp.partition].append(records)
+        now = self.clock.now()
         await asyncio.gather(*(
-            self._partition(partition, records, now)
-            for partition, records in by_partition.items()
+            self._partition(partition, lists, now) for partition, lists in by_partition.items()
         ))
         metrics = self.ctx.metrics
         metrics.batches += 1
-        metrics.batch_events += sum(len(r) for r in by_partition.values())
+        metrics.batch_events += sum(len(r) for r in batch.values())
         metrics.batch_seconds += time.perf_counter() - started
 
-    async def _partition(self, partition: int, records: list[SourceRecord], now: float) -> None:
-        # Topics of one partition are applied topic by topic, each in offset order.
-        records.sort(key=lambda r: (r.topic, r.offset))
-        result = process_partition(
-            records,
-            lambda keys: self.writer.get_many(partition, keys),
-            self.ctx,
-            now=now,
-        )
-        outputs = [OutputRecord(o.topic, o.key or b"", o.value, None) for o in result.outputs]
-        await self.writer.write(partition, result.writes, outputs=outputs)
+    async def _partition(
+        self, partition: int, per_topic: list[Sequence[SourceRecord]], now: float
+    ) -> None:
+        # Each topic's records stay in offset order (the state's offset guard relies on
+        # it); across topics they are merged by record timestamp, i.e. in publish order.
+        records = list(heapq.merge(*per_topic, key=lambda r: r.timestamp_ms))
+        async with self.locks[partition]:
+            result = process_partition(
+                records,
+                lambda keys: self.writer.get_many(partition, keys),
+                self.ctx,
+                now=now,
+            )
+            outputs = [OutputRecord(o.topic, o.key, o.value) for o in result.outputs]
+            await self.writer.write(partition, result.writes, outputs=outputs)

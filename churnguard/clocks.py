@@ -5,6 +5,7 @@ inject a ManualClock into a worker to make time pass without waiting."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Protocol
 
 
@@ -32,3 +33,35 @@ class EventClock:
 
 class ManualClock(EventClock):
     """A clock a test moves by hand (same behaviour as event time)."""
+
+
+class FileClock:
+    """Reads the current time (epoch seconds, as text) from a file, so another process — the
+    demo, which compresses 60 days into seconds, or a test — can drive a worker's clock.
+    Never used in production (settings.clock_file is unset there)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp = -1
+        self._now = 0.0
+
+    def now(self) -> float:
+        try:
+            stamp = self.path.stat().st_mtime_ns
+            if stamp != self._stamp:
+                self._now = float(self.path.read_text().strip() or self._now)
+                self._stamp = stamp
+        except (OSError, ValueError):
+            pass  # mid-write or not there yet: keep the last time read
+        return self._now
+
+    @staticmethod
+    def set(path: Path, moment: float) -> None:
+        """Atomically publish a new time (write then rename: readers never see half)."""
+        partial = path.with_suffix(".tmp")
+        partial.write_text(repr(moment))
+        partial.replace(path)
+
+
+def clock_for(clock_file: Path | None) -> Clock:
+    return WallClock() if clock_file is None else FileClock(clock_file)

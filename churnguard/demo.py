@@ -4,24 +4,22 @@ come from replaying the same scenario in-process, so the demo also checks worker
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
 
-from churnguard.core.clock import DAY
+from churnguard.clocks import FileClock
+from churnguard.core.clock import DAY, HOUR, rfc3339
 from churnguard.engine import build_engine
 from churnguard.logging import configure_logging
+from churnguard.processes import running_worker, wait_ready
 from churnguard.replay import read_events, replay
 from churnguard.scenario import DEMO_SPAN_S, bad_records, demo_events
 from connectors.admin import ensure_topics
@@ -30,43 +28,52 @@ from streams.settings import Settings
 from streams.topology import all_topics
 
 PARTITIONS = 4
+# Simulated seconds per real second: the 60 days pass in about 25 s.
+SPEED = 2.4 * DAY
+# Events are published this far ahead of the worker's clock, so each reaches the worker
+# before its moment (the worker then applies it in the same order as a replay would).
+LEAD_S = 12 * HOUR
+STEP_S = 0.05
 
 
 def run_demo(*, timeout_s: float) -> int:
     configure_logging("warning")
     started = time.monotonic()
-    # The scenario ends just before now so every timestamp passes the future-skew check.
-    start_day = (time.time() - DEMO_SPAN_S) // DAY * DAY
-    events = demo_events(start_day)
+    # The scenario ends just before now; the worker's clock is driven through a file.
+    start = (time.time() - DEMO_SPAN_S) // DAY * DAY
+    end = start + DEMO_SPAN_S
+    events = demo_events(start)
     lines = [orjson.dumps(e) for e in events]
 
     with tempfile.TemporaryDirectory(prefix="churnguard-demo-") as tmp, embedded_broker() as broker:
-        env = {
-            **os.environ,
-            "CHURNGUARD_BROKER": broker.url,
-            "CHURNGUARD_EMBEDDED_BROKER": "true",
-            "CHURNGUARD_PARTITIONS": str(PARTITIONS),
-            "CHURNGUARD_STORE_DIR": str(Path(tmp) / "store"),
-            "CHURNGUARD_APP_ID": "churnguard-demo",
-            "CHURNGUARD_LOG_LEVEL": "warning",
-        }
-        settings = Settings(broker=broker.url, partitions=PARTITIONS, app_id="churnguard-demo",
-                            embedded_broker=True, store_dir=Path(tmp) / "store")
-        engine = build_engine(settings)
-        parsed, _ = read_events(lines, now=time.time(), max_future_hours=24)
-        expected = {a.action_id: a for a in replay(parsed, engine)}
+        clock_file = Path(tmp) / "clock"
+        FileClock.set(clock_file, start)
+        settings = Settings(
+            broker=broker.url, partitions=PARTITIONS, app_id="churnguard-demo",
+            embedded_broker=True, store_dir=Path(tmp) / "store", clock_file=clock_file,
+            tick_interval_s=0.1, session_timeout_s=6.0, rebalance_timeout_s=6.0,
+            log_level="info",
+        )
+        parsed, _ = read_events(lines, now=end, max_future_hours=24)
+        expected = {a.action_id: a for a in replay(parsed, build_engine(settings), until=end)}
         ensure_topics(broker.bootstrap, all_topics(settings), PARTITIONS)
 
-        print(f"churnguard demo: broker {broker.bootstrap}, {len(events)} events for "
-              f"{len({e['customer_id'] for e in events})} customers over 60 days, "
-              f"{len(bad_records())} bad records; expecting {len(expected)} actions\n")
+        print(f"churnguard demo: broker {broker.bootstrap}; {len(events)} events for "
+              f"{len({e['customer_id'] for e in events})} customers over 60 simulated days "
+              f"(~{DEMO_SPAN_S / SPEED:.0f} s), {len(bad_records())} bad records; "
+              f"expecting {len(expected)} actions\n")
         log_path = Path(tmp) / "worker.log"
-        with log_path.open("wb") as log_file, _worker(env, log_file) as worker:
-            _publish(broker.bootstrap, settings, lines)
-            received, dead = _follow(broker.bootstrap, settings, expected, worker,
-                                     deadline=started + timeout_s)
-        ok = set(received) == set(expected) and len(dead) == len(bad_records())
-        _summary(received, dead, expected)
+        with running_worker(settings, log_path) as worker:
+            wait_ready(log_path, worker, timeout_s=timeout_s)
+            follower = _Follower(broker.bootstrap, settings)
+            try:
+                _run_clock(broker.bootstrap, settings, events, follower, start, end)
+                follower.until(expected, worker, deadline=started + timeout_s)
+            finally:
+                follower.close()
+        received = {k: v for k, v in follower.received.items() if v["created_at"] <= rfc3339(end)}
+        ok = set(received) == set(expected) and len(follower.dead) == len(bad_records())
+        _summary(received, follower.dead, expected)
         if not ok:
             tail = log_path.read_bytes()[-3000:].decode(errors="replace")
             print(f"\nworker log (tail):\n{tail}", file=sys.stderr)
@@ -74,77 +81,75 @@ def run_demo(*, timeout_s: float) -> int:
     return 0 if ok else 1
 
 
-@contextlib.contextmanager
-def _worker(env: dict[str, str], log_file: Any) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "churnguard", "worker", "--embedded"],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+def _run_clock(
+    bootstrap: str,
+    settings: Settings,
+    events: list[dict[str, Any]],
+    follower: _Follower,
+    start: float,
+    end: float,
+) -> None:
+    """Advance the worker's clock from `start` to `end` at SPEED, publishing each event
+    LEAD_S before its moment and printing actions as they arrive."""
+    assert settings.clock_file is not None
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+    pending = list(events)
+    origin = time.monotonic()
     try:
-        yield process
-    finally:
-        stop_process_group(process)
-
-
-def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
-    """SIGTERM the child's process group, SIGKILL it if it does not exit in time."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-
-
-def _publish(bootstrap: str, settings: Settings, lines: list[bytes]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    try:
-        for line in lines:
-            customer = orjson.loads(line)["customer_id"]
-            producer.send(settings.topics.events, key=customer.encode(), value=line)
         for key, value in bad_records():
             producer.send(settings.topics.events, key=key, value=value)
-        producer.flush(timeout=10)
+        while True:
+            now = min(end, start + (time.monotonic() - origin) * SPEED)
+            while pending and pending[0]["occurred_at"] <= rfc3339(now + LEAD_S):
+                event = pending.pop(0)
+                producer.send(settings.topics.events, key=event["customer_id"].encode(),
+                              value=orjson.dumps(event))
+            producer.flush(timeout=10)
+            FileClock.set(settings.clock_file, now)
+            follower.poll()
+            if now >= end and not pending:
+                return
+            time.sleep(STEP_S)  # the pace of simulated time itself, not a synchronisation
     finally:
         producer.close(timeout=5)
 
 
-def _follow(
-    bootstrap: str,
-    settings: Settings,
-    expected: dict[str, Any],
-    worker: subprocess.Popen[bytes],
-    *,
-    deadline: float,
-) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    topics = settings.topics
-    consumer = KafkaConsumer(
-        topics.notifications, topics.tasks, topics.coupons, topics.profile_updates, topics.dlq,
-        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-        group_id=None, consumer_timeout_ms=500,
-    )
-    received: dict[str, dict[str, Any]] = {}
-    dead: list[dict[str, Any]] = []
-    try:
-        while time.monotonic() < deadline and worker.poll() is None:
-            for message in consumer:
+class _Follower:
+    """Reads the action topics and the DLQ, printing each new action once."""
+
+    def __init__(self, bootstrap: str, settings: Settings) -> None:
+        topics = settings.topics
+        self.dlq = topics.dlq
+        self.consumer = KafkaConsumer(
+            topics.notifications, topics.tasks, topics.coupons, topics.profile_updates,
+            topics.dlq, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+            enable_auto_commit=False, group_id=None,
+        )
+        self.received: dict[str, dict[str, Any]] = {}
+        self.dead: list[dict[str, Any]] = []
+
+    def poll(self, timeout_ms: int = 0) -> None:
+        for messages in self.consumer.poll(timeout_ms=timeout_ms).values():
+            for message in messages:
                 record = orjson.loads(message.value)
-                if message.topic == topics.dlq:
-                    dead.append(record)
+                if message.topic == self.dlq:
+                    self.dead.append(record)
                     print(f"{'dead letter':>16}  {record['source']['topic']}@"
                           f"{record['source']['offset']}: {record['reason']}")
-                elif record["action_id"] not in received:  # at-least-once: de-duplicate
-                    received[record["action_id"]] = record
+                elif record["action_id"] not in self.received:  # at-least-once: de-duplicate
+                    self.received[record["action_id"]] = record
                     print(describe(record))
-            if set(received) >= set(expected) and len(dead) >= len(bad_records()):
-                break
-    finally:
-        consumer.close()
-    return received, dead
+
+    def until(
+        self, expected: dict[str, Any], worker: subprocess.Popen[bytes], *, deadline: float
+    ) -> None:
+        while time.monotonic() < deadline and worker.poll() is None:
+            if set(self.received) >= set(expected) and len(self.dead) >= len(bad_records()):
+                return
+            self.poll(timeout_ms=200)
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def describe(action: dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
-"""The demo's built-in scenario: ~20 customers over ~60 simulated days, ending now, in the
-combined-topic format. Deterministic for a given start day."""
+"""The demo's built-in scenario: ~20 customers over 60 simulated days in the combined-topic
+format, with a customer for every built-in rule. Deterministic for a given start day."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ class _Builder:
         }
         self.events.append(event)
         return event
+
+    def date_in(self, day: float) -> str:
+        """The calendar date (YYYY-MM-DD, UTC) `day` days into the scenario."""
+        return rfc3339(self.start + day * DAY)[:10]
 
     def profile(self, customer: str, day: float = 0, **fields: Any) -> None:
         self.add("profile", customer, day, email=f"{customer}@example.com", **fields)
@@ -79,6 +83,17 @@ def demo_events(start: float) -> list[dict[str, Any]]:
         b.purchase(customer, 3, 120 + rng.randint(0, 100))
         b.logins(customer, [3 + i * 1.5 for i in range(9)])
         b.logins(customer, [52 + rng.random()])
+
+    # Time-driven plays: a birthday and a signup anniversary inside the 60 days (coupons at
+    # 09:00 UTC), and an urgent ticket nobody closes (SLA breach after 4 h).
+    birthday = b.date_in(40)
+    b.profile("c21", birthday=f"1985-{birthday[5:]}")
+    b.purchase("c21", 2, 60)
+    b.profile("c22", signup_date=f"{int(b.date_in(25)[:4]) - 2}-{b.date_in(25)[5:]}")
+    b.logins("c22", [1, 12, 24, 36, 48])
+    b.profile("c23", account_manager="am-dave")
+    b.purchase("c23", 45, 90)
+    b.ticket("c23", 50, "t-c23", "opened", priority="urgent")
 
     # Regular customers with varied activity (segments, score records; few or no actions).
     for number in range(10, 21):

@@ -14,8 +14,8 @@ from streams.topology import STATE_TABLE
 @dataclass(frozen=True)
 class Topology:
     app: faust.App
-    # Source topics (raw bytes, decoded with orjson/pydantic by the batch path).
-    inputs: dict[str, faust.TopicT]
+    # Source topics: raw bytes, decoded and validated by the batch path's handler.
+    inputs: list[str]
     customer_to_state: TableT[bytes, bytes]
 
 
@@ -40,25 +40,15 @@ def create_app(settings: Settings) -> Topology:
     )
     # Every input is keyed by customer_id with the same partition count, so partition p of
     # each input, of the table's changelog and of the outputs hold the same customers: no
-    # repartition topic is needed and faust co-assigns the table with the inputs.
-    inputs = {
-        name: app.topic(
-            name,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.partitions,
-        )
-        for name in settings.topics.inputs()
-    }
+    # repartition topic is needed and faust co-assigns the table with the inputs (the batch
+    # path subscribes the inputs, see streams/batch_path.py).
     # Values are orjson bytes written by the batch path; faust only stores and changelogs them.
     table = app.Table(
         STATE_TABLE,
-        schema=faust.Schema(
-            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        ),
+        # bytes key/value types give faust's raw serializers: the changelog carries our bytes.
+        key_type=bytes,
+        value_type=bytes,
         partitions=settings.partitions,
         default=None,
     )
-    return Topology(app=app, inputs=inputs, customer_to_state=table)
+    return Topology(app=app, inputs=list(settings.topics.inputs()), customer_to_state=table)

@@ -186,6 +186,8 @@ class Settings(BaseSettings):
     tick_interval_s: float = Field(1.0, gt=0)
     # Customers advanced per partition per tick at most (the rest wait for the next tick).
     tick_limit: int = Field(5_000, ge=1)
+    # Demo and tests only: read "now" from this file (see churnguard.clocks.FileClock).
+    clock_file: Path | None = None
 
     @property
     def bootstrap(self) -> str:

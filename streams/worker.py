@@ -7,17 +7,20 @@ import logging
 
 import faust
 import structlog
-from tables.state_store import TableBatchWriter
 
+from agents.fire_timers import FireTimers
+from agents.locks import PartitionLocks
 from agents.score_events import ScoreEvents
 from churnguard.batch import BatchContext
+from churnguard.clocks import Clock, clock_for
 from churnguard.engine import build_engine
 from churnguard.metrics import Metrics
 from connectors.admin import ensure_topics
 from streams.app import Topology, create_app
-from streams.batch_path import install_batch_path
+from streams.batch_path import BatchPathConsumer, install_batch_path
 from streams.settings import Settings
 from streams.topology import all_topics
+from tables.state_store import TableBatchWriter
 
 log = structlog.get_logger(__name__)
 
@@ -33,23 +36,39 @@ class Worker(faust.Worker):
         log.info("worker_ready", app_id=self.app.conf.id)
 
 
-def build_worker_app(settings: Settings, metrics: Metrics | None = None) -> Topology:
-    """The app with the hot path installed (also used by tests to run a worker in-process)."""
+def build_worker_app(
+    settings: Settings, *, metrics: Metrics | None = None, clock: Clock | None = None
+) -> Topology:
+    """The app with the hot path and the timer tick installed (tests inject a clock)."""
     topology = create_app(settings)
+    app = topology.app
     metrics = metrics or Metrics()
+    clock = clock or clock_for(settings.clock_file)
     ctx = BatchContext.create(
         build_engine(settings), settings.topics, metrics, settings.max_future_skew_hours
     )
     writer = TableBatchWriter(
-        topology.app,
+        app,
         topology.customer_to_state,
         # Tansu's ListOffsets answers the last batch's base offset + 1, which breaks faust's
         # recovery; Apache Kafka needs no workaround.
         single_record_tail=settings.embedded_broker,
     )
-    install_batch_path(topology.app, topology.inputs.keys(), ScoreEvents(ctx, writer))
+    locks = PartitionLocks()
+    install_batch_path(app, topology.inputs, ScoreEvents(ctx, writer, locks, clock))
+    timers = FireTimers(ctx, writer, locks, clock, limit=settings.tick_limit)
+    inputs = set(topology.inputs)
 
-    @topology.app.timer(interval=STATS_INTERVAL_S)  # type: ignore[untyped-decorator]
+    @app.timer(interval=settings.tick_interval_s)  # type: ignore[untyped-decorator]
+    async def fire_timers() -> None:
+        consumer = app.consumer
+        if not isinstance(consumer, BatchPathConsumer):
+            return
+        await consumer.run_guarded(
+            timers.tick, topics=inputs
+        )
+
+    @app.timer(interval=STATS_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def log_stats() -> None:
         # One canonical line per interval, never one per event.
         log.info("worker_stats", **metrics.snapshot())

@@ -118,7 +118,7 @@ def advance(
         if record is not None:
             outcome.score_records.append(record)
         firing = Firing(signals=frozenset(), now=state.clock, trigger_key=f"at:{due!r}",
-                        caused_by=(), noticed_at=noticed_at)
+                        caused_by=(), noticed_at=noticed_at, time_driven=True)
         outcome.actions += evaluate(engine.pack, state, firing)
         outcome.expired += firing.expired
         following = next_due(engine.pack, state, engine.scoring)

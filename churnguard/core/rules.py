@@ -63,6 +63,9 @@ class ThresholdTrigger(_Spec):
     below: float | None = None
     at_least: float | None = None
     once: bool = False
+    # A crossing caused by time alone (score decay) that a live worker only notices later
+    # than this (a backfill of old events) disarms the rule without firing.
+    grace_hours: float = Field(24, gt=0)
 
     @model_validator(mode="after")
     def _one_bound(self) -> ThresholdTrigger:
@@ -228,6 +231,8 @@ class Firing:
     # When the due occurrences are noticed (a tick's wall time, an event's time): later than
     # `grace_hours` after its due, an occurrence expires instead of firing. Defaults to `now`.
     noticed_at: float | None = None
+    # Set by advance(): no event, time alone brought this evaluation.
+    time_driven: bool = False
     # Filled by evaluate: timer occurrences that were past their grace and did not fire.
     expired: list[str] = field(default_factory=list)
 
@@ -312,18 +317,28 @@ def _fired(
     if isinstance(trigger, SignalTrigger):
         return [(firing.trigger_key, {})] if trigger.on in firing.signals else []
     if isinstance(trigger, ThresholdTrigger):
-        return [(firing.trigger_key, {})] if _crossed(rule.id, trigger, state) else []
+        if not _crossed(rule.id, trigger, state):
+            return []
+        if firing.time_driven and _late(firing, firing.now, trigger.grace_hours):
+            # Time alone crossed it long before anyone looked (a backfill): disarmed, unfired.
+            firing.expired.append(f"{rule.id}:{firing.trigger_key}")
+            return []
+        return [(firing.trigger_key, {})]
     fired = []
     for occurrence in _pending(pack, rule.id, trigger, state):
         if occurrence.due > firing.now:
             continue
         mark(rule.id, trigger, state, occurrence)
-        noticed = firing.now if firing.noticed_at is None else firing.noticed_at
-        if noticed - occurrence.due > trigger.grace_hours * HOUR:
+        if _late(firing, occurrence.due, trigger.grace_hours):
             firing.expired.append(occurrence.key)  # a backfill found it too late to matter
             continue
         fired.append((occurrence.key, {**occurrence.context, "due_at": rfc3339(occurrence.due)}))
     return fired
+
+
+def _late(firing: Firing, due: float, grace_hours: float) -> bool:
+    noticed = firing.now if firing.noticed_at is None else firing.noticed_at
+    return noticed - due > grace_hours * HOUR
 
 
 def _crossed(rule_id: str, trigger: ThresholdTrigger, state: CustomerState) -> bool:

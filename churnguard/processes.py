@@ -1,0 +1,91 @@
+"""Running a churnguard worker as a child process (the demo, the tests, the benchmark): its
+environment from a Settings object, readiness from its log, and a clean stop of its whole
+process group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from streams.settings import Settings
+
+READY_MARK = b"worker_ready"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child worker these settings."""
+    env = {
+        "CHURNGUARD_BROKER": settings.broker,
+        "CHURNGUARD_EMBEDDED_BROKER": str(settings.embedded_broker).lower(),
+        "CHURNGUARD_PARTITIONS": str(settings.partitions),
+        "CHURNGUARD_STORE_DIR": str(settings.store_dir),
+        "CHURNGUARD_APP_ID": settings.app_id,
+        "CHURNGUARD_LOG_LEVEL": settings.log_level,
+        "CHURNGUARD_TICK_INTERVAL_S": str(settings.tick_interval_s),
+        "CHURNGUARD_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
+        "CHURNGUARD_REBALANCE_TIMEOUT_S": str(settings.rebalance_timeout_s),
+        "CHURNGUARD_TOPICS": settings.topics.model_dump_json(),
+    }
+    if settings.clock_file is not None:
+        env["CHURNGUARD_CLOCK_FILE"] = str(settings.clock_file)
+    return env
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "churnguard", "worker"],
+            env={**os.environ, **settings_env(settings)},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            # Its own group: stopping it stops everything it started.
+            start_new_session=True,
+        )
+
+
+@contextlib.contextmanager
+def running_worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    process = start_worker(settings, log_path)
+    try:
+        yield process
+    finally:
+        stop_process_group(process)
+
+
+def wait_ready(
+    log_path: Path, process: subprocess.Popen[bytes], *, timeout_s: float, after: int = 0
+) -> None:
+    """Until the worker logs `worker_ready` (partitions assigned, tables recovered) past byte
+    `after` of its log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if READY_MARK in log_path.read_bytes()[after:]:
+            return
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"worker exited with code {process.returncode}; its log: {log_path}"
+            )
+        time.sleep(0.1)  # a child's log file has no readiness event to await
+    raise TimeoutError(f"worker not ready within {timeout_s}s; its log: {log_path}")
+
+
+def stop_process_group(
+    process: subprocess.Popen[bytes], *, grace_s: float = 15.0, kill: bool = False
+) -> None:
+    """SIGTERM the child's process group (SIGKILL at once with `kill`, or after the grace)."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)

@@ -1,0 +1,252 @@
+"""Bulk writes to a faust Table partition, changelog first.
+
+`TableBatchWriter.write` keeps faust's recovery contract without faust's per-key write path
+(`Table.__setitem__` costs ~200 µs and needs a current event):
+
+1. output records (actions, DLQ) are produced and acknowledged first, so a crash never
+   leaves state updated with its actions unsent (actions are at-least-once);
+2. the changelog records go to the table's changelog topic, explicit partition, in the
+   table's own (raw) key/value format, and are acknowledged;
+3. only then the RocksDB write-batch is written together with faust's persisted changelog
+   offset for the partition, so recovery after a restart resumes exactly there.
+
+Records are produced as aiokafka record batches per partition (`create_batch`-style
+`BatchBuilder`s of up to `max_batch_bytes`), all partitions at once, and their delivery
+futures are awaited together.
+
+Relies on private faust/aiokafka internals (faust-streaming 0.15.3, aiokafka 0.14.0):
+`faust.stores.rocksdb.Store._db_for_partition` / `.offset_key`, `faust.stores.memory.Store.data`
+/ `._key_partition`, `faust...aiokafka.Producer._ensure_producer`,
+`aiokafka.producer.message_accumulator.BatchBuilder`, `AIOKafkaProducer.send_batch`,
+`AIOKafkaProducer._partition`, `._message_accumulator._compression_type` and
+`client._wait_on_metadata`.
+
+The table must be written only through this writer: faust's own per-key writes persist the
+changelog offset from a delivery callback and would race with the offsets written here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import rocksdict
+from aiokafka.producer.message_accumulator import BatchBuilder
+from faust.stores import memory as faust_memory
+from faust.stores import rocksdb as faust_rocksdb
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TableT
+
+__all__ = ["OutputRecord", "TableBatchWriter"]
+
+DEFAULT_MAX_BATCH_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRecord:
+    """A record to produce before the state it belongs to is written (action, DLQ...)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None = None  # None: the producer's partitioner (by key)
+
+
+# (key, value) pairs bound for one topic partition, in order.
+_Pairs = list[tuple[bytes | None, bytes | None]]
+
+
+class TableBatchWriter:
+    """Multi-get and changelog-first bulk writes for one raw-serialized faust Table."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        table: TableT[Any, Any],
+        *,
+        single_record_tail: bool,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    ) -> None:
+        """`single_record_tail=True` is for the embedded Tansu broker only: Tansu 0.6
+        answers ListOffsets(latest) with the last record batch's base offset + 1, so the
+        last changelog write to a partition is sent as a batch of its own and the end
+        offset faust's recovery reads is right. Apache Kafka does not need it."""
+        if not isinstance(table, faust.Table):
+            raise TypeError(f"expected a faust Table, got {type(table).__name__}")
+        if table.key_serializer != "raw" or table.value_serializer != "raw":
+            raise ValueError(
+                f"table {table.name!r} must be declared with key_type=bytes and "
+                "value_type=bytes (raw serializers) for bulk writes"
+            )
+        if table.is_global or table.use_partitioner or table.window is not None:
+            raise ValueError(f"table {table.name!r}: only plain partitioned tables are supported")
+        self._app = app
+        self._table = table
+        self._single_record_tail = single_record_tail
+        self._max_batch_bytes = max_batch_bytes
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get_many(self, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Values of `keys` in the table's partition, None where missing (one multi-get)."""
+        store = self._table.data
+        if isinstance(store, faust_rocksdb.Store):
+            values: list[bytes | None] = store._db_for_partition(partition)[list(keys)]
+            return values
+        if isinstance(store, faust_memory.Store):
+            data = store.data
+            return [data.get(key) for key in keys]
+        raise TypeError(f"unsupported table store {type(store).__name__}")
+
+    def scan(self, partition: int, lower: bytes, upper: bytes, limit: int) -> list[bytes]:
+        """Keys `lower <= key < upper` of the table's partition in key order, at most `limit`
+        (for key-ordered indexes kept in the table, e.g. timers due by time)."""
+        store = self._table.data
+        found: list[bytes] = []
+        if limit <= 0:
+            return found
+        if isinstance(store, faust_rocksdb.Store):
+            offset_key = store.offset_key
+            for key in store._db_for_partition(partition).keys(from_key=lower):
+                if key >= upper:
+                    break
+                if key != offset_key:
+                    found.append(key)
+                    if len(found) >= limit:
+                        break
+            return found
+        if isinstance(store, faust_memory.Store):
+            in_partition = store._key_partition
+            return sorted(
+                key
+                for key in store.data
+                if lower <= key < upper and in_partition.get(key) == partition
+            )[:limit]
+        raise TypeError(f"unsupported table store {type(store).__name__}")
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def write(
+        self,
+        partition: int,
+        items: Mapping[bytes, bytes | None],
+        *,
+        outputs: Sequence[OutputRecord] = (),
+    ) -> None:
+        """Produce `outputs`, then the changelog for `items`, then store `items` locally.
+
+        A None value deletes the key (a changelog tombstone, as faust writes for `del`).
+
+        Writes to the same partition must not run concurrently (their changelog and
+        persisted offsets would interleave); different partitions may.
+        """
+        faust_producer = self._app.producer
+        if not isinstance(faust_producer, faust_aiokafka.Producer):
+            raise TypeError("bulk writes need faust's aiokafka producer")
+        producer = faust_producer._ensure_producer()
+        if outputs:
+            await self._produce_outputs(producer, outputs)
+        if not items:
+            return
+        topic = self._table.changelog_topic_name
+        pairs: _Pairs = list(items.items())
+        last_offset = await self._send_partition(
+            producer, topic, partition, pairs, tail=self._single_record_tail
+        )
+        self._store_locally(partition, items, last_offset)
+
+    async def _produce_outputs(self, producer: Any, outputs: Sequence[OutputRecord]) -> None:
+        by_tp: defaultdict[tuple[str, int], _Pairs] = defaultdict(list)
+        for topic in {record.topic for record in outputs}:
+            # The partitioner needs the topic's metadata (a no-op once it is cached).
+            await producer.client._wait_on_metadata(topic)
+        for record in outputs:
+            partition = record.partition
+            if partition is None:
+                partition = producer._partition(
+                    record.topic, None, None, None, record.key, record.value
+                )
+            by_tp[(record.topic, partition)].append((record.key, record.value))
+        await asyncio.gather(
+            *(
+                self._send_partition(producer, topic, partition, pairs, tail=False)
+                for (topic, partition), pairs in by_tp.items()
+            )
+        )
+
+    async def _send_partition(
+        self, producer: Any, topic: str, partition: int, pairs: _Pairs, *, tail: bool
+    ) -> int:
+        """Produce `pairs` to one partition in record batches; return the last offset."""
+        builders: list[tuple[Any, int]] = []
+        body, last = (pairs[:-1], pairs[-1:]) if tail and len(pairs) > 1 else (pairs, [])
+        compression = producer._message_accumulator._compression_type
+        builder, count = self._new_builder(compression), 0
+        for key, value in body:
+            if builder.append(timestamp=None, key=key, value=value) is None:
+                builders.append((builder, count))
+                builder, count = self._new_builder(compression), 0
+                builder.append(timestamp=None, key=key, value=value)
+            count += 1
+        if count:
+            builders.append((builder, count))
+        if last:
+            # aiokafka sends the batches of one partition in order, one request at a
+            # time per broker, so the tail lands after the body as its own record batch.
+            tail_builder = self._new_builder(compression)
+            tail_builder.append(timestamp=None, key=last[0][0], value=last[0][1])
+            builders.append((tail_builder, 1))
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for builder, _ in builders:
+                # Closed: no producer.send() elsewhere can add records to our batches (the
+                # offsets and the single-record tail stay ours) and they skip the linger.
+                builder.close()
+                futures.append(await producer.send_batch(builder, topic, partition=partition))
+        except BaseException:
+            for future in futures:
+                future.cancel()  # only our shield of the delivery: nobody will await it
+            raise
+        results = await asyncio.gather(*futures)
+        metadata = results[-1]
+        if metadata is None:
+            raise RuntimeError("producer_acks=0 gives no offsets; the batch path needs acks")
+        return int(metadata.offset) + builders[-1][1] - 1
+
+    def _new_builder(self, compression: int) -> Any:
+        # Larger than faust's producer_max_batch_size (16 KiB): thousands of small records
+        # per partition per produce request.
+        return BatchBuilder(self._max_batch_bytes, compression)
+
+    def _store_locally(
+        self, partition: int, items: Mapping[bytes, bytes | None], offset: int
+    ) -> None:
+        store = self._table.data
+        if isinstance(store, faust_rocksdb.Store):
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for key, value in items.items():
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+            # Same key and format as faust's Store.set_persisted_offset, in the same atomic
+            # write as the values: recovery resumes from exactly this changelog offset.
+            batch.put(store.offset_key, str(offset).encode())
+            store._db_for_partition(partition).write(batch)
+            # table[key] reads the RocksDB partitions directly (no value cache to update);
+            # its key->partition index only caches locations, which never change.
+        elif isinstance(store, faust_memory.Store):
+            data, key_partition = store.data, store._key_partition
+            for key, value in items.items():
+                if value is None:
+                    data.pop(key, None)
+                    key_partition.pop(key, None)
+                else:
+                    data[key] = value
+                    key_partition[key] = partition
+        else:
+            raise TypeError(f"unsupported table store {type(store).__name__}")

@@ -1,0 +1,117 @@
+"""Support for the end-to-end tests: a worker child process with its own topics, group,
+store and clock file, a producer and readers of the output topics."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer
+
+from churnguard.clocks import FileClock
+from churnguard.processes import start_worker, stop_process_group, wait_ready
+from connectors.admin import ensure_topics
+from connectors.embedded_broker import EmbeddedBroker
+from streams.settings import Settings, TopicNames
+from streams.topology import all_topics
+
+DEADLINE_S = 60.0
+_names = itertools.count()
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)  # polls state another process produces: no event to await here
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Pipeline:
+    """One isolated churnguard deployment on the shared embedded broker."""
+
+    def __init__(self, broker: EmbeddedBroker, tmp: Path, now: float) -> None:
+        name = f"t{next(_names)}-{int(time.time() * 1000) % 10**8}"
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.clock_file = tmp / "clock"
+        FileClock.set(self.clock_file, now)
+        self.settings = Settings(
+            broker=broker.url,
+            app_id=f"cg-{name}",
+            partitions=4,
+            embedded_broker=True,
+            store_dir=tmp / "store",
+            topics=TopicNames().with_prefix(f"{name}."),
+            clock_file=self.clock_file,
+            tick_interval_s=0.1,
+            session_timeout_s=6.0,
+            rebalance_timeout_s=6.0,
+        )
+        self.topics = self.settings.topics
+        ensure_topics(broker.bootstrap, all_topics(self.settings), 4)
+        self.producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1)
+        self.reader = KafkaConsumer(
+            self.topics.notifications, self.topics.tasks, self.topics.coupons,
+            self.topics.profile_updates, self.topics.scores, self.topics.dlq,
+            bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+            enable_auto_commit=False, group_id=None,
+        )
+        self.records: dict[str, list[dict[str, Any]]] = {}
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.log_path = tmp / "worker.log"
+
+    # -- the worker --------------------------------------------------------------------
+
+    def start(self) -> None:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.worker = start_worker(self.settings, self.log_path)
+        wait_ready(self.log_path, self.worker, timeout_s=DEADLINE_S, after=offset)
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.worker is not None:
+            stop_process_group(self.worker, kill=kill)
+            self.worker = None
+
+    def set_clock(self, moment: float) -> None:
+        FileClock.set(self.clock_file, moment)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # -- input and output --------------------------------------------------------------
+
+    def send(self, topic: str, value: dict[str, Any] | bytes, key: bytes | None = None) -> None:
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        if key is None and isinstance(value, dict):
+            key = str(value["customer_id"]).encode()
+        self.producer.send(topic, key=key, value=raw)
+
+    def flush(self) -> None:
+        self.producer.flush(timeout=10)
+
+    def poll(self) -> None:
+        for messages in self.reader.poll(timeout_ms=100).values():
+            for message in messages:
+                self.records.setdefault(message.topic, []).append(orjson.loads(message.value))
+
+    def actions(self) -> list[dict[str, Any]]:
+        self.poll()
+        topics = (self.topics.notifications, self.topics.tasks, self.topics.coupons,
+                  self.topics.profile_updates)
+        return [r for t in topics for r in self.records.get(t, [])]
+
+    def of(self, topic: str) -> list[dict[str, Any]]:
+        self.poll()
+        return list(self.records.get(topic, []))
+
+    def close(self) -> None:
+        self.stop()
+        self.producer.close(timeout=5)
+        self.reader.close()
