@@ -168,17 +168,17 @@ def describe(action: dict[str, Any]) -> str:
         case _:
             what = f"profile update {p['set']} +tags {p['add_tags']}"
     return (f"{action['created_at'][:16].replace('T', ' ')}  {action['customer_id']:<4} "
-            f"{action['rule_id']:<21} score {action['health_score']:>5}  {what}")
+            f"{action['rule_id']:<26} score {action['health_score']:>5}  {what}")
 
 
 def _summary(
     received: dict[str, dict[str, Any]], dead: list[dict[str, Any]], expected: dict[str, Any]
 ) -> None:
     by_rule = Counter((a["rule_id"], a["type"]) for a in received.values())
-    print("\n  rule                   action          count")
+    print(f"\n  {'rule':<26} {'action':<15} count")
     for (rule, kind), count in sorted(by_rule.items()):
-        print(f"  {rule:<22} {kind:<15} {count:>5}")
-    print(f"  {'dead letters':<38} {len(dead):>5}")
+        print(f"  {rule:<26} {kind:<15} {count:>5}")
+    print(f"  {'dead letters':<42} {len(dead):>5}")
     missing = set(expected) - set(received)
     extra = set(received) - set(expected)
     print(f"\n  {len(received)} actions received, {len(expected)} expected by replay; "
