@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from functools import partial
 
 import structlog
 
@@ -48,12 +49,12 @@ class FireTimers:
                 if not entries:
                     continue
                 result = process_due(
-                    entries,
-                    lambda keys, p=partition: self.writer.get_many(p, keys),
-                    self.ctx,
-                    now=now,
+                    entries, partial(self.writer.get_many, partition), self.ctx, now=now
                 )
-                outputs = [OutputRecord(o.topic, o.key, o.value) for o in result.outputs]
+                # Outputs are co-partitioned with the inputs: same partition, no key hashing.
+                outputs = [
+                    OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs
+                ]
                 await self.writer.write(partition, result.writes, outputs=outputs)
                 advanced += len(entries)
         if advanced:

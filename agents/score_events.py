@@ -12,6 +12,7 @@ import heapq
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import structlog
 from faust.types import TP
@@ -58,10 +59,8 @@ class ScoreEvents:
         records = list(heapq.merge(*per_topic, key=lambda r: r.timestamp_ms))
         async with self.locks[partition]:
             result = process_partition(
-                records,
-                lambda keys: self.writer.get_many(partition, keys),
-                self.ctx,
-                now=now,
+                records, partial(self.writer.get_many, partition), self.ctx, now=now
             )
-            outputs = [OutputRecord(o.topic, o.key, o.value) for o in result.outputs]
+            # Outputs are co-partitioned with the inputs: same partition, no key hashing.
+            outputs = [OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs]
             await self.writer.write(partition, result.writes, outputs=outputs)

@@ -19,7 +19,7 @@ from churnguard.clocks import FileClock
 from churnguard.core.clock import DAY, HOUR, rfc3339
 from churnguard.engine import build_engine
 from churnguard.logging import configure_logging
-from churnguard.processes import running_worker, wait_ready
+from churnguard.processes import exit_on_sigterm, running_worker, wait_ready
 from churnguard.replay import read_events, replay
 from churnguard.scenario import DEMO_SPAN_S, bad_records, demo_events
 from connectors.admin import ensure_topics
@@ -38,6 +38,7 @@ STEP_S = 0.05
 
 def run_demo(*, timeout_s: float) -> int:
     configure_logging("warning")
+    exit_on_sigterm()
     started = time.monotonic()
     # The scenario ends just before now; the worker's clock is driven through a file.
     start = (time.time() - DEMO_SPAN_S) // DAY * DAY

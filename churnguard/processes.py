@@ -31,6 +31,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CHURNGUARD_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
         "CHURNGUARD_REBALANCE_TIMEOUT_S": str(settings.rebalance_timeout_s),
         "CHURNGUARD_TOPICS": settings.topics.model_dump_json(),
+        "CHURNGUARD_COMMIT_INTERVAL_S": str(settings.commit_interval_s),
     }
     if settings.clock_file is not None:
         env["CHURNGUARD_CLOCK_FILE"] = str(settings.clock_file)
@@ -89,3 +90,13 @@ def stop_process_group(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so `with` blocks stop children and brokers on the way
+    out (the default action would kill this process and orphan them)."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)

@@ -34,6 +34,8 @@ def create_app(settings: Settings) -> Topology:
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 5),
         # Records of a batch go out in a few produce requests instead of one each.
         producer_linger=0.005,
+        broker_commit_interval=settings.commit_interval_s,
+        broker_max_poll_records=settings.max_poll_records,
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
         autodiscover=False,

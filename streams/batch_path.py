@@ -139,8 +139,12 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
             await self._seek_back(skipped, generation)
         if not batch:
             return
+        # Taken before the handler runs, which may reorder what it was given.
+        firsts = {tp: recs[0].offset for tp, recs in batch.items()}
+        ends = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+        size = sum(len(recs) for recs in batch.values())
 
-        task = self._start_guarded(self._run_handler(batch, generation))
+        task = self._start_guarded(self._run_handler(batch, ends, size, generation))
         try:
             outcome = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -151,17 +155,22 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
 
         if outcome is _Outcome.DONE:
             self._backoff_s = 0.0
-            await self._maybe_commit(sum(len(recs) for recs in batch.values()))
+            await self._maybe_commit(size)
         elif outcome is _Outcome.FAILED:
-            await self._seek_back({tp: recs[0].offset for tp, recs in batch.items()}, generation)
+            await self._seek_back(firsts, generation)
             route = self._route
             self._backoff_s = min(
                 route.max_backoff_s, max(route.initial_backoff_s, self._backoff_s * 2)
             )
             await self.sleep(self._backoff_s)  # returns early when the consumer stops
 
-    async def _run_handler(self, batch: dict[TP, list[SourceRecord]], generation: int) -> _Outcome:
-        size = sum(len(recs) for recs in batch.values())
+    async def _run_handler(
+        self,
+        batch: Mapping[TP, Sequence[SourceRecord]],
+        ends: Mapping[TP, int],
+        size: int,
+        generation: int,
+    ) -> _Outcome:
         try:
             await self._route.handler(batch)
         except asyncio.CancelledError:
@@ -180,9 +189,8 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
         assignment = self.assignment()
         done = self._batch_done
         monitor = self.app.monitor
-        for tp, recs in batch.items():
+        for tp, next_offset in ends.items():
             if tp in assignment:
-                next_offset = recs[-1].offset + 1
                 done[tp] = max(done.get(tp, next_offset), next_offset)
                 monitor.track_tp_end_offset(tp, self.highwater(tp))
         return _Outcome.DONE

@@ -181,6 +181,10 @@ class Settings(BaseSettings):
     # Faust consumer group timeouts: short on the embedded broker (every join waits for them).
     session_timeout_s: float = 10.0
     rebalance_timeout_s: float = 10.0
+    # Records per fetch (and so per batch): bounds how long one batch holds the event loop.
+    max_poll_records: int = Field(10_000, ge=1)
+    # How often processed offsets are committed (faust's broker_commit_interval).
+    commit_interval_s: float = Field(2.8, gt=0)
     log_level: str = "info"
     # Wall-clock timer tick of the worker; due timers fire within one tick.
     tick_interval_s: float = Field(1.0, gt=0)

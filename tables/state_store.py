@@ -18,8 +18,8 @@ Relies on private faust/aiokafka internals (faust-streaming 0.15.3, aiokafka 0.1
 `faust.stores.rocksdb.Store._db_for_partition` / `.offset_key`, `faust.stores.memory.Store.data`
 / `._key_partition`, `faust...aiokafka.Producer._ensure_producer`,
 `aiokafka.producer.message_accumulator.BatchBuilder`, `AIOKafkaProducer.send_batch`,
-`AIOKafkaProducer._partition`, `._message_accumulator._compression_type` and
-`client._wait_on_metadata`.
+`AIOKafkaProducer._partition`, `._partitioner`, `._metadata`,
+`._message_accumulator._compression_type` and `client._wait_on_metadata`.
 
 The table must be written only through this writer: faust's own per-key writes persist the
 changelog offset from a delivery callback and would race with the offsets written here.
@@ -35,6 +35,7 @@ from typing import Any
 
 import faust
 import rocksdict
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from faust.stores import memory as faust_memory
 from faust.stores import rocksdb as faust_rocksdb
@@ -44,6 +45,8 @@ from faust.types import TableT
 __all__ = ["OutputRecord", "TableBatchWriter"]
 
 DEFAULT_MAX_BATCH_BYTES = 512 * 1024
+# Keyed partition choices remembered (aiokafka's murmur2 is pure Python, ~3 µs a key).
+_PARTITION_CACHE_SIZE = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,7 @@ class TableBatchWriter:
         self._table = table
         self._single_record_tail = single_record_tail
         self._max_batch_bytes = max_batch_bytes
+        self._partitions: dict[tuple[str, int, bytes], int] = {}
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -167,9 +171,7 @@ class TableBatchWriter:
         for record in outputs:
             partition = record.partition
             if partition is None:
-                partition = producer._partition(
-                    record.topic, None, None, None, record.key, record.value
-                )
+                partition = self._partition_for(producer, record)
             by_tp[(record.topic, partition)].append((record.key, record.value))
         await asyncio.gather(
             *(
@@ -177,6 +179,22 @@ class TableBatchWriter:
                 for (topic, partition), pairs in by_tp.items()
             )
         )
+
+    def _partition_for(self, producer: Any, record: OutputRecord) -> int:
+        """The producer's partition for a record; cached for keyed records when the
+        partitioner is aiokafka's default (deterministic per key and partition count)."""
+        topic, key = record.topic, record.key
+        if key is None or type(producer._partitioner) is not DefaultPartitioner:
+            partition: int = producer._partition(topic, None, None, None, key, record.value)
+            return partition
+        cache_key = (topic, len(producer._metadata.partitions_for_topic(topic)), key)
+        cached = self._partitions.get(cache_key)
+        if cached is None:
+            if len(self._partitions) >= _PARTITION_CACHE_SIZE:
+                self._partitions.clear()
+            cached = producer._partition(topic, None, None, None, key, record.value)
+            self._partitions[cache_key] = cached
+        return cached
 
     async def _send_partition(
         self, producer: Any, topic: str, partition: int, pairs: _Pairs, *, tail: bool

@@ -111,7 +111,9 @@ def advance(
     moves to it), so live ticks, late events and replays produce the same actions. A live
     tick passes its wall clock as `noticed_at` (see apply_event)."""
     outcome = Outcome(state)
-    due = next_due(engine.pack, state, engine.scoring)
+    # Kept current by every transition (apply_event and this loop): no recomputation when
+    # nothing is due, which is the common case on the hot path.
+    due = state.next_due
     while due is not None and due <= until:
         state.clock = max(state.clock, due)
         record = rescore(state, engine, caused_by=())
@@ -121,10 +123,9 @@ def advance(
                         caused_by=(), noticed_at=noticed_at, time_driven=True)
         outcome.actions += evaluate(engine.pack, state, firing)
         outcome.expired += firing.expired
-        following = next_due(engine.pack, state, engine.scoring)
+        following = state.next_due = next_due(engine.pack, state, engine.scoring)
         # Progress guard: a due that fired nothing and stays due would loop forever.
         due = None if following is not None and following <= due else following
-    state.next_due = next_due(engine.pack, state, engine.scoring)
     return outcome
 
 

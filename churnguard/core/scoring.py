@@ -37,11 +37,7 @@ def engagement_component(state: CustomerState, now: float, cfg: ScoringSettings)
 
 
 def service_component(state: CustomerState, now: float, cfg: ScoringSettings) -> float:
-    recent = state.ratings[-cfg.satisfaction_sample :]
-    if recent:
-        base = sum((rating - 1) * 25.0 for _, rating in recent) / len(recent)
-    else:
-        base = cfg.service_without_ratings
+    base = _service_base(state, cfg)
     overdue_after = cfg.overdue_ticket_hours * HOUR
     overdue = sum(1 for t in state.open_tickets.values() if now - t.opened_at > overdue_after)
     return max(0.0, base - cfg.overdue_ticket_penalty * overdue)
@@ -65,51 +61,71 @@ def crossing_time(
 ) -> float | None:
     """The first whole second after `now` at which the score, with no new event, is below
     `threshold` — or None if it never gets there. Without events the score only falls:
-    recency ages linearly, logins leave the engagement window and open tickets become overdue,
-    so the components are constant between those breakpoints except recency's linear part."""
-    steps: list[float] = []
-    if state.last_purchase_at is not None:
-        steps += [state.last_purchase_at + cfg.recency_full_days * DAY,
-                  state.last_purchase_at + cfg.recency_zero_days * DAY]
-    window = cfg.engagement_window_days
-    steps += [(day + window) * DAY for day in state.login_days]
-    overdue_after = cfg.overdue_ticket_hours * HOUR
-    # Overdue strictly after the limit: from the first whole second past it.
-    steps += [math.floor(t.opened_at + overdue_after) + 1.0 for t in state.open_tickets.values()]
+    recency ages linearly, logins leave the engagement window, open tickets become overdue.
+    Engagement and service are step functions, so between their steps only recency moves
+    and the crossing is solved in closed form: O(steps), one score evaluation to confirm."""
+    window_start = day_number(now) - cfg.engagement_window_days + 1
+    logins = 0
+    steps: list[tuple[float, int, int]] = []  # (time, logins leaving, tickets becoming overdue)
+    for day, count in state.login_days.items():
+        if day >= window_start:
+            logins += count
+            steps.append(((day + cfg.engagement_window_days) * DAY, count, 0))
+    base = _service_base(state, cfg)
+    limit = cfg.overdue_ticket_hours * HOUR
+    overdue = 0
+    for ticket in state.open_tickets.values():
+        # Overdue strictly after the limit: from the first whole second past it.
+        step = math.floor(ticket.opened_at + limit) + 1.0
+        if step <= now:
+            overdue += 1
+        else:
+            steps.append((step, 0, 1))
+    steps.sort()
+    # Scores are rounded to 2 decimals: below the threshold means below it by 0.005.
+    target = threshold - 0.005
     start = now
-    for end in [*sorted(s for s in steps if s > now), None]:
-        found = _cross_in(state, threshold, start, end, cfg)
-        if found is not None:
-            return found
-        if end is None:
-            return None
-        start = end
+    # Hot: called after every event of an armed customer, so the loop is plain arithmetic.
+    wr, we, ws = cfg.recency_weight, cfg.engagement_weight, cfg.service_weight
+    full, zero = cfg.recency_full_days, cfg.recency_zero_days
+    last = state.last_purchase_at
+    for moment, leaving, becoming_overdue in [*steps, (math.inf, 0, 0)]:
+        rest = (we * min(100.0, cfg.engagement_points_per_login * logins)
+                + ws * max(0.0, base - cfg.overdue_ticket_penalty * overdue))
+        below = target - rest
+        if last is None:
+            recency = 0.0
+        else:
+            age = (start - last) / DAY
+            recency = 100.0 if age <= full else 0.0 if age >= zero else (
+                100.0 * (zero - age) / (zero - full))
+        if wr * recency < below:
+            return _confirm(state, threshold, start, cfg)
+        if last is not None and wr > 0 and below > 0:
+            # Recency falls linearly between its full and zero ages: solve for the moment.
+            age_days = max(zero - (below / wr) * (zero - full) / 100.0, full)
+            crossing = last + age_days * DAY
+            if start <= crossing < moment:
+                return _confirm(state, threshold, crossing, cfg)
+        logins -= leaving
+        overdue += becoming_overdue
+        start = moment
     return None
 
 
-def _cross_in(
-    state: CustomerState, threshold: float, start: float, end: float | None, cfg: ScoringSettings
-) -> float | None:
-    """Solve within [start, end), where engagement and service are constant."""
-    if health(state, start, cfg).score < threshold:
-        return float(math.ceil(start))
-    rest = cfg.engagement_weight * engagement_component(state, start, cfg) + (
-        cfg.service_weight * service_component(state, start, cfg)
-    )
-    if state.last_purchase_at is None or cfg.recency_weight == 0:
-        return None  # recency is constant (0): nothing falls inside the segment
-    # Scores are rounded to 2 decimals: aim 0.005 below the threshold, then check.
-    needed_recency = (threshold - 0.005 - rest) / cfg.recency_weight
-    span = cfg.recency_zero_days - cfg.recency_full_days
-    age_days = cfg.recency_zero_days - needed_recency * span / 100.0
-    moment = state.last_purchase_at + age_days * DAY
-    if moment < start:
-        return None  # recency would already have to be lower than it is: not in this segment
+def _service_base(state: CustomerState, cfg: ScoringSettings) -> float:
+    recent = state.ratings[-cfg.satisfaction_sample :]
+    if not recent:
+        return cfg.service_without_ratings
+    return sum((rating - 1) * 25.0 for _, rating in recent) / len(recent)
+
+
+def _confirm(state: CustomerState, threshold: float, moment: float, cfg: ScoringSettings) -> float:
+    """The closed form is exact up to float rounding: step to the whole second that the
+    rounded score really is below the threshold."""
     candidate = float(math.ceil(moment))
-    if end is not None and candidate >= end:
-        return None
-    for _ in range(3):  # float rounding: step a second or two if still not below
+    for _ in range(3):
         if health(state, candidate, cfg).score < threshold:
             return candidate
         candidate += 1
-    return None
+    return candidate

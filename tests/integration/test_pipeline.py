@@ -4,6 +4,7 @@ kafka-python to the input topics, the exact actions read back from the action to
 from __future__ import annotations
 
 import base64
+import math
 import time
 from collections import Counter
 from typing import Any
@@ -106,6 +107,8 @@ def test_timers_fire_on_the_worker_clock_once_across_a_restart(pipeline_factory:
     t0 = time.time()
     pipeline: Pipeline = pipeline_factory(t0)
     topics = pipeline.topics
+    # Logins that leave the 30-day window at a midnight between t0 + 6 h and t0 + 30 h.
+    login_day = (math.floor((t0 + 6 * HOUR) / DAY) + 1 - 30) * DAY
     events = [
         # Urgent ticket: SLA breach due at t0 + 1 h.
         event("ticket", "k1", "s1", t0 - 3 * HOUR, ticket_id="U1", status="opened",
@@ -114,10 +117,10 @@ def test_timers_fire_on_the_worker_clock_once_across_a_restart(pipeline_factory:
         event("purchase", "o1", "s2", t0 - 7 * DAY + 2 * HOUR, order_id="A", amount="20",
               currency="EUR"),
         # Old history (its stale timers expire), then logins that lift the score to 68.5 at
-        # t0; when they leave the 30-day window (within a day) it drops below 60 with no
+        # t0; when they leave the 30-day window (t0 + 6..30 h) it drops below 60 with no
         # event at all: the win-back must fire at that moment.
         event("purchase", "o2", "s3", t0 - 60 * DAY, order_id="B", amount="50", currency="EUR"),
-        *[event("login", f"l{i}", "s3", t0 - 29 * DAY + i * 60) for i in range(10)],
+        *[event("login", f"l{i}", "s3", login_day + i * 60) for i in range(10)],
     ]
     pipeline.start()
     for e in events:
@@ -132,7 +135,10 @@ def test_timers_fire_on_the_worker_clock_once_across_a_restart(pipeline_factory:
     # Time passes on the worker's clock: the SLA breach fires, nothing else is due yet.
     pipeline.set_clock(t0 + 90 * 60)
     wait_for("the SLA breach", lambda: len(pipeline.actions()) >= 2)
-    [breach] = [a for a in pipeline.actions() if a["rule_id"] != "ticket_opened_ack"]
+    others = [a for a in pipeline.actions() if a["rule_id"] != "ticket_opened_ack"]
+    assert [(a["customer_id"], a["rule_id"], a["created_at"]) for a in others] == [
+        ("s1", "ticket_sla_breach", rfc3339(t0 + HOUR))]
+    [breach] = others
     assert (breach["customer_id"], breach["rule_id"]) == ("s1", "ticket_sla_breach")
     assert breach["created_at"] == rfc3339(t0 - 3 * HOUR + 4 * HOUR)
 

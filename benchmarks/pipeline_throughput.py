@@ -1,0 +1,86 @@
+"""Throughput of the full pipeline (parse, validate, state, score, RFM, rules, timers index,
+changelog and action records) on the embedded broker.
+
+    python -m benchmarks.pipeline_throughput --events 200000 --customers 20000
+
+Pre-produces the workload to the combined topic, starts a worker child process, and times
+from the worker being ready until the consumer group's committed offsets cover every event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.structs import TopicPartition
+
+from benchmarks.workload import generate
+from churnguard.processes import exit_on_sigterm, running_worker, wait_ready
+from connectors.admin import ensure_topics
+from connectors.embedded_broker import embedded_broker
+from streams.settings import Settings
+from streams.topology import all_topics
+
+
+def produce(bootstrap: str, topic: str, events: int, customers: int) -> dict[int, int]:
+    """Returns the end offset per partition."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024,
+                             acks=1)
+    ends: dict[int, int] = {}
+    futures = [producer.send(topic, key=key, value=value)
+               for key, value in generate(events, customers)]
+    producer.flush(timeout=120)
+    for future in futures:
+        meta = future.get(timeout=30)
+        ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+    producer.close()
+    return ends
+
+
+def committed(admin: KafkaAdminClient, group: str, topic: str, ends: dict[int, int]) -> int:
+    """Events covered by the group's committed offsets."""
+    offsets = admin.list_group_offsets({group: None}).get(group, {})
+    done = 0
+    for partition, end in ends.items():
+        meta = offsets.get(TopicPartition(topic, partition))
+        if meta is not None and meta.offset > 0:
+            done += min(meta.offset, end)
+    return done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    args = parser.parse_args()
+    exit_on_sigterm()
+    with tempfile.TemporaryDirectory() as tmp, embedded_broker() as broker:
+        settings = Settings(broker=broker.url, partitions=args.partitions, embedded_broker=True,
+                            store_dir=Path(tmp) / "store", app_id="churnguard-bench",
+                            log_level="info", commit_interval_s=0.2)
+        ensure_topics(broker.bootstrap, all_topics(settings), args.partitions)
+        started = time.perf_counter()
+        ends = produce(broker.bootstrap, settings.topics.events, args.events, args.customers)
+        print(f"produced {args.events} events in {time.perf_counter() - started:.1f}s")
+        log_path = Path(tmp) / "worker.log"
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        with running_worker(settings, log_path) as worker:
+            wait_ready(log_path, worker, timeout_s=60)
+            began = time.perf_counter()
+            total = sum(ends.values())
+            while committed(admin, settings.app_id, settings.topics.events, ends) < total:
+                if worker.poll() is not None:
+                    raise SystemExit(f"worker died: {log_path.read_text()[-2000:]}")
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - began
+        admin.close()
+        print(f"pipeline: {total} events in {elapsed:.2f}s = {total / elapsed:,.0f} events/s "
+              f"({args.customers} customers, {args.partitions} partitions)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""State tables: bulk, changelog-first access to the faust Tables' RocksDB partitions."""
