@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import orjson
 import structlog
@@ -36,3 +37,30 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         ),
         cache_logger_on_first_use=True,
     )
+
+
+def stdlib_logging_config(level: str) -> dict[str, Any]:
+    """dictConfig for the standard library loggers (faust, aiokafka, mode): the same JSON
+    key/value lines as structlog's, on stderr, so one log pipeline reads everything."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "json": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "processors": [
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.JSONRenderer(),
+                ],
+                "foreign_pre_chain": [
+                    structlog.stdlib.add_logger_name,
+                    structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                ],
+            }
+        },
+        "handlers": {
+            "default": {"class": "logging.StreamHandler", "formatter": "json", "level": level}
+        },
+        "root": {"level": level, "handlers": ["default"]},
+    }

@@ -14,6 +14,7 @@ from agents.score_events import ScoreEvents
 from churnguard.batch import BatchContext
 from churnguard.clocks import Clock, clock_for
 from churnguard.engine import build_engine
+from churnguard.logging import stdlib_logging_config
 from churnguard.metrics import Metrics
 from connectors.admin import ensure_topics
 from streams.app import Topology, create_app
@@ -82,7 +83,10 @@ def run_worker(settings: Settings) -> int:
         replication_factor=settings.replication_factor,
     )
     topology = build_worker_app(settings)
-    worker = Worker(topology.app, loglevel=settings.log_level.upper(), quiet=True)
+    level = settings.log_level.upper()
+    worker = Worker(
+        topology.app, loglevel=level, quiet=True, logging_config=stdlib_logging_config(level)
+    )
     log.info("worker_starting", app_id=settings.app_id, partitions=settings.partitions,
              store=settings.store, embedded_broker=settings.embedded_broker)
     worker.execute_from_commandline()
