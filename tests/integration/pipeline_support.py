@@ -65,6 +65,7 @@ class Pipeline:
         )
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.worker: subprocess.Popen[bytes] | None = None
+        self.others: list[subprocess.Popen[bytes]] = []
         self.log_path = tmp / "worker.log"
 
     # -- the worker --------------------------------------------------------------------
@@ -78,6 +79,15 @@ class Pipeline:
         if self.worker is not None:
             stop_process_group(self.worker, kill=kill)
             self.worker = None
+
+    def start_another(self, name: str) -> subprocess.Popen[bytes]:
+        """A second worker of the same group (its own store and log): a rebalance."""
+        settings = self.settings.model_copy(update={"store_dir": self.tmp / f"store-{name}"})
+        log_path = self.tmp / f"worker-{name}.log"
+        process = start_worker(settings, log_path)
+        self.others.append(process)
+        wait_ready(log_path, process, timeout_s=DEADLINE_S)
+        return process
 
     def set_clock(self, moment: float) -> None:
         FileClock.set(self.clock_file, moment)
@@ -113,5 +123,7 @@ class Pipeline:
 
     def close(self) -> None:
         self.stop()
+        for process in self.others:
+            stop_process_group(process)
         self.producer.close(timeout=5)
         self.reader.close()

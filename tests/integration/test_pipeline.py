@@ -14,6 +14,7 @@ import pytest
 
 from churnguard.core.clock import DAY, HOUR, rfc3339
 from churnguard.engine import build_engine
+from churnguard.processes import stop_process_group
 from churnguard.replay import read_events, replay
 from tests.integration.pipeline_support import Pipeline, wait_for
 
@@ -162,3 +163,45 @@ def test_timers_fire_on_the_worker_clock_once_across_a_restart(pipeline_factory:
                      ("s3", "inactive_30d_followup"): 1}
     winback = [a for a in want if a.rule_id == "health_winback"]
     assert all(a.caused_by == () and a.created_at > rfc3339(t0) for a in winback)
+
+
+def test_timers_fire_once_while_partitions_move_between_workers(pipeline_factory: Any) -> None:
+    t0 = time.time()
+    pipeline: Pipeline = pipeline_factory(t0)
+    customers = [f"r{n}" for n in range(12)]  # spread over the 4 partitions
+    events = [
+        event("ticket", f"k-{c}", c, t0 - 3 * HOUR, ticket_id=f"T-{c}", status="opened",
+              priority="urgent")  # SLA breach due at t0 + 1 h
+        for c in customers
+    ] + [
+        event("purchase", f"o-{c}", c, t0 - 7 * DAY + 3 * HOUR, order_id=f"O-{c}",
+              amount="30", currency="EUR")  # onboarding tips due at t0 + 3 h
+        for c in customers
+    ]
+    pipeline.start()
+    for e in events:
+        pipeline.send(pipeline.topics.events, e)
+    pipeline.flush()
+    wait_for("the acknowledgements", lambda: len(pipeline.actions()) >= len(customers))
+
+    # A second worker joins: the partitions (and their timers) are split between the two.
+    other = pipeline.start_another("b")
+    pipeline.set_clock(t0 + 2 * HOUR)
+    wait_for("every SLA breach", lambda: sum(
+        a["rule_id"] == "ticket_sla_breach" for a in pipeline.actions()) >= len(customers))
+
+    # Each worker fired the timers of the partitions it owned.
+    assert "timers_fired" in (pipeline.tmp / "worker-b.log").read_text()
+    assert "timers_fired" in pipeline.log()
+    # It leaves again: its partitions come back to the first worker with their timers.
+    stop_process_group(other)
+    pipeline.set_clock(t0 + 4 * HOUR)
+    wait_for("every onboarding tip", lambda: sum(
+        a["rule_id"] == "onboarding_tips" for a in pipeline.actions()) >= len(customers))
+
+    want = expected_actions(pipeline, events, t0 + 4 * HOUR, live_from=t0)
+    got = Counter(a["action_id"] for a in pipeline.actions())
+    assert set(got) == {a.action_id for a in want}
+    assert set(got.values()) == {1}, "a timer fired twice across the rebalances"
+    assert Counter(a.rule_id for a in want) == {
+        "ticket_opened_ack": 12, "ticket_sla_breach": 12, "onboarding_tips": 12}
