@@ -19,10 +19,9 @@ from kafka.structs import TopicPartition
 
 from benchmarks.workload import generate
 from churnguard.processes import exit_on_sigterm, running_worker, wait_ready
-from connectors.admin import ensure_topics
 from connectors.embedded_broker import embedded_broker
 from streams.settings import Settings
-from streams.topology import all_topics
+from streams.topology import ensure_all_topics
 
 
 def produce(bootstrap: str, topic: str, events: int, customers: int) -> dict[int, int]:
@@ -62,7 +61,7 @@ def main() -> None:
         settings = Settings(broker=broker.url, partitions=args.partitions, embedded_broker=True,
                             store_dir=Path(tmp) / "store", app_id="churnguard-bench",
                             log_level="info", commit_interval_s=0.2)
-        ensure_topics(broker.bootstrap, all_topics(settings), args.partitions)
+        ensure_all_topics(settings)
         started = time.perf_counter()
         ends = produce(broker.bootstrap, settings.topics.events, args.events, args.customers)
         print(f"produced {args.events} events in {time.perf_counter() - started:.1f}s")

@@ -75,14 +75,12 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _topics(args: argparse.Namespace) -> int:
-    from connectors.admin import ensure_topics
     from streams.settings import Settings
-    from streams.topology import all_topics
+    from streams.topology import all_topics, ensure_all_topics
 
     settings = Settings(**({"broker": args.broker} if args.broker else {}))
     configure_logging(settings.log_level)
-    ensure_topics(settings.bootstrap, all_topics(settings), settings.partitions,
-                  replication_factor=settings.replication_factor)
+    ensure_all_topics(settings)
     print(f"{len(all_topics(settings))} topics ready on {settings.bootstrap} "
           f"with {settings.partitions} partitions")
     return 0

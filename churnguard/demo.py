@@ -22,10 +22,9 @@ from churnguard.logging import configure_logging
 from churnguard.processes import exit_on_sigterm, running_worker, wait_ready
 from churnguard.replay import read_events, replay
 from churnguard.scenario import DEMO_SPAN_S, bad_records, demo_events
-from connectors.admin import ensure_topics
 from connectors.embedded_broker import embedded_broker
 from streams.settings import Settings
-from streams.topology import all_topics
+from streams.topology import ensure_all_topics
 
 PARTITIONS = 4
 # Simulated seconds per real second: the 60 days pass in about 25 s.
@@ -57,7 +56,7 @@ def run_demo(*, timeout_s: float) -> int:
         )
         parsed, _ = read_events(lines, now=end, max_future_hours=24)
         expected = {a.action_id: a for a in replay(parsed, build_engine(settings), until=end)}
-        ensure_topics(broker.bootstrap, all_topics(settings), PARTITIONS)
+        ensure_all_topics(settings)
 
         print(f"churnguard demo: broker {broker.bootstrap}; {len(events)} events for "
               f"{len({e['customer_id'] for e in events})} customers over 60 simulated days "

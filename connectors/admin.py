@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import structlog
 from kafka import KafkaAdminClient
@@ -26,15 +26,17 @@ def ensure_topics(
     partitions: int,
     *,
     replication_factor: int = 1,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
     timeout_s: float = 30.0,
 ) -> None:
-    """Create the missing topics and check that existing ones have `partitions` partitions."""
+    """Create the missing topics (with their `configs`, e.g. compaction for a changelog) and
+    check that existing ones have `partitions` partitions."""
     wanted = sorted(set(topics))
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            _ensure(bootstrap, wanted, partitions, replication_factor)
+            _ensure(bootstrap, wanted, partitions, replication_factor, configs or {})
             return
         except TopicSetupError:
             raise
@@ -47,7 +49,13 @@ def ensure_topics(
     )
 
 
-def _ensure(bootstrap: str, wanted: list[str], partitions: int, replication_factor: int) -> None:
+def _ensure(
+    bootstrap: str,
+    wanted: list[str],
+    partitions: int,
+    replication_factor: int,
+    configs: Mapping[str, Mapping[str, str]],
+) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="churnguard-admin")
     try:
         existing = set(admin.list_topics())
@@ -56,7 +64,11 @@ def _ensure(bootstrap: str, wanted: list[str], partitions: int, replication_fact
             # Another process may create one between list and create.
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
-                    [NewTopic(t, partitions, replication_factor) for t in missing]
+                    [
+                        NewTopic(t, partitions, replication_factor, topic_configs=dict(
+                            configs.get(t, {})))
+                        for t in missing
+                    ]
                 )
             log.info("topics_created", topics=missing, partitions=partitions)
         described = admin.describe_topics(wanted)

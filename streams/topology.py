@@ -3,6 +3,7 @@ create topics before any worker starts, because faust creates no source topics).
 
 from __future__ import annotations
 
+from connectors.admin import ensure_topics
 from streams.settings import Settings
 
 STATE_TABLE = "customer_to_state"
@@ -15,3 +16,16 @@ def changelog_topic(settings: Settings, table: str = STATE_TABLE) -> str:
 
 def all_topics(settings: Settings) -> list[str]:
     return [*settings.topics.inputs(), *settings.topics.outputs(), changelog_topic(settings)]
+
+
+def ensure_all_topics(settings: Settings) -> None:
+    """Every topic with the configured partition count. The changelog is compacted (the
+    latest state per key is kept forever; deletes are tombstones): created with the broker's
+    default delete policy, restores would lose every customer idle past the retention."""
+    ensure_topics(
+        settings.bootstrap,
+        all_topics(settings),
+        settings.partitions,
+        replication_factor=settings.replication_factor,
+        configs={changelog_topic(settings): {"cleanup.policy": "compact"}},
+    )

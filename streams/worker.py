@@ -16,11 +16,10 @@ from churnguard.clocks import Clock, clock_for
 from churnguard.engine import build_engine
 from churnguard.logging import stdlib_logging_config
 from churnguard.metrics import Metrics
-from connectors.admin import ensure_topics
 from streams.app import Topology, create_app
 from streams.batch_path import BatchPathConsumer, install_batch_path
 from streams.settings import Settings
-from streams.topology import all_topics
+from streams.topology import ensure_all_topics
 from tables.state_store import TableBatchWriter
 
 log = structlog.get_logger(__name__)
@@ -78,10 +77,7 @@ def build_worker_app(
 
 
 def run_worker(settings: Settings) -> int:
-    ensure_topics(
-        settings.bootstrap, all_topics(settings), settings.partitions,
-        replication_factor=settings.replication_factor,
-    )
+    ensure_all_topics(settings)
     topology = build_worker_app(settings)
     level = settings.log_level.upper()
     worker = Worker(

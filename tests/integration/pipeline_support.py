@@ -15,10 +15,9 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from churnguard.clocks import FileClock
 from churnguard.processes import start_worker, stop_process_group, wait_ready
-from connectors.admin import ensure_topics
 from connectors.embedded_broker import EmbeddedBroker
 from streams.settings import Settings, TopicNames
-from streams.topology import all_topics
+from streams.topology import ensure_all_topics
 
 DEADLINE_S = 60.0
 _names = itertools.count()
@@ -55,7 +54,7 @@ class Pipeline:
             rebalance_timeout_s=6.0,
         )
         self.topics = self.settings.topics
-        ensure_topics(broker.bootstrap, all_topics(self.settings), 4)
+        ensure_all_topics(self.settings)
         self.producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1)
         self.reader = KafkaConsumer(
             self.topics.notifications, self.topics.tasks, self.topics.coupons,
