@@ -43,9 +43,15 @@ class ScoreEvents:
         for tp, records in batch.items():
             by_partition[tp.partition].append(records)
         now = self.clock.now()
-        await asyncio.gather(*(
-            self._partition(partition, lists, now) for partition, lists in by_partition.items()
-        ))
+        # Every partition's write must have ended before the batch counts as failed: one
+        # still writing after revocation could interleave with the partition's new owner.
+        results = await asyncio.gather(
+            *(self._partition(p, lists, now) for p, lists in by_partition.items()),
+            return_exceptions=True,
+        )
+        for failure in results:
+            if isinstance(failure, BaseException):
+                raise failure
         metrics = self.ctx.metrics
         metrics.batches += 1
         metrics.batch_events += sum(len(r) for r in batch.values())

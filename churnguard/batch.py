@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import structlog
+
 from churnguard import due_index
 from churnguard.core.processor import Engine, Outcome, advance, apply_event
 from churnguard.core.state import CustomerState
@@ -15,6 +17,8 @@ from churnguard.metrics import Metrics
 from schemas.events import Event
 from streams.codecs import encode_action, encode_dead_letter, encode_score
 from streams.settings import TopicNames
+
+log = structlog.get_logger(__name__)
 
 
 class RawRecord(Protocol):
@@ -99,23 +103,71 @@ def process_partition(
         return result
 
     keys = list(dict.fromkeys(event.customer_id.encode() for _, event in valid))
-    states = _load(keys, load)
+    stored = dict(zip(keys, load(keys), strict=True))
+    try:
+        applied = _apply_all(valid, stored, ctx, now, isolate=False)
+    except Exception as exc:  # a record the core cannot process: find it, never stall
+        log.warning("batch_isolating_failed_record", error=type(exc).__name__,
+                    records=len(valid))
+        applied = _apply_all(valid, stored, ctx, now, isolate=True)
+    ctx.metrics.merge(applied.metrics)
+    result.outputs += applied.outputs
+    result.writes.update(applied.writes)
+    return result
+
+
+@dataclass(slots=True)
+class _Applied:
+    metrics: Metrics
+    outputs: list[Output] = field(default_factory=list)
+    writes: dict[bytes, bytes | None] = field(default_factory=dict)
+
+
+def _apply_all(
+    valid: Sequence[tuple[RawRecord, Event]],
+    stored: dict[bytes, bytes | None],
+    ctx: BatchContext,
+    now: float,
+    *,
+    isolate: bool,
+) -> _Applied:
+    """Apply the events; with `isolate`, one at a time from the last good serialized state,
+    so that an event the core fails on is dead-lettered and its customer's state is the one
+    before it (slower: only used after a failure)."""
+    applied = _Applied(Metrics())
+    metrics = applied.metrics
+    states = {key: None if raw is None else CustomerState.from_bytes(raw)
+              for key, raw in stored.items()}
+    good = dict(stored)
     due_before = {key: None if state is None else state.next_due for key, state in states.items()}
     dirty: set[bytes] = set()
     for record, event in valid:
         key = event.customer_id.encode()
-        outcome = apply_event(
-            states[key], event, ctx.engine, source=(record.topic, record.offset), noticed_at=now
-        )
+        try:
+            outcome = apply_event(states[key], event, ctx.engine,
+                                  source=(record.topic, record.offset), noticed_at=now)
+            if isolate:
+                good[key] = outcome.state.to_bytes()
+        except Exception as exc:
+            if not isolate:
+                raise
+            raw = good[key]
+            states[key] = None if raw is None else CustomerState.from_bytes(raw)
+            failure = Rejected("processing_error", f"{type(exc).__name__}: {exc}"[:500])
+            metrics.dead_letters[failure.kind] += 1
+            applied.outputs.append(_dead_letter(record, failure, ctx, now))
+            continue
         states[key] = outcome.state
         dirty.add(key)  # even a duplicate moves the state's offset forward
         if outcome.duplicate:
             metrics.duplicates += 1
             continue
         metrics.events_applied[event.type] += 1
-        _collect(outcome, key, ctx, result)
-    _store(dirty, states, due_before, result)
-    return result
+        _collect(outcome, key, ctx, applied.outputs, metrics)
+    partial = PartitionResult()
+    _store(dirty, states, due_before, partial)
+    applied.writes = partial.writes
+    return applied
 
 
 def process_due(
@@ -132,7 +184,8 @@ def process_due(
     due_before = {key: None if state is None else state.next_due for key, state in states.items()}
     for key, state in states.items():
         if state is not None:
-            _collect(advance(state, now, ctx.engine, noticed_at=now), key, ctx, result)
+            outcome = advance(state, now, ctx.engine, noticed_at=now)
+            _collect(outcome, key, ctx, result.outputs, ctx.metrics)
     _store({k for k, s in states.items() if s is not None}, states, due_before, result)
     # An entry that is not the state's current one (or has no state) is stale: drop it, or a
     # tick would read it forever.
@@ -157,14 +210,15 @@ def _load(
     }
 
 
-def _collect(outcome: Outcome, key: bytes, ctx: BatchContext, result: PartitionResult) -> None:
-    metrics = ctx.metrics
+def _collect(
+    outcome: Outcome, key: bytes, ctx: BatchContext, outputs: list[Output], metrics: Metrics
+) -> None:
     for action in outcome.actions:
         metrics.actions[(action.rule_id, action.type)] += 1
-        result.outputs.append(Output(ctx.action_topic(action.type), key, encode_action(action)))
+        outputs.append(Output(ctx.action_topic(action.type), key, encode_action(action)))
     for score in outcome.score_records:
         metrics.score_changes += 1
-        result.outputs.append(Output(ctx.topics.scores, key, encode_score(score)))
+        outputs.append(Output(ctx.topics.scores, key, encode_score(score)))
     metrics.timers_expired += len(outcome.expired)
 
 

@@ -24,6 +24,15 @@ class Metrics:
     batch_seconds: float = 0.0
     failed_batches: int = 0
 
+    def merge(self, other: Metrics) -> None:
+        """Add another set of counters (a batch's, counted apart until it succeeded)."""
+        for name in self.__dataclass_fields__:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if isinstance(mine, Counter):
+                mine.update(theirs)
+            else:
+                setattr(self, name, mine + theirs)
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "events_in": dict(self.events_in),

@@ -7,13 +7,30 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 # No control characters: ids are Kafka keys and RocksDB keys (churnguard.due_index uses a
 # NUL-prefixed key space in the same table).
 Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
 TicketPriority = Literal["low", "normal", "high", "urgent"]
 Tier = Literal["standard", "vip"]
+
+
+def _plausible(value: date) -> date:
+    # Anniversaries are computed for the coming years: 9999-12-31 would overflow them.
+    if not 1900 <= value.year <= 2200:
+        raise ValueError("date must be between 1900-01-01 and 2200-12-31")
+    return value
+
+
+PlausibleDate = Annotated[date, AfterValidator(_plausible)]
 
 
 class _Event(BaseModel):
@@ -28,7 +45,10 @@ class _Event(BaseModel):
 class Purchase(_Event):
     type: Literal["purchase"] = "purchase"
     order_id: Id
-    amount: Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=4, allow_inf_nan=False)]
+    # At most a billion per order: lifetime spend stays exact in 64-bit ten-thousandths.
+    amount: Annotated[
+        Decimal, Field(gt=0, le=1_000_000_000, max_digits=18, decimal_places=4, allow_inf_nan=False)
+    ]
     currency: Annotated[str, StringConstraints(min_length=3, max_length=3, to_upper=True)]
     items: list[dict[str, object]] | None = None
 
@@ -52,8 +72,8 @@ class Profile(_Event):
     a contact channel exists."""
 
     type: Literal["profile"] = "profile"
-    birthday: date | None = None
-    signup_date: date | None = None
+    birthday: PlausibleDate | None = None
+    signup_date: PlausibleDate | None = None
     tier: Tier | None = None
     account_manager: Id | None = None
     tags: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] | None = None

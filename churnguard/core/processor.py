@@ -84,8 +84,11 @@ def apply_event(
     remember(state.seen, event.event_id, engine.dedup_window)
 
     occurred = event.occurred_at.timestamp()
-    outcome = advance(state, occurred, engine, noticed_at=noticed_at)
-    state.clock = max(state.clock, occurred)
+    # A live worker never lets an event stamped ahead of its clock (a fast device clock)
+    # move the customer's time, and so fire timers, beyond the wall clock.
+    horizon = occurred if noticed_at is None else min(occurred, noticed_at)
+    outcome = advance(state, horizon, engine, noticed_at=noticed_at)
+    state.clock = max(state.clock, horizon)
     signals = _apply(state, event, occurred, engine)
     record = rescore(state, engine, caused_by=(event.event_id,))
     if record is not None:

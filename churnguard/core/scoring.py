@@ -82,8 +82,9 @@ def crossing_time(
         else:
             steps.append((step, 0, 1))
     steps.sort()
-    # Scores are rounded to 2 decimals: below the threshold means below it by 0.005.
-    target = threshold - 0.005
+    # Scores are rounded to 2 decimals: "below the threshold" means the raw score is below
+    # the lowest 2-decimal value not under the threshold, minus half a step.
+    target = math.ceil(threshold * 100 - 1e-9) / 100 - 0.005
     start = now
     # Hot: called after every event of an armed customer, so the loop is plain arithmetic.
     wr, we, ws = cfg.recency_weight, cfg.engagement_weight, cfg.service_weight

@@ -280,3 +280,19 @@ def test_key_is_not_checked_unless_required(parse, raw_factory):
 def test_invalid_event_is_reported_before_the_key(reject, raw_factory):
     rejected = reject(raw_factory("login", occurred_at="bad"), "login", key=None, require_key=True)
     assert rejected.kind == "invalid_event"
+
+
+# --- values the core could not carry (found in review) -------------------------------------
+
+@pytest.mark.parametrize("field", ["birthday", "signup_date"])
+@pytest.mark.parametrize("value", ["9999-12-31", "1899-12-31"])
+def test_implausible_profile_dates_are_rejected(reject, raw_factory, field, value):
+    rejected = reject(raw_factory("profile", **{field: value}))
+    assert rejected.kind == "invalid_event"
+    assert field in rejected.reason
+
+
+def test_amount_over_a_billion_is_rejected(reject, raw_factory):
+    rejected = reject(raw_factory("purchase", amount="1000000000.0001"))
+    assert rejected.kind == "invalid_event"
+    assert "amount" in rejected.reason

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
+from churnguard import batch as batch_module
 from churnguard import due_index
 from churnguard.batch import BatchContext, process_partition
 from churnguard.core.clock import DAY, rfc3339
@@ -330,3 +331,38 @@ def test_outputs_keep_the_order_of_the_records(records, store, ctx, now):
         (TOPICS.notifications, "ticket_opened_ack"),
         (TOPICS.notifications, "ticket_closed_survey"),
     ]
+
+
+# --- a record the core fails on ------------------------------------------------------------
+
+def test_a_record_the_core_fails_on_is_dead_lettered_and_the_partition_goes_on(
+    records, store, ctx, now, metrics, monkeypatch
+):
+    real = batch_module.apply_event
+
+    def failing(state, event, engine, **kwargs):
+        if event.event_id == "poison":
+            raise ValueError("year 10000 is out of range")
+        return real(state, event, engine, **kwargs)
+
+    monkeypatch.setattr(batch_module, "apply_event", failing)
+    recs = records(
+        (TOPICS.purchases, {"day": 80, "amount": "100", "event_id": "before"}),
+        (TOPICS.purchases, {"day": 81, "amount": "200", "event_id": "poison"}),
+        (TOPICS.purchases, {"day": 82, "amount": "300", "event_id": "after"}),
+    )
+    result = run(recs, store, ctx, now)
+    [dead] = [orjson.loads(o.value) for o in result.outputs if o.topic == TOPICS.dlq]
+    assert dead["kind"] == "processing_error"
+    assert dead["reason"] == "ValueError: year 10000 is out of range"
+    assert dead["source"]["offset"] == 1
+    state = CustomerState.from_bytes(store.data[b"c1"])
+    # The events around it are applied once, the failed one not at all.
+    assert state.order_count == 2
+    assert state.lifetime_spend == 400
+    assert state.seen == ["before", "after"]
+    assert metrics.events_applied == {"purchase": 2}
+    assert metrics.dead_letters == {"processing_error": 1}
+    # The retry after the failure counted nothing twice.
+    assert sum(metrics.actions.values()) == sum(
+        1 for o in result.outputs if o.topic not in (TOPICS.dlq, TOPICS.scores))

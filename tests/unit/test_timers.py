@@ -783,3 +783,18 @@ def test_closing_a_ticket_keeps_the_breach_marks_of_other_tickets(engine_for, ev
     ]
     actions = run(events, engine, t0 + DAY)
     assert when(actions) == [("ticket_sla_breach", rfc3339(t0 + 4 * HOUR))]
+
+
+def test_an_event_stamped_ahead_of_the_live_clock_does_not_fire_timers_early(engine_for, ev, t0):
+    engine = engine_for("ticket_sla_breach")
+    opened = apply_event(None, ev("ticket", t0, status="opened", priority="urgent",
+                                  ticket_id="U"), engine, noticed_at=t0).state
+    # A login stamped 5 h ahead (a fast device clock) arrives a minute later.
+    outcome = apply_event(opened, ev("login", t0 + 5 * HOUR), engine, noticed_at=t0 + 60)
+    assert outcome.actions == []
+    assert outcome.state.clock == t0 + 60
+    # Replay (no wall clock) keeps event time: there the breach is due before the login.
+    replayed = apply_event(None, ev("ticket", t0, status="opened", priority="urgent",
+                                    ticket_id="U"), engine)
+    later = apply_event(replayed.state, ev("login", t0 + 5 * HOUR), engine)
+    assert [a.rule_id for a in later.actions] == ["ticket_sla_breach"]
