@@ -44,23 +44,29 @@ class FireTimers:
         self.ctx.metrics.timer_ticks += 1
         advanced = 0
         for partition in sorted(partitions):
-            async with self.locks[partition]:
-                entries = self.writer.scan(
-                    partition, due_index.PREFIX, due_index.scan_upper_bound(now), self.limit
-                )
-                if not entries:
-                    continue
-                result = process_due(
-                    entries, partial(self.writer.get_many, partition), self.ctx, now=now
-                )
-                # Outputs are co-partitioned with the inputs: same partition, no key hashing.
-                outputs = [
-                    OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs
-                ]
-                await self.writer.write(partition, result.writes, outputs=outputs)
-                advanced += len(entries)
+            try:
+                advanced += await self._tick_partition(partition, now)
+            except Exception:
+                # Nothing of this partition is marked fired unless its write completed: the
+                # next tick redoes it (same action ids). The other partitions go on.
+                log.exception("timer_tick_failed", partition=partition)
         if advanced:
             # One line per tick that did something; never one per customer.
             log.info("timers_fired", entries=advanced,
                      seconds=round(time.perf_counter() - started, 4))
         return advanced
+
+    async def _tick_partition(self, partition: int, now: float) -> int:
+        async with self.locks[partition]:
+            entries = self.writer.scan(
+                partition, due_index.PREFIX, due_index.scan_upper_bound(now), self.limit
+            )
+            if not entries:
+                return 0
+            result = process_due(
+                entries, partial(self.writer.get_many, partition), self.ctx, now=now
+            )
+            # Outputs are co-partitioned with the inputs: same partition, no key hashing.
+            outputs = [OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs]
+            await self.writer.write(partition, result.writes, outputs=outputs)
+            return len(entries)
