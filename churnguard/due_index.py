@@ -26,11 +26,6 @@ def customer_of(key: bytes) -> bytes:
     return key[len(PREFIX) + 8 :]
 
 
-def due_of(key: bytes) -> float:
-    (millis,) = struct.unpack(">Q", key[len(PREFIX) : len(PREFIX) + 8])
-    return float(millis) / 1000.0
-
-
 def moves(customer: bytes, old: float | None, new: float | None) -> dict[bytes, bytes | None]:
     """Index writes for a customer whose next due went from `old` to `new` (None deletes)."""
     if old == new:

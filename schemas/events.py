@@ -86,7 +86,6 @@ class Profile(_Event):
 PERSONAL_FIELDS = frozenset({"name", "email", "phone"})
 
 Event = Purchase | Login | Ticket | Profile
-EventType = Literal["purchase", "login", "ticket", "profile"]
 
 # The combined topic: one ordered stream per customer, discriminated by `type`.
 TaggedEvent = Annotated[Event, Field(discriminator="type")]
@@ -97,9 +96,3 @@ MODEL_BY_TYPE: dict[str, type[_Event]] = {
     "ticket": Ticket,
     "profile": Profile,
 }
-
-
-def occurred_ts(event: Event) -> float:
-    return event.occurred_at.timestamp()
-
-
