@@ -5,8 +5,9 @@ what is due: the index is read by a seek, never by scanning customers."""
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 
 import structlog
@@ -19,6 +20,9 @@ from tables.state_store import OutputRecord, TableBatchWriter
 
 log = structlog.get_logger(__name__)
 
+# Partition -> the event time up to which its input has been applied (-inf: hold the tick).
+Watermark = Callable[[int], Awaitable[float]]
+
 
 class FireTimers:
     def __init__(
@@ -29,12 +33,14 @@ class FireTimers:
         clock: Clock,
         *,
         limit: int,
+        watermark: Watermark | None = None,
     ) -> None:
         self.ctx = ctx
         self.writer = writer
         self.locks = locks
         self.clock = clock
         self.limit = limit
+        self.watermark = watermark
 
     async def tick(self, partitions: Iterable[int]) -> int:
         """Fire what is due on these (actively owned) partitions; returns the due-index
@@ -45,7 +51,12 @@ class FireTimers:
         advanced = 0
         for partition in sorted(partitions):
             try:
-                advanced += await self._tick_partition(partition, now)
+                # Never ahead of the events: with a backlog, only up to what was applied.
+                until = now if self.watermark is None else min(
+                    now, await self.watermark(partition))
+                if until == -math.inf:
+                    continue  # its events are being applied, or none yet: next tick
+                advanced += await self._tick_partition(partition, until, now)
             except Exception:
                 # Nothing of this partition is marked fired unless its write completed: the
                 # next tick redoes it (same action ids). The other partitions go on.
@@ -56,15 +67,16 @@ class FireTimers:
                      seconds=round(time.perf_counter() - started, 4))
         return advanced
 
-    async def _tick_partition(self, partition: int, now: float) -> int:
+    async def _tick_partition(self, partition: int, until: float, now: float) -> int:
         async with self.locks[partition]:
             entries = self.writer.scan(
-                partition, due_index.PREFIX, due_index.scan_upper_bound(now), self.limit
+                partition, due_index.PREFIX, due_index.scan_upper_bound(until), self.limit
             )
             if not entries:
                 return 0
             result = process_due(
-                entries, partial(self.writer.get_many, partition), self.ctx, now=now
+                entries, partial(self.writer.get_many, partition), self.ctx,
+                until=until, noticed_at=now,
             )
             # Outputs are co-partitioned with the inputs: same partition, no key hashing.
             outputs = [OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from functools import partial
 
@@ -36,19 +36,33 @@ class ScoreEvents:
         self.writer = writer
         self.locks = locks
         self.clock = clock
+        # What the timer tick needs for its event-time watermark: partitions with a batch
+        # handed over but not yet written, and the newest record time applied per input
+        # partition (seconds).
+        self.pending: Counter[int] = Counter()
+        self.applied_until: dict[TP, float] = {}
 
     async def __call__(self, batch: Mapping[TP, Sequence[SourceRecord]]) -> None:
         started = time.perf_counter()
         by_partition: dict[int, list[Sequence[SourceRecord]]] = defaultdict(list)
         for tp, records in batch.items():
             by_partition[tp.partition].append(records)
+        self.pending.update(by_partition.keys())
         now = self.clock.now()
-        # Every partition's write must have ended before the batch counts as failed: one
-        # still writing after revocation could interleave with the partition's new owner.
-        results = await asyncio.gather(
-            *(self._partition(p, lists, now) for p, lists in by_partition.items()),
-            return_exceptions=True,
-        )
+        try:
+            # Every partition's write must have ended before the batch counts as failed: one
+            # still writing after revocation could interleave with the partition's new owner.
+            results = await asyncio.gather(
+                *(self._partition(p, lists, now) for p, lists in by_partition.items()),
+                return_exceptions=True,
+            )
+        finally:
+            self.pending.subtract(by_partition.keys())
+        failed = {p for p, r in zip(by_partition, results, strict=True)
+                  if isinstance(r, BaseException)}
+        for tp, records in batch.items():
+            if records and tp.partition not in failed:
+                self.applied_until[tp] = records[-1].timestamp_ms / 1000.0
         for failure in results:
             if isinstance(failure, BaseException):
                 raise failure

@@ -84,7 +84,7 @@ def main() -> None:
             began = time.perf_counter()
             entries = scan(db, due_index.scan_upper_bound(moment), args.limit)
             scanned = time.perf_counter() - began
-            result = process_due(entries, load, ctx, now=moment)
+            result = process_due(entries, load, ctx, until=moment, noticed_at=moment)
             processed = time.perf_counter() - began - scanned
             batch = WriteBatch(raw_mode=True)
             for key, value in result.writes.items():

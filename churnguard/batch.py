@@ -175,16 +175,18 @@ def process_due(
     load: Callable[[list[bytes]], list[bytes | None]],
     ctx: BatchContext,
     *,
-    now: float,
+    until: float,
+    noticed_at: float,
 ) -> PartitionResult:
-    """A tick: advance the customers of these due-index entries to the wall clock `now`,
-    firing their timers; their index entries move in the same writes as their states."""
+    """A tick: advance the customers of these due-index entries to `until` (the wall clock,
+    or less while events are still unconsumed), firing their timers; `noticed_at` is the
+    wall clock (for grace). Index entries move in the same writes as their states."""
     result = PartitionResult()
     states = _load(list(dict.fromkeys(due_index.customer_of(e) for e in entries)), load)
     due_before = {key: None if state is None else state.next_due for key, state in states.items()}
     for key, state in states.items():
         if state is not None:
-            outcome = advance(state, now, ctx.engine, noticed_at=now)
+            outcome = advance(state, until, ctx.engine, noticed_at=noticed_at)
             _collect(outcome, key, ctx, result.outputs, ctx.metrics)
     _store({k for k, s in states.items() if s is not None}, states, due_before, result)
     # An entry that is not the state's current one (or has no state) is stale: drop it, or a

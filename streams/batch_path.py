@@ -255,6 +255,15 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
             log.exception("guarded_run_failed", partitions=sorted(owned))
             return None
 
+    async def caught_up(self, tp: TP) -> bool:
+        """Whether every record of `tp` the broker has (its high-water mark, from the last
+        fetch response) has been handed out: no unconsumed backlog on this partition."""
+        highwater = self.highwater(tp)
+        if highwater is None:
+            return False  # no fetch response yet: unknown, so not caught up
+        position: int | None = await self.position(tp)
+        return position is not None and position >= highwater
+
     # -- faust's commit path ------------------------------------------------------------
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:

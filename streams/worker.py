@@ -4,9 +4,11 @@ the Faust worker until SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import logging
+import math
 
 import faust
 import structlog
+from faust.types import TP
 
 from agents.fire_timers import FireTimers
 from agents.locks import PartitionLocks
@@ -55,9 +57,26 @@ def build_worker_app(
         single_record_tail=settings.embedded_broker,
     )
     locks = PartitionLocks()
-    install_batch_path(app, topology.inputs, ScoreEvents(ctx, writer, locks, clock))
-    timers = FireTimers(ctx, writer, locks, clock, limit=settings.tick_limit)
+    score_events = ScoreEvents(ctx, writer, locks, clock)
+    install_batch_path(app, topology.inputs, score_events)
     inputs = set(topology.inputs)
+
+    async def watermark(partition: int) -> float:
+        """Event time up to which the partition's inputs are applied: +inf when every input
+        is caught up, else the newest applied record time of the lagging ones (-inf, so no
+        tick, while a batch of it is in hand or nothing is applied yet)."""
+        consumer = app.consumer
+        if score_events.pending[partition] or not isinstance(consumer, BatchPathConsumer):
+            return -math.inf
+        until = math.inf
+        for topic in inputs:
+            tp = TP(topic, partition)
+            if not await consumer.caught_up(tp):
+                until = min(until, score_events.applied_until.get(tp, -math.inf))
+        return until
+
+    timers = FireTimers(ctx, writer, locks, clock, limit=settings.tick_limit,
+                        watermark=watermark)
 
     @app.timer(interval=settings.tick_interval_s)  # type: ignore[untyped-decorator]
     async def fire_timers() -> None:

@@ -235,3 +235,30 @@ async def test_ticks_are_counted(open_urgent, fire_timers, clock, metrics):
     clock.advance_to(T0 + 4 * HOUR)
     assert await fire_timers.tick([0]) == 1
     assert metrics.timer_ticks == 1
+
+
+async def test_the_tick_never_runs_ahead_of_the_events_applied(
+    open_urgent, ctx, writer, locks, clock, fake
+):
+    """With a backlog, the tick only advances up to the event time applied so far; held
+    (-inf) it touches nothing; caught up (+inf) it runs on the wall clock."""
+    from agents.fire_timers import FireTimers
+
+    await open_urgent(0, "c1", "T1", T0)
+    marks = {0: T0 + 3 * HOUR}
+
+    async def watermark(partition: int) -> float:
+        return marks[partition]
+
+    timers = FireTimers(ctx, writer, locks, clock, limit=100, watermark=watermark)
+    clock.advance_to(T0 + 5 * HOUR)  # the breach (T0 + 4 h) is due on the wall clock…
+    writes = len(fake.writes)
+    assert await timers.tick([0]) == 0  # …but events are applied only up to T0 + 3 h
+    marks[0] = -float("inf")
+    assert await timers.tick([0]) == 0  # a batch in hand: hold
+    assert len(fake.writes) == writes
+    marks[0] = float("inf")
+    assert await timers.tick([0]) == 1  # caught up: the wall clock rules
+    [task] = [orjson.loads(o.value) for o in fake.writes[-1].outputs]
+    assert task["rule_id"] == "ticket_sla_breach"
+    assert task["created_at"] == rfc3339(T0 + 4 * HOUR)
