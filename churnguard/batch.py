@@ -164,9 +164,7 @@ def _apply_all(
             continue
         metrics.events_applied[event.type] += 1
         _collect(outcome, key, ctx, applied.outputs, metrics)
-    partial = PartitionResult()
-    _store(dirty, states, due_before, partial)
-    applied.writes = partial.writes
+    applied.writes = _store(dirty, states, due_before)
     return applied
 
 
@@ -188,7 +186,9 @@ def process_due(
         if state is not None:
             outcome = advance(state, until, ctx.engine, noticed_at=noticed_at)
             _collect(outcome, key, ctx, result.outputs, ctx.metrics)
-    _store({k for k, s in states.items() if s is not None}, states, due_before, result)
+    result.writes.update(
+        _store({k for k, s in states.items() if s is not None}, states, due_before)
+    )
     # An entry that is not the state's current one (or has no state) is stale: drop it, or a
     # tick would read it forever.
     current = {
@@ -228,14 +228,15 @@ def _store(
     dirty: set[bytes],
     states: dict[bytes, CustomerState | None],
     due_before: dict[bytes, float | None],
-    result: PartitionResult,
-) -> None:
+) -> dict[bytes, bytes | None]:
     """Each dirty state once, and its due-index entry moved if its next due changed."""
+    writes: dict[bytes, bytes | None] = {}
     for key in dirty:
         state = states[key]
         assert state is not None  # every dirty key had an event applied
-        result.writes[key] = state.to_bytes()
-        result.writes.update(due_index.moves(key, due_before[key], state.next_due))
+        writes[key] = state.to_bytes()
+        writes.update(due_index.moves(key, due_before[key], state.next_due))
+    return writes
 
 
 def _dead_letter(record: RawRecord, rejected: Rejected, ctx: BatchContext, now: float) -> Output:

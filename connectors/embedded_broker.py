@@ -4,8 +4,6 @@ development and the tests. Production runs Apache Kafka (see docker/)."""
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -13,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import structlog
+
+from churnguard.processes import stop_process_group
 
 log = structlog.get_logger(__name__)
 
@@ -50,16 +50,7 @@ class EmbeddedBroker:
         return f"kafka://{self.bootstrap}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            # The broker runs in its own process group: signal the group so nothing is orphaned.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+        stop_process_group(self.process, grace_s=5.0)
 
 
 def start_broker(port: int | None = None, *, timeout_s: float = 20.0) -> EmbeddedBroker:

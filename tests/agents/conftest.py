@@ -5,7 +5,6 @@ BatchContext/engine/metrics and a ManualClock at T0."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from unittest.mock import MagicMock, create_autospec
 
@@ -21,14 +20,6 @@ from churnguard.metrics import Metrics
 from streams.settings import Settings
 from tables.state_store import TableBatchWriter
 from tests.agents.support import T0, TOPICS, FakeWriter, Records
-
-
-@pytest.fixture(autouse=True)
-def _no_churnguard_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings() reads CHURNGUARD_* variables: these tests must not depend on them."""
-    for name in list(os.environ):
-        if name.upper().startswith("CHURNGUARD_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ mid-day instant, so that day-bucket edges are explicit in the tests.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -33,14 +32,6 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "ticket": {"ticket_id": "t-1", "status": "opened"},
     "profile": {},
 }
-
-
-@pytest.fixture(autouse=True)
-def _no_churnguard_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings() reads CHURNGUARD_* variables: the unit tests must not depend on them."""
-    for name in list(os.environ):
-        if name.upper().startswith("CHURNGUARD_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture
