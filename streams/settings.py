@@ -183,6 +183,13 @@ class Settings(BaseSettings):
     rebalance_timeout_s: float = 10.0
     # Records per fetch (and so per batch): bounds how long one batch holds the event loop.
     max_poll_records: int = Field(10_000, ge=1)
+    # Cross-topic order (Kafka Streams' max.task.idle.ms): a partition group whose input
+    # partition has an empty buffer but records still on the broker waits this long for
+    # them before applying the other topics' records without it.
+    max_task_idle_s: float = Field(1.0, ge=0)
+    # Records buffered per input partition ahead of the cross-topic merge; above this the
+    # partition's fetching pauses (Kafka Streams' buffered.records.per.partition).
+    buffered_records_per_partition: int = Field(20_000, ge=1)
     # How often processed offsets are committed (faust's broker_commit_interval).
     commit_interval_s: float = Field(2.8, gt=0)
     log_level: str = "info"
