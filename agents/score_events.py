@@ -8,7 +8,6 @@ are committed by the batch path only after that returns."""
 from __future__ import annotations
 
 import asyncio
-import heapq
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from agents.locks import PartitionLocks
 from churnguard.batch import BatchContext, process_partition
 from churnguard.clocks import Clock
 from streams.batch_path import SourceRecord
+from streams.partition_group import group_order, merge
 from tables.state_store import OutputRecord, TableBatchWriter
 
 log = structlog.get_logger(__name__)
@@ -45,8 +45,8 @@ class ScoreEvents:
     async def __call__(self, batch: Mapping[TP, Sequence[SourceRecord]]) -> None:
         started = time.perf_counter()
         by_partition: dict[int, list[Sequence[SourceRecord]]] = defaultdict(list)
-        for tp, records in batch.items():
-            by_partition[tp.partition].append(records)
+        for tp in sorted(batch, key=group_order):
+            by_partition[tp.partition].append(batch[tp])
         self.pending.update(by_partition.keys())
         now = self.clock.now()
         try:
@@ -75,8 +75,9 @@ class ScoreEvents:
         self, partition: int, per_topic: list[Sequence[SourceRecord]], now: float
     ) -> None:
         # Each topic's records stay in offset order (the state's offset guard relies on
-        # it); across topics they are merged by record timestamp, i.e. in publish order.
-        records = list(heapq.merge(*per_topic, key=lambda r: r.timestamp_ms))
+        # it); across topics the batch path released them so that this merge by record
+        # timestamp is the partition group's stream-time order.
+        records = merge(per_topic)
         async with self.locks[partition]:
             result = process_partition(
                 records, partial(self.writer.get_many, partition), self.ctx, now=now

@@ -6,8 +6,14 @@ How it hooks in (faust-streaming 0.15.3 private internals, pinned in pyproject.t
 - `install_batch_path` replaces the app's consumer factory (`App._new_consumer`) so the
   worker runs `BatchPathConsumer`, a subclass of faust's aiokafka `Consumer`.
 - `BatchPathConsumer._wait_next_records` (called by faust's `Consumer.getmany`) takes the
-  source-topic records out of every fetch and hands them to the handler; everything else
-  (changelog recovery, other agents) goes on through faust's normal per-event path.
+  source-topic records out of every fetch into per-partition buffers
+  (`streams.partition_group`) and hands the handler what the cross-topic merge can decide:
+  co-partitioned topics are applied in record-timestamp order, as Kafka Streams does;
+  everything else (changelog recovery, other agents) goes on through faust's normal
+  per-event path.
+- `BatchPathConsumer._getmany` leaves out of the fetch the partitions whose buffer is full
+  (their records wait in aiokafka's fetcher, which then fetches no more for them) and shortens
+  the fetch wait to the next idle deadline of the merge.
 - Offsets of finished batches are fed into faust's own commit path through
   `_filter_tps_with_pending_acks` and `_new_offset`, so faust's commit timer and
   `broker_commit_every` commit them and `_should_commit` keeps them from going backwards.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -34,6 +41,8 @@ import structlog
 from faust.exceptions import ImproperlyConfigured
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+from streams.partition_group import PartitionGroups
 
 __all__ = [
     "BatchHandler",
@@ -63,6 +72,8 @@ T = TypeVar("T")
 
 # Marks the consumer factory installed by `install_batch_path` (one route per app).
 _FACTORY_MARK = "_churnguard_batch_path"
+# At most one line per this many seconds about partitions the merge stopped waiting for.
+_ENFORCED_LOG_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +82,8 @@ class _Route:
     handler: BatchHandler
     initial_backoff_s: float
     max_backoff_s: float
+    max_idle_s: float
+    max_buffered: int
 
 
 class _Outcome(enum.Enum):
@@ -92,6 +105,12 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
         # Batches and guarded runs under way: revocation and shutdown wait for them.
         self._inflight: set[asyncio.Future[Any]] = set()
         self._backoff_s = 0.0
+        # Fetched, not yet handed over: the cross-topic merge's buffers.
+        self._groups: PartitionGroups[TP, SourceRecord] = PartitionGroups(
+            max_idle_s=batch_route.max_idle_s, max_buffered=batch_route.max_buffered
+        )
+        self._enforced_logged = 0
+        self._enforced_logged_at = 0.0
         super().__init__(*args, **kwargs)
 
     # -- fetch interception -------------------------------------------------------------
@@ -101,29 +120,63 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
         timeout: float,  # noqa: ASYNC109 - faust's signature
     ) -> tuple[Mapping[TP, list[Any]] | None, set[TP] | None]:
         records, active_partitions = await super()._wait_next_records(timeout)
-        if not records:
+        if records is None:
             return records, active_partitions
         topics = self._route.topics
         ours = {tp: recs for tp, recs in records.items() if tp.topic in topics and recs}
-        if not ours:
+        if not ours and not self._groups.partitions():
             return records, active_partitions
         rest = {tp: recs for tp, recs in records.items() if tp.topic not in topics}
+        # Also without new records: a merge waiting on an idle partition may go on now.
         await self._take_batch(ours)
         # Source records never reach faust's per-event path, where the subscribing agent
         # would ack (and so commit) them unprocessed.
         return rest, active_partitions
 
+    async def _getmany(
+        self,
+        active_partitions: set[TP] | None,
+        timeout: float,  # noqa: ASYNC109 - faust's signature
+    ) -> Any:
+        if active_partitions is not None:
+            held = self._groups.full()
+            if held:
+                # A copy: faust's own set of active partitions stays as it is.
+                active_partitions = {tp for tp in active_partitions if tp not in held}
+                if not active_partitions:
+                    await asyncio.sleep(0)  # every buffer is full: the merge drains them
+                    return {}
+        now = time.monotonic()
+        deadline = self._groups.next_deadline(now)
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline - now))
+        return await super()._getmany(active_partitions, timeout)
+
     def _flow_open(self) -> bool:
         return bool(self.flow_active and self.app.flow_control.is_active())
 
+    def _fetched_all(self, tp: TP) -> bool:
+        """Whether the fetcher has handed out every record the broker had for `tp` at its
+        last fetch response (its high-water mark); False while that is unknown."""
+        try:
+            consumer = self._thread._ensure_consumer()
+            state = consumer._subscription.subscription.assignment.state_value(tp)
+        except Exception:  # not started, not subscribed or not assigned: unknown
+            return False
+        if state is None or state.highwater is None or not state.has_valid_position:
+            return False
+        return bool(state.position >= state.highwater)
+
     async def _take_batch(self, fetched: Mapping[Any, list[Any]]) -> None:
+        groups = self._groups
         if not self._flow_open():
             # Rebalance or shutdown under way: faust's getmany seeks every partition back
-            # to its committed offset when it sees the stopped flow, and so does recovery.
+            # to its committed offset when it sees the stopped flow, and so does recovery:
+            # what is buffered will be fetched again.
+            groups.clear()
             return
         generation = self.app.consumer_generation_id
         active = self._get_active_partitions()
-        batch: dict[TP, list[SourceRecord]] = {}
         skipped: dict[TP, int] = {}
         for aio_tp, recs in fetched.items():
             tp = TP(aio_tp.topic, aio_tp.partition)
@@ -131,12 +184,24 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
                 # A pending rewind means these records lie beyond an unprocessed gap.
                 skipped[tp] = self._rewind.get(tp, recs[0].offset)
                 continue
-            batch[tp] = [
+            groups.add(tp, [
                 SourceRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
                 for r in recs
-            ]
+            ])
+        for tp in groups.partitions():
+            first = groups.first_offset(tp)
+            if first is not None and (tp not in active or tp in skipped):
+                # Paused (recovery) or taken away: fetch it again from its first buffered
+                # record once it is active again.
+                skipped[tp] = min(first, skipped.get(tp, first))
+                groups.drop(tp)
         if skipped:
             await self._seek_back(skipped, generation)
+        topics = self._route.topics
+        batch = groups.release(
+            (tp for tp in active if tp.topic in topics), self._fetched_all, time.monotonic()
+        )
+        self._log_enforced()
         if not batch:
             return
         # Taken before the handler runs, which may reorder what it was given.
@@ -157,12 +222,29 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
             self._backoff_s = 0.0
             await self._maybe_commit(size)
         elif outcome is _Outcome.FAILED:
+            for tp in firsts:
+                groups.drop(tp)  # what is buffered lies beyond the records to read again
             await self._seek_back(firsts, generation)
             route = self._route
             self._backoff_s = min(
                 route.max_backoff_s, max(route.initial_backoff_s, self._backoff_s * 2)
             )
             await self.sleep(self._backoff_s)  # returns early when the consumer stops
+
+    def _log_enforced(self) -> None:
+        enforced = self._groups.enforced
+        now = time.monotonic()
+        if enforced > self._enforced_logged and (
+            now - self._enforced_logged_at >= _ENFORCED_LOG_INTERVAL_S
+        ):
+            log.warning(
+                "cross_topic_merge_stopped_waiting",
+                releases=enforced - self._enforced_logged,
+                max_idle_s=self._route.max_idle_s,
+                hint="an input partition had records on the broker but none arrived within "
+                "max_idle_s; its records may be applied out of timestamp order",
+            )
+            self._enforced_logged, self._enforced_logged_at = enforced, now
 
     async def _run_handler(
         self,
@@ -257,12 +339,9 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
 
     async def caught_up(self, tp: TP) -> bool:
         """Whether every record of `tp` the broker has (its high-water mark, from the last
-        fetch response) has been handed out: no unconsumed backlog on this partition."""
-        highwater = self.highwater(tp)
-        if highwater is None:
-            return False  # no fetch response yet: unknown, so not caught up
-        position: int | None = await self.position(tp)
-        return position is not None and position >= highwater
+        fetch response) has been handed to the handler: no unconsumed backlog on this
+        partition, neither on the broker nor in the merge's buffer."""
+        return not self._groups.buffered(tp) and self._fetched_all(tp)
 
     # -- faust's commit path ------------------------------------------------------------
 
@@ -297,6 +376,7 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
         # done offsets and pending rewinds of the old generation no longer apply.
         self._batch_done.clear()
         self._rewind.clear()
+        self._groups.clear()
         self._backoff_s = 0.0
         await super().on_partitions_assigned(assigned, generation_id)
 
@@ -308,6 +388,8 @@ def install_batch_path(
     *,
     initial_backoff_s: float = 0.2,
     max_backoff_s: float = 5.0,
+    max_idle_s: float = 1.0,
+    max_buffered: int = 20_000,
 ) -> None:
     """Call before the worker starts. Records fetched for these source topics on actively
     assigned partitions go to `handler` in batches instead of faust's per-event path.
@@ -318,6 +400,11 @@ def install_batch_path(
     anywhere else. Every topic, source and changelog, must exist with the same partition
     count before the worker starts. Requires the aiokafka transport, `stream_wait_empty`
     (the default) and at-least-once processing (no `processing_guarantee="exactly_once"`).
+
+    Partition p of every topic is one group: its records reach the handler in a prefix that
+    `streams.partition_group.merge` puts in record-timestamp order; a group waits up to
+    `max_idle_s` for a partition with records still on the broker, and a partition's fetching
+    pauses while `max_buffered` of its records wait in the merge.
     """
     names = frozenset(topics)
     if not names:
@@ -326,7 +413,7 @@ def install_batch_path(
         raise RuntimeError("install_batch_path must be called before the app's consumer exists")
     if getattr(app._new_consumer, _FACTORY_MARK, False):
         raise RuntimeError("install_batch_path was already called for this app")
-    route = _Route(names, handler, initial_backoff_s, max_backoff_s)
+    route = _Route(names, handler, initial_backoff_s, max_backoff_s, max_idle_s, max_buffered)
 
     channel = app.topic(
         *sorted(names),
