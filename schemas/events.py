@@ -3,24 +3,77 @@
 
 from __future__ import annotations
 
-from datetime import date
+import re
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
+import pycountry
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
 )
+
+# Limits of one event (docs/contract.md). A record value longer than MAX_EVENT_BYTES is
+# rejected before it is parsed (churnguard.core.validation, kind `too_large`).
+MAX_EVENT_BYTES = 64 * 1024
+MAX_TAGS = 50
+MAX_ITEMS = 100
 
 # No control characters: ids are Kafka keys and RocksDB keys (churnguard.due_index uses a
 # NUL-prefixed key space in the same table).
 Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
 TicketPriority = Literal["low", "normal", "high", "urgent"]
 Tier = Literal["standard", "vip"]
+
+
+# RFC 3339 `date-time` (section 5.6): a 'T' separator, seconds, an offset or Z. Checked on the
+# text because pydantic also takes epoch numbers, a space separator, no seconds, "+0200".
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+_FULL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _rfc3339_text(value: object) -> object:
+    if isinstance(value, datetime):  # built in Python, not read from a record
+        return value
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError(
+            "must be an RFC 3339 timestamp string with seconds and a UTC offset, "
+            "e.g. 2026-11-23T09:00:00Z or 2026-11-23T10:00:00.250+01:00"
+        )
+    return value
+
+
+def _full_date_text(value: object) -> object:
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _FULL_DATE.fullmatch(value):
+        raise ValueError("must be a date string YYYY-MM-DD, e.g. 1990-04-17")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
+
+# Loaded once: the ISO 4217 codes pycountry maintains.
+CURRENCIES = frozenset(currency.alpha_3 for currency in pycountry.currencies)
+
+
+def _iso_4217(value: str) -> str:
+    if value not in CURRENCIES:
+        raise ValueError("must be an ISO 4217 currency code, e.g. EUR or USD")
+    return value
+
+
+Currency = Annotated[
+    str, StringConstraints(min_length=3, max_length=3, to_upper=True), AfterValidator(_iso_4217)
+]
 
 
 def _plausible(value: date) -> date:
@@ -30,7 +83,8 @@ def _plausible(value: date) -> date:
     return value
 
 
-PlausibleDate = Annotated[date, AfterValidator(_plausible)]
+PlausibleDate = Annotated[date, BeforeValidator(_full_date_text), AfterValidator(_plausible)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 
 
 class _Event(BaseModel):
@@ -39,7 +93,7 @@ class _Event(BaseModel):
 
     event_id: Id
     customer_id: Id
-    occurred_at: AwareDatetime
+    occurred_at: Timestamp
 
 
 class Purchase(_Event):
@@ -49,8 +103,8 @@ class Purchase(_Event):
     amount: Annotated[
         Decimal, Field(gt=0, le=1_000_000_000, max_digits=18, decimal_places=4, allow_inf_nan=False)
     ]
-    currency: Annotated[str, StringConstraints(min_length=3, max_length=3, to_upper=True)]
-    items: list[dict[str, object]] | None = None
+    currency: Currency
+    items: Annotated[list[dict[str, object]], Field(max_length=MAX_ITEMS)] | None = None
 
 
 class Login(_Event):
@@ -76,7 +130,7 @@ class Profile(_Event):
     signup_date: PlausibleDate | None = None
     tier: Tier | None = None
     account_manager: Id | None = None
-    tags: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] | None = None
+    tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] | None = None
     name: str | None = None
     email: str | None = None
     phone: str | None = None

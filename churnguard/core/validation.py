@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from churnguard.core.clock import HOUR
-from schemas.events import Event, Login, Profile, Purchase, TaggedEvent, Ticket
+from schemas.events import MAX_EVENT_BYTES, Event, Login, Profile, Purchase, TaggedEvent, Ticket
 
 EARLIEST_VALID = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 
@@ -24,7 +24,9 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    kind: str  # malformed_json | invalid_event | unknown_type | absurd_timestamp | key_mismatch
+    # malformed_json | too_large | invalid_event | unknown_type | absurd_timestamp |
+    # key_mismatch (and, from the batch shell, processing_error | output_too_large)
+    kind: str
     reason: str
 
 
@@ -41,6 +43,12 @@ def parse_event(
     With `require_key`, the record key must be the customer id (co-partitioning)."""
     if not raw:
         return Rejected("malformed_json", "empty record value")
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejected(
+            "too_large",
+            f"record value is {len(raw):,} bytes, over the limit of {MAX_EVENT_BYTES:,} bytes "
+            "(64 KiB) for one event",
+        )
     try:
         event: Event = _ADAPTERS[event_type].validate_json(raw)
     except ValidationError as exc:
@@ -77,6 +85,6 @@ def _explain(exc: ValidationError) -> Rejected:
     parts = []
     for error in errors[:5]:
         where = ".".join(str(p) for p in error["loc"]) or "record"
-        parts.append(f"{where}: {error['msg']}")
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
     more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
     return Rejected("invalid_event", "; ".join(parts) + more)
