@@ -10,12 +10,20 @@ from typing import Protocol
 import structlog
 
 from churnguard import due_index
+from churnguard.core.clock import rfc3339
 from churnguard.core.processor import Engine, Outcome, advance, apply_event
-from churnguard.core.state import CustomerState
+from churnguard.core.state import MAX_OPEN_TICKETS, CustomerState
 from churnguard.core.validation import Rejected, parse_event
 from churnguard.metrics import Metrics
-from schemas.events import Event
-from streams.codecs import encode_action, encode_dead_letter, encode_score
+from schemas.events import PERSONAL_FIELDS, Event
+from streams.codecs import (
+    DLQ_KEY_LIMIT,
+    DLQ_VALUE_LIMIT,
+    REDACTED,
+    encode_action,
+    encode_dead_letter,
+    encode_score,
+)
 from streams.settings import TopicNames
 
 log = structlog.get_logger(__name__)
@@ -48,6 +56,14 @@ class PartitionResult:
     outputs: list[Output] = field(default_factory=list)
 
 
+# Kafka's per-record framing on top of key and value (aiokafka estimates up to 82 bytes
+# for a record alone in its batch): an output fits when key + value + this <= the limit.
+RECORD_OVERHEAD = 128
+DEFAULT_MAX_RECORD_BYTES = 1_000_000
+# Room in a dead letter for everything but the kept value (reason, key, source, …).
+DLQ_RECORD_ROOM = 8192
+
+
 @dataclass(frozen=True, slots=True)
 class BatchContext:
     engine: Engine
@@ -56,12 +72,30 @@ class BatchContext:
     max_future_hours: float
     # Input topic -> event type it carries ("" for the combined topic).
     input_types: Mapping[str, str]
+    # The largest record the producer may send (its max_request_size): an event or timer
+    # firing whose action, score or state record is larger is dead-lettered instead.
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
     @classmethod
     def create(
-        cls, engine: Engine, topics: TopicNames, metrics: Metrics, max_future_hours: float
+        cls,
+        engine: Engine,
+        topics: TopicNames,
+        metrics: Metrics,
+        max_future_hours: float,
+        *,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> BatchContext:
-        return cls(engine, topics, metrics, max_future_hours, topics.inputs())
+        return cls(engine, topics, metrics, max_future_hours, topics.inputs(), max_record_bytes)
+
+    def fits(self, key: bytes | None, value: bytes) -> bool:
+        return len(value) + len(key or b"") + RECORD_OVERHEAD <= self.max_record_bytes
+
+    @property
+    def dead_letter_value_bytes(self) -> int:
+        """How much of a rejected value a dead letter keeps (base64 grows it by 4/3)."""
+        room = (self.max_record_bytes - DLQ_RECORD_ROOM) * 3 // 4
+        return max(0, min(DLQ_VALUE_LIMIT, room))
 
     def action_topic(self, action_type: str) -> str:
         return {
@@ -113,7 +147,16 @@ def process_partition(
     ctx.metrics.merge(applied.metrics)
     result.outputs += applied.outputs
     result.writes.update(applied.writes)
+    _log_bounds(applied)
     return result
+
+
+class _TooLarge(Exception):
+    """An output or state record over max_record_bytes (raised to take the isolate path)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 @dataclass(slots=True)
@@ -121,6 +164,21 @@ class _Applied:
     metrics: Metrics
     outputs: list[Output] = field(default_factory=list)
     writes: dict[bytes, bytes | None] = field(default_factory=dict)
+    # Customer -> open tickets evicted in this batch (for the one summary line).
+    evicted: dict[bytes, int] = field(default_factory=dict)
+
+
+def _log_bounds(applied: _Applied) -> None:
+    # One line per batch, never one per event: a customer past a bound keeps hitting it.
+    if applied.evicted:
+        worst = sorted(applied.evicted.items(), key=lambda item: -item[1])[:5]
+        log.warning(
+            "open_tickets_evicted",
+            tickets=sum(applied.evicted.values()),
+            customers=len(applied.evicted),
+            top=[f"{key.decode(errors='replace')}:{count}" for key, count in worst],
+            limit=MAX_OPEN_TICKETS,
+        )
 
 
 def _apply_all(
@@ -146,14 +204,21 @@ def _apply_all(
         try:
             outcome = apply_event(states[key], event, ctx.engine,
                                   source=(record.topic, record.offset), noticed_at=now)
+            outputs = _encode(outcome, key, ctx)
+            _check_sizes(outputs, ctx)
             if isolate:
-                good[key] = outcome.state.to_bytes()
+                encoded = outcome.state.to_bytes()
+                _check_state(key, encoded, ctx)
+                good[key] = encoded
         except Exception as exc:
             if not isolate:
                 raise
             raw = good[key]
             states[key] = None if raw is None else CustomerState.from_bytes(raw)
-            failure = Rejected("processing_error", f"{type(exc).__name__}: {exc}"[:500])
+            failure = Rejected(
+                "output_too_large", f"{exc.detail}; the event was not applied"
+            ) if isinstance(exc, _TooLarge) else Rejected(
+                "processing_error", _scrub(f"{type(exc).__name__}: {exc}", event)[:500])
             metrics.dead_letters[failure.kind] += 1
             applied.outputs.append(_dead_letter(record, failure, ctx, now))
             continue
@@ -163,8 +228,12 @@ def _apply_all(
             metrics.duplicates += 1
             continue
         metrics.events_applied[event.type] += 1
-        _collect(outcome, key, ctx, applied.outputs, metrics)
-    applied.writes = _store(dirty, states, due_before)
+        _count(outcome, metrics)
+        applied.outputs += outputs
+        if outcome.evicted_tickets:
+            applied.evicted[key] = applied.evicted.get(key, 0) + len(outcome.evicted_tickets)
+    # A state over the limit (seen here first) is found per event by the isolate pass.
+    applied.writes = _store(dirty, states, due_before, ctx)
     return applied
 
 
@@ -182,13 +251,30 @@ def process_due(
     result = PartitionResult()
     states = _load(list(dict.fromkeys(due_index.customer_of(e) for e in entries)), load)
     due_before = {key: None if state is None else state.next_due for key, state in states.items()}
-    for key, state in states.items():
-        if state is not None:
-            outcome = advance(state, until, ctx.engine, noticed_at=noticed_at)
-            _collect(outcome, key, ctx, result.outputs, ctx.metrics)
-    result.writes.update(
-        _store({k for k, s in states.items() if s is not None}, states, due_before)
-    )
+    too_large = 0
+    for key, state in list(states.items()):
+        if state is None:
+            continue
+        due = state.next_due
+        outcome = advance(state, until, ctx.engine, noticed_at=noticed_at)
+        outputs = _encode(outcome, key, ctx)
+        try:
+            _check_sizes(outputs, ctx)
+            encoded = state.to_bytes()
+            _check_state(key, encoded, ctx)
+        except _TooLarge as exc:
+            # Nothing of this firing happens: the stored state stays, and its index entry
+            # is dropped below (no state to keep it), so the next tick does not retry it;
+            # the customer's next event looks at its timers again.
+            states[key] = None
+            too_large += 1
+            ctx.metrics.dead_letters["output_too_large"] += 1
+            result.outputs.append(_timer_dead_letter(key, due, exc.detail, ctx, noticed_at))
+            continue
+        _count(outcome, ctx.metrics)
+        result.outputs += outputs
+        result.writes[key] = encoded
+        result.writes.update(due_index.moves(key, due_before[key], state.next_due))
     # An entry that is not the state's current one (or has no state) is stale: drop it, or a
     # tick would read it forever.
     current = {
@@ -200,6 +286,9 @@ def process_due(
         if entry not in current:
             result.writes[entry] = None
     ctx.metrics.due_customers += len(states)
+    if too_large:
+        log.warning("timer_output_too_large", customers=too_large,
+                    max_record_bytes=ctx.max_record_bytes)
     return result
 
 
@@ -212,31 +301,66 @@ def _load(
     }
 
 
-def _collect(
-    outcome: Outcome, key: bytes, ctx: BatchContext, outputs: list[Output], metrics: Metrics
-) -> None:
+def _encode(outcome: Outcome, key: bytes, ctx: BatchContext) -> list[Output]:
+    outputs = [
+        Output(ctx.action_topic(action.type), key, encode_action(action))
+        for action in outcome.actions
+    ]
+    outputs += [Output(ctx.topics.scores, key, encode_score(s)) for s in outcome.score_records]
+    return outputs
+
+
+def _count(outcome: Outcome, metrics: Metrics) -> None:
     for action in outcome.actions:
         metrics.actions[(action.rule_id, action.type)] += 1
-        outputs.append(Output(ctx.action_topic(action.type), key, encode_action(action)))
-    for score in outcome.score_records:
-        metrics.score_changes += 1
-        outputs.append(Output(ctx.topics.scores, key, encode_score(score)))
+    metrics.score_changes += len(outcome.score_records)
     metrics.timers_expired += len(outcome.expired)
+    metrics.tickets_evicted += len(outcome.evicted_tickets)
+
+
+def _check_sizes(outputs: list[Output], ctx: BatchContext) -> None:
+    for output in outputs:
+        if not ctx.fits(output.key, output.value):
+            raise _TooLarge(
+                f"a record for {output.topic} would be {len(output.value):,} bytes "
+                f"(+{len(output.key or b''):,} key), over max_record_bytes "
+                f"{ctx.max_record_bytes:,}"
+            )
+
+
+def _check_state(key: bytes, raw: bytes, ctx: BatchContext) -> None:
+    if not ctx.fits(key, raw):
+        raise _TooLarge(
+            f"the customer's state would be {len(raw):,} bytes, over max_record_bytes "
+            f"{ctx.max_record_bytes:,}"
+        )
 
 
 def _store(
     dirty: set[bytes],
     states: dict[bytes, CustomerState | None],
     due_before: dict[bytes, float | None],
+    ctx: BatchContext,
 ) -> dict[bytes, bytes | None]:
     """Each dirty state once, and its due-index entry moved if its next due changed."""
     writes: dict[bytes, bytes | None] = {}
     for key in dirty:
         state = states[key]
         assert state is not None  # every dirty key had an event applied
-        writes[key] = state.to_bytes()
+        raw = state.to_bytes()
+        _check_state(key, raw, ctx)
+        writes[key] = raw
         writes.update(due_index.moves(key, due_before[key], state.next_due))
     return writes
+
+
+def _scrub(text: str, event: Event) -> str:
+    """An exception's text never carries the event's personal values into the DLQ."""
+    for name in PERSONAL_FIELDS:
+        value = getattr(event, name, None)
+        if isinstance(value, str) and value:
+            text = text.replace(value, REDACTED)
+    return text
 
 
 def _dead_letter(record: RawRecord, rejected: Rejected, ctx: BatchContext, now: float) -> Output:
@@ -249,5 +373,22 @@ def _dead_letter(record: RawRecord, rejected: Rejected, ctx: BatchContext, now: 
         kind=rejected.kind,
         reason=rejected.reason,
         at=now,
+        max_value_bytes=ctx.dead_letter_value_bytes,
     )
-    return Output(ctx.topics.dlq, record.key, value)
+    return Output(ctx.topics.dlq, _dlq_key(record.key), value)
+
+
+def _timer_dead_letter(
+    key: bytes, due: float | None, detail: str, ctx: BatchContext, now: float
+) -> Output:
+    """A time-driven firing has no input record: the source is null, the key the customer's."""
+    when = "" if due is None else f" due at {rfc3339(due)}"
+    reason = (f"timer{when}: {detail}; the firing was not applied, the customer's timers "
+              "are looked at again with its next event")
+    value = encode_dead_letter(topic=None, partition=None, offset=None, key=key, value=None,
+                               kind="output_too_large", reason=reason, at=now)
+    return Output(ctx.topics.dlq, key, value)
+
+
+def _dlq_key(key: bytes | None) -> bytes | None:
+    return key if key is None or len(key) <= DLQ_KEY_LIMIT else key[:DLQ_KEY_LIMIT]

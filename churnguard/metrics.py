@@ -19,6 +19,7 @@ class Metrics:
     timer_ticks: int = 0
     due_customers: int = 0  # customers advanced by ticks
     timers_expired: int = 0  # occurrences noticed past their grace (backfills): not fired
+    tickets_evicted: int = 0  # oldest open tickets dropped beyond MAX_OPEN_TICKETS a customer
     batches: int = 0
     batch_events: int = 0
     batch_seconds: float = 0.0
@@ -44,6 +45,7 @@ class Metrics:
             "timer_ticks": self.timer_ticks,
             "due_customers": self.due_customers,
             "timers_expired": self.timers_expired,
+            "tickets_evicted": self.tickets_evicted,
             "batches": self.batches,
             "batch_events": self.batch_events,
             "batch_seconds": round(self.batch_seconds, 3),

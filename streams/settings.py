@@ -181,6 +181,11 @@ class Settings(BaseSettings):
     # Faust consumer group timeouts: short on the embedded broker (every join waits for them).
     session_timeout_s: float = 10.0
     rebalance_timeout_s: float = 10.0
+    # The largest record churnguard produces (key + value + framing): the producer's
+    # max_request_size, at most the broker's message.max.bytes. An event or timer firing
+    # whose action, score or state record would be larger is dead-lettered
+    # (`output_too_large`) instead of stalling its partition.
+    max_record_bytes: int = Field(1_000_000, ge=16_384)
     # Records per fetch (and so per batch): bounds how long one batch holds the event loop.
     max_poll_records: int = Field(10_000, ge=1)
     # Cross-topic order (Kafka Streams' max.task.idle.ms): a partition group whose input

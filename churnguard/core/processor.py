@@ -23,6 +23,7 @@ from churnguard.core.scoring import health
 from churnguard.core.state import (
     CLOSED_TICKETS_KEPT,
     LOGIN_WINDOW_DAYS,
+    MAX_OPEN_TICKETS,
     PURCHASE_WINDOW_DAYS,
     SPEND_SCALE,
     CustomerState,
@@ -53,6 +54,9 @@ class Outcome:
     duplicate: bool = False
     # Timer occurrences found past their grace (a backfill): recorded, not fired.
     expired: list[str] = field(default_factory=list)
+    # Open tickets dropped to keep the state bounded (MAX_OPEN_TICKETS): their SLA is no
+    # longer watched and they no longer count in the service score.
+    evicted_tickets: list[str] = field(default_factory=list)
 
     @property
     def score_record(self) -> dict[str, Any] | None:
@@ -89,7 +93,7 @@ def apply_event(
     horizon = occurred if noticed_at is None else min(occurred, noticed_at)
     outcome = advance(state, horizon, engine, noticed_at=noticed_at)
     state.clock = max(state.clock, horizon)
-    signals = _apply(state, event, occurred, engine)
+    signals = _apply(state, event, occurred, engine, outcome)
     record = rescore(state, engine, caused_by=(event.event_id,))
     if record is not None:
         outcome.score_records.append(record)
@@ -162,7 +166,9 @@ def rescore(
     }
 
 
-def _apply(state: CustomerState, event: Event, occurred: float, engine: Engine) -> frozenset[str]:
+def _apply(
+    state: CustomerState, event: Event, occurred: float, engine: Engine, outcome: Outcome
+) -> frozenset[str]:
     """Fold the event into the state (order-insensitive where history matters)."""
     today = day_number(state.clock)
     day = day_number(occurred)
@@ -187,7 +193,7 @@ def _apply(state: CustomerState, event: Event, occurred: float, engine: Engine) 
                   max(LOGIN_WINDOW_DAYS, engine.scoring.engagement_window_days))
             return frozenset({"login"})
         case Ticket():
-            return _apply_ticket(state, event, occurred, engine)
+            return _apply_ticket(state, event, occurred, engine, outcome)
         case Profile():
             before = {"birthday": state.birthday, "signup_date": state.signup_date}
             _apply_profile(state, event)
@@ -198,7 +204,7 @@ def _apply(state: CustomerState, event: Event, occurred: float, engine: Engine) 
 
 
 def _apply_ticket(
-    state: CustomerState, event: Ticket, occurred: float, engine: Engine
+    state: CustomerState, event: Ticket, occurred: float, engine: Engine, outcome: Outcome
 ) -> frozenset[str]:
     ticket = event.ticket_id
     signals: set[str] = set()
@@ -207,6 +213,13 @@ def _apply_ticket(
         if ticket not in state.open_tickets and ticket not in state.closed_tickets:
             state.open_tickets[ticket] = OpenTicket(occurred, event.priority or "normal")
             signals.add("ticket_opened")
+            if len(state.open_tickets) > MAX_OPEN_TICKETS:
+                # The oldest by event time (the new one itself if it is older than all):
+                # the same tickets stay whatever the arrival order.
+                oldest = min(state.open_tickets.items(), key=lambda t: (t[1].opened_at, t[0]))
+                del state.open_tickets[oldest[0]]
+                forget_ticket_marks(engine.pack, state, oldest[0])
+                outcome.evicted_tickets.append(oldest[0])
     else:
         if ticket in state.open_tickets or ticket not in state.closed_tickets:
             state.open_tickets.pop(ticket, None)

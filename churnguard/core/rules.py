@@ -29,6 +29,7 @@ from churnguard.core.triggers import (
     TicketOverdueTrigger,
     TimerTrigger,
     begin_anniversaries,
+    earliest_due,
     mark,
     pending,
     ticket_mark,
@@ -280,7 +281,10 @@ def next_due(pack: RulePack, state: CustomerState, scoring: ScoringSettings) -> 
             continue
         trigger = rule.when
         if isinstance(trigger, TIMER_TRIGGERS):
-            dues += [o.due for o in _pending(pack, rule.id, trigger, state)]
+            due = earliest_due(rule.id, trigger, state, sla_hours=pack.ticket_sla_hours,
+                               tz=pack.tz)
+            if due is not None:
+                dues.append(due)
         elif (isinstance(trigger, ThresholdTrigger) and trigger.metric == "health_score"
               and trigger.below is not None and rule.id in state.armed):
             crossing = crossing_time(state, trigger.below, state.clock, scoring)
@@ -304,9 +308,10 @@ def forget_ticket_marks(pack: RulePack, state: CustomerState, ticket_id: str) ->
 
 
 def _pending(
-    pack: RulePack, rule_id: str, trigger: TimerTrigger, state: CustomerState
+    pack: RulePack, rule_id: str, trigger: TimerTrigger, state: CustomerState, until: float
 ) -> list[Occurrence]:
-    return pending(rule_id, trigger, state, sla_hours=pack.ticket_sla_hours, tz=pack.tz)
+    return pending(rule_id, trigger, state, sla_hours=pack.ticket_sla_hours, tz=pack.tz,
+                   until=until)
 
 
 def _fired(
@@ -325,7 +330,7 @@ def _fired(
             return []
         return [(firing.trigger_key, {})]
     fired = []
-    for occurrence in _pending(pack, rule.id, trigger, state):
+    for occurrence in _pending(pack, rule.id, trigger, state, firing.now):
         if occurrence.due > firing.now:
             continue
         mark(rule.id, trigger, state, occurrence)

@@ -13,6 +13,9 @@ import orjson
 PURCHASE_WINDOW_DAYS = 90
 LOGIN_WINDOW_DAYS = 30
 CLOSED_TICKETS_KEPT = 32
+# Open tickets tracked per customer (SLA timers, the service score): a new one beyond this
+# evicts the oldest open one, so state size and per-event cost stay bounded.
+MAX_OPEN_TICKETS = 100
 # Spend is summed in ten-thousandths so thresholds are crossed exactly (no float drift).
 SPEND_SCALE = 10_000
 
@@ -80,7 +83,6 @@ class CustomerState:
         if data["rfm"] is not None:
             data["rfm"] = tuple(data["rfm"])
         return cls(**data)
-
 
 
 def count_in_window(buckets: dict[int, int], today: int, window_days: int) -> int:

@@ -3,6 +3,7 @@ the state. A fired occurrence is remembered in `state.marks` so it never fires t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from datetime import time as clock_time
@@ -73,8 +74,10 @@ def pending(
     *,
     sla_hours: dict[str, float],
     tz: ZoneInfo,
+    until: float = math.inf,
 ) -> list[Occurrence]:
-    """The occurrences of this timer that have not fired yet (any due time)."""
+    """The occurrences of this timer that have not fired yet; of the per-ticket ones only
+    those due by `until` (their contexts are built, so an event pays for what is due)."""
     marks = state.marks
     match trigger:
         case AfterTrigger():
@@ -109,8 +112,33 @@ def pending(
                     },
                 )
                 for ticket_id, ticket in state.open_tickets.items()
-                if ticket_mark(rule_id, ticket_id) not in marks
+                if ticket.opened_at + sla_hours[ticket.priority] * HOUR <= until
+                and ticket_mark(rule_id, ticket_id) not in marks
             ]
+
+
+def earliest_due(
+    rule_id: str,
+    trigger: TimerTrigger,
+    state: CustomerState,
+    *,
+    sla_hours: dict[str, float],
+    tz: ZoneInfo,
+) -> float | None:
+    """The due time of this timer's next unfired occurrence, without building occurrences:
+    called after every event (state.next_due), so plain arithmetic over the open tickets."""
+    if isinstance(trigger, TicketOverdueTrigger):
+        marks = state.marks
+        return min(
+            (
+                ticket.opened_at + sla_hours[ticket.priority] * HOUR
+                for ticket_id, ticket in state.open_tickets.items()
+                if ticket_mark(rule_id, ticket_id) not in marks
+            ),
+            default=None,
+        )
+    return min((o.due for o in pending(rule_id, trigger, state, sla_hours=sla_hours, tz=tz)),
+               default=None)
 
 
 def mark(rule_id: str, trigger: TimerTrigger, state: CustomerState, occurrence: Occurrence) -> None:
