@@ -388,7 +388,7 @@ def install_batch_path(
     *,
     initial_backoff_s: float = 0.2,
     max_backoff_s: float = 5.0,
-    max_idle_s: float = 1.0,
+    max_idle_s: float = 5.0,
     max_buffered: int = 20_000,
 ) -> None:
     """Call before the worker starts. Records fetched for these source topics on actively

@@ -190,8 +190,9 @@ class Settings(BaseSettings):
     max_poll_records: int = Field(10_000, ge=1)
     # Cross-topic order (Kafka Streams' max.task.idle.ms): a partition group whose input
     # partition has an empty buffer but records still on the broker waits this long for
-    # them before applying the other topics' records without it.
-    max_task_idle_s: float = Field(1.0, ge=0)
+    # them before applying the other topics' records without it. Above the 1.5 s a broker
+    # may hold one fetch (faust's fetch_max_wait_ms), which delays the records waited for.
+    max_task_idle_s: float = Field(5.0, ge=0)
     # Records buffered per input partition ahead of the cross-topic merge; above this the
     # partition's fetching pauses (Kafka Streams' buffered.records.per.partition).
     buffered_records_per_partition: int = Field(20_000, ge=1)
