@@ -8,7 +8,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from churnguard.errors import UserError
 from churnguard.logging import configure_logging
 
 
@@ -44,10 +49,60 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--out", type=Path, help="write actions here (default: stdout)")
 
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            raise
+        return _fail(_explain_settings(exc))
+    except SettingsError as exc:
+        return _fail(
+            f"{exc}; lists and maps are JSON, e.g. CHURNGUARD_RULES__DISABLED='[\"vip_upgrade\"]'"
+            " — fix the environment variable"
+        )
+    except UserError as exc:
+        return _fail(str(exc))
+
+
+def _fail(message: str) -> int:
+    """A mistake of the user's: one line on stderr, exit code 2, no traceback."""
+    print(f"churnguard: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def _explain_settings(exc: ValidationError) -> str:
+    """Settings errors named by their environment variables (CHURNGUARD_RULES__DISABLED)."""
+    from pydantic import BaseModel
+
+    from streams.settings import Settings
+
+    parts = []
+    for error in exc.errors(include_url=False):
+        names = [str(p) for p in error["loc"] if isinstance(p, str)]
+        items = [str(p) for p in error["loc"] if isinstance(p, int)]
+        variable = "CHURNGUARD_" + "__".join(names).upper()
+        field = Settings.model_fields.get(names[0]) if names else None
+        annotation = None if field is None else field.annotation
+        if len(names) == 1 and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            variable += "__*"  # a check across the group (e.g. weights adding up to 1)
+        if items:
+            variable += f" (item {', '.join(items)})"
+        message = error["msg"].removeprefix("Value error, ")
+        value = error.get("input")
+        if isinstance(value, str | int | float) and len(repr(value)) <= 80:
+            message += f", got {value!r}"
+        parts.append(f"{variable}: {message}")
+    plural = "s" if len(parts) > 1 else ""
+    return "; ".join(parts) + f"; fix the environment variable{plural}"
+
+
+def _run(args: argparse.Namespace) -> int:
     match args.command:
         case "demo":
             from churnguard.demo import run_demo
+            from streams.settings import Settings
 
+            Settings()  # the environment's mistakes are reported before a broker starts
             return run_demo(timeout_s=args.timeout)
         case "worker":
             return _worker(args)
@@ -62,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from streams.settings import Settings
-    from streams.worker import run_worker
 
     overrides: dict[str, object] = {}
     if args.broker:
@@ -71,6 +125,8 @@ def _worker(args: argparse.Namespace) -> int:
         overrides["embedded_broker"] = True
     settings = Settings(**overrides)  # type: ignore[arg-type]  # validated by pydantic
     configure_logging(settings.log_level)
+    from streams.worker import run_worker  # faust: only once the settings are known good
+
     return run_worker(settings)
 
 
@@ -124,23 +180,29 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         until = None if args.until is None else parse_rfc3339(args.until)
     except ValueError as exc:
-        print(f"churnguard replay: --until {args.until!r}: {exc}; use e.g. "
-              "2026-01-31T00:00:00Z", file=sys.stderr)
-        return 2
-    source = sys.stdin.buffer if str(args.events) == "-" else args.events.open("rb")
-    out = sys.stdout.buffer if args.out is None else args.out.open("wb")
-    try:
+        raise UserError(f"replay: --until {args.until!r}: {exc}; use e.g. "
+                        "2026-01-31T00:00:00Z") from exc
+    engine = build_engine(settings)
+    with contextlib.ExitStack() as files:
+        source = sys.stdin.buffer if str(args.events) == "-" else files.enter_context(
+            _open(args.events, "rb", "read EVENTS",
+                  "give a JSON-lines file of combined-topic events, or '-' for stdin"))
+        out = sys.stdout.buffer if args.out is None else files.enter_context(
+            _open(args.out, "wb", "write --out",
+                  "give a file path in an existing, writable directory"))
         written, bad = run_replay(
-            source, out, sys.stderr, build_engine(settings),
+            source, out, sys.stderr, engine,
             until=until, max_future_hours=settings.max_future_skew_hours,
         )
-    finally:
-        if args.out is not None:
-            out.close()
-        if source is not sys.stdin.buffer:
-            source.close()
     print(f"replay: {written} actions, {bad} bad lines", file=sys.stderr)
     return 0
+
+
+def _open(path: Path, mode: str, what: str, fix: str) -> IO[bytes]:
+    try:
+        return path.open(mode)
+    except OSError as exc:  # missing, a directory, no permission, …
+        raise UserError(f"replay: cannot {what} {str(path)!r}: {exc.strerror}; {fix}") from exc
 
 
 if __name__ == "__main__":

@@ -13,11 +13,14 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from churnguard.errors import UserError
+
 log = structlog.get_logger(__name__)
 
 
-class TopicSetupError(RuntimeError):
-    """Topics could not be created or have the wrong partition count."""
+class TopicSetupError(UserError, RuntimeError):
+    """Topics could not be created or have the wrong partition count: the deployment's to
+    fix (the CLI prints the message as one line and exits 2)."""
 
 
 def ensure_topics(

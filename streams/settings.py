@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -117,6 +118,14 @@ class RfmSettings(BaseModel):
 
 DEFAULT_SLA_HOURS = {"urgent": 4.0, "high": 24.0, "normal": 72.0, "low": 168.0}
 
+# The ids of churnguard/core/default_rules.py (a test keeps them equal): what
+# CHURNGUARD_RULES__DISABLED may name.
+BUILT_IN_RULES = frozenset({
+    "ticket_opened_ack", "ticket_closed_survey", "vip_upgrade", "health_winback",
+    "onboarding_tips", "birthday_coupon", "signup_anniversary_coupon", "inactive_30d_followup",
+    "ticket_sla_breach",
+})
+
 
 class RuleSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -128,8 +137,8 @@ class RuleSettings(BaseModel):
     ticket_sla_hours: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_SLA_HOURS))
     default_task_queue: str = "retention-team"
     supervisor_queue: str = "retention-supervisors"
-    winback_coupon_value: float = 15.0
-    winback_coupon_days: int = 30
+    winback_coupon_value: float = Field(15.0, gt=0)
+    winback_coupon_days: int = Field(30, ge=1)
     onboarding_days: float = Field(7.0, gt=0)
     faq_url: str = "https://help.example.com/faq"
     inactivity_days: float = Field(30.0, gt=0)
@@ -153,6 +162,28 @@ class RuleSettings(BaseModel):
         if any(hours <= 0 for hours in value.values()):
             raise ValueError("ticket_sla_hours must be positive")
         return {**DEFAULT_SLA_HOURS, **value}
+
+    @field_validator("disabled")
+    @classmethod
+    def _known_rules(cls, value: frozenset[str]) -> frozenset[str]:
+        unknown = value - BUILT_IN_RULES
+        if unknown:
+            raise ValueError(
+                f"unknown rule ids {sorted(unknown)}; the built-in rules are "
+                f"{', '.join(sorted(BUILT_IN_RULES))}"
+            )
+        return value
+
+    @field_validator("business_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                "unknown time zone; use an IANA name such as 'Europe/Paris' or 'UTC'"
+            ) from exc
+        return value
 
 
 class Settings(BaseSettings):
