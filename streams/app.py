@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faust
 from faust.types import TableT
 
+from streams.health import BrokerHealth
 from streams.settings import Settings
 from streams.topology import STATE_TABLE
 
@@ -17,6 +18,9 @@ class Topology:
     # Source topics: raw bytes, decoded and validated by the batch path's handler.
     inputs: list[str]
     customer_to_state: TableT[bytes, bytes]
+    # Whether the broker answered the worker's last probe (streams/worker.py): what a
+    # readiness endpoint reads.
+    health: BrokerHealth = field(default_factory=BrokerHealth)
 
 
 def create_app(settings: Settings) -> Topology:
