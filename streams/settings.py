@@ -58,7 +58,8 @@ class ScoringSettings(BaseModel):
     service_weight: float = Field(0.3, ge=0)
     recency_full_days: float = Field(7.0, ge=0)
     recency_zero_days: float = Field(90.0, gt=0)
-    engagement_window_days: int = Field(30, ge=1)
+    # Login buckets are kept this many days: at most a year keeps the state small.
+    engagement_window_days: int = Field(30, ge=1, le=366)
     engagement_points_per_login: float = Field(10.0, ge=0)
     satisfaction_sample: int = Field(5, ge=1)
     service_without_ratings: float = Field(80.0, ge=0, le=100)
@@ -204,7 +205,7 @@ class Settings(BaseSettings):
     rfm: RfmSettings = RfmSettings()
     rules: RuleSettings = RuleSettings()
     # Event ids remembered per customer for de-duplication (oldest forgotten first).
-    dedup_window: int = Field(64, ge=1)
+    dedup_window: int = Field(64, ge=1, le=1_000)  # ids of up to 200 chars: state size
     # An event stamped further ahead of the wall clock than this is rejected as absurd.
     max_future_skew_hours: float = Field(24, ge=0)
     # Tansu reports wrong end offsets; the workaround is only for the embedded broker.

@@ -162,3 +162,17 @@ def test_an_event_with_a_hundred_open_tickets_stays_cheap(engine, event_factory,
         state = apply_event(state, login, engine).state
     per_event = (time.perf_counter() - started) / len(logins)
     assert per_event < 5e-3, f"{per_event * 1e3:.2f} ms per event"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("CHURNGUARD_DEDUP_WINDOW", "1000000"),
+    ("CHURNGUARD_SCORING__ENGAGEMENT_WINDOW_DAYS", "100000"),
+])
+def test_settings_that_would_grow_every_state_are_bounded(monkeypatch, name, value):
+    from pydantic import ValidationError
+
+    from streams.settings import Settings
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match="less than or equal"):
+        Settings()
