@@ -65,16 +65,36 @@ def wait_ready(
 ) -> None:
     """Until the worker logs `worker_ready` (partitions assigned, tables recovered) past byte
     `after` of its log."""
+    wait_logged(log_path, READY_MARK, process, timeout_s=timeout_s, after=after,
+                what="worker not ready")
+
+
+def wait_logged(
+    log_path: Path,
+    mark: bytes,
+    process: subprocess.Popen[bytes] | None,
+    *,
+    timeout_s: float,
+    after: int = 0,
+    what: str | None = None,
+) -> int:
+    """Until `mark` appears in the child's log past byte `after`; return the offset just
+    past it. Raises if `process` (when given) exits first, or after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if READY_MARK in log_path.read_bytes()[after:]:
-            return
-        if process.poll() is not None:
+        found = log_path.read_bytes().find(mark, after) if log_path.exists() else -1
+        if found >= 0:
+            return found + len(mark)
+        if process is not None and process.poll() is not None:
             raise RuntimeError(
-                f"worker exited with code {process.returncode}; its log: {log_path}"
+                f"worker exited with code {process.returncode} before logging "
+                f"{mark.decode(errors='replace')}; its log: {log_path}"
             )
         time.sleep(0.1)  # a child's log file has no readiness event to await
-    raise TimeoutError(f"worker not ready within {timeout_s}s; its log: {log_path}")
+    raise TimeoutError(
+        f"{what or 'no ' + mark.decode(errors='replace')} within {timeout_s}s; "
+        f"its log: {log_path}"
+    )
 
 
 def stop_process_group(

@@ -52,6 +52,11 @@ class EmbeddedBroker:
     def stop(self) -> None:
         stop_process_group(self.process, grace_s=5.0)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (tests of a worker whose broker is gone); the port can
+        be given to `start_broker` again to bring an empty broker back."""
+        stop_process_group(self.process, kill=True)
+
 
 def start_broker(port: int | None = None, *, timeout_s: float = 20.0) -> EmbeddedBroker:
     """Start Tansu on 127.0.0.1 and wait until it accepts connections."""
