@@ -38,6 +38,9 @@ def create_app(settings: Settings) -> Topology:
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 5),
         # Records of a batch go out in a few produce requests instead of one each.
         producer_linger=0.005,
+        # The largest record sent (aiokafka's per-record check; the table writer checks
+        # its record batches against it too); the batch layer dead-letters larger ones.
+        producer_max_request_size=settings.max_record_bytes,
         broker_commit_interval=settings.commit_interval_s,
         broker_max_poll_records=settings.max_poll_records,
         web_enabled=settings.web_enabled,

@@ -352,7 +352,11 @@ def build_worker_app(
     metrics = metrics or Metrics()
     clock = clock or clock_for(settings.clock_file)
     ctx = BatchContext.create(
-        build_engine(settings), settings.topics, metrics, settings.max_future_skew_hours
+        build_engine(settings), settings.topics, metrics, settings.max_future_skew_hours,
+        # The producer's max_request_size: outputs and states that would not fit are
+        # dead-lettered by the batch layer (its `fits` allows for Kafka's framing), so
+        # the writer's own check (RecordTooLargeError) stays unreachable.
+        max_record_bytes=app.conf.producer_max_request_size,
     )
     writer = TableBatchWriter(
         app,

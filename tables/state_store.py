@@ -14,12 +14,22 @@ Records are produced as aiokafka record batches per partition (`create_batch`-st
 `BatchBuilder`s of up to `max_batch_bytes`), all partitions at once, and their delivery
 futures are awaited together.
 
+`send_batch` skips the producer's own `max_request_size` check of `send()`, and a broker
+rejects a record batch over its `message.max.bytes` (Kafka's default ~1 MB) for good: the
+batch would be retried and its partition stalled. So every record is checked against the
+producer's `max_request_size` before anything of a write is sent (`RecordTooLargeError`;
+the batch layer dead-letters such records first, see `BatchContext.max_record_bytes`), and
+no record batch is built larger than that limit: several records share a batch only up to
+`min(max_batch_bytes, max_request_size)`, and a record larger than `max_batch_bytes` (but
+within the limit) goes out alone in its own batch.
+
 Relies on private faust/aiokafka internals (faust-streaming 0.15.3, aiokafka 0.14.0):
 `faust.stores.rocksdb.Store._db_for_partition` / `.offset_key`, `faust.stores.memory.Store.data`
 / `._key_partition`, `faust...aiokafka.Producer._ensure_producer`,
 `aiokafka.producer.message_accumulator.BatchBuilder`, `AIOKafkaProducer.send_batch`,
-`AIOKafkaProducer._partition`, `._partitioner`, `._metadata`,
-`._message_accumulator._compression_type` and `client._wait_on_metadata`.
+`AIOKafkaProducer._partition`, `._partitioner`, `._metadata`, `._max_request_size`,
+`._message_accumulator._compression_type`, `client._wait_on_metadata` and
+`aiokafka.record.default_records.DefaultRecordBatchBuilder.estimate_size_in_bytes`.
 
 The table must be written only through this writer: faust's own per-key writes persist the
 changelog offset from a delivery callback and would race with the offsets written here.
@@ -37,14 +47,18 @@ import faust
 import rocksdict
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.stores import memory as faust_memory
 from faust.stores import rocksdb as faust_rocksdb
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TableT
 
-__all__ = ["OutputRecord", "TableBatchWriter"]
+__all__ = ["OutputRecord", "RecordTooLargeError", "TableBatchWriter"]
 
 DEFAULT_MAX_BATCH_BYTES = 512 * 1024
+# Key and value lengths up to the limit minus this always fit: aiokafka's upper estimate of
+# a record alone in its batch adds at most 61 + 21 + 2 x 5 + 1 = 93 bytes of framing.
+_SURELY_FITS_MARGIN = 128
 # Keyed partition choices remembered (aiokafka's murmur2 is pure Python, ~3 µs a key).
 _PARTITION_CACHE_SIZE = 200_000
 
@@ -61,6 +75,23 @@ class OutputRecord:
 
 # (key, value) pairs bound for one topic partition, in order.
 _Pairs = list[tuple[bytes | None, bytes | None]]
+
+
+class RecordTooLargeError(ValueError):
+    """A record larger than the producer's `max_request_size`: nothing of the write was
+    sent (Kafka would reject it and the partition would stall on retries)."""
+
+    def __init__(self, topic: str, partition: int, size: int, limit: int) -> None:
+        super().__init__(
+            f"record for {topic} partition {partition} is {size:,} bytes, over the "
+            f"producer's max_request_size of {limit:,} bytes: not sent (nothing of this "
+            "write was); the batch layer should have dead-lettered it "
+            "(BatchContext.max_record_bytes)"
+        )
+        self.topic = topic
+        self.partition = partition
+        self.size = size
+        self.limit = limit
 
 
 class TableBatchWriter:
@@ -147,23 +178,42 @@ class TableBatchWriter:
 
         Writes to the same partition must not run concurrently (their changelog and
         persisted offsets would interleave); different partitions may.
+
+        Raises `RecordTooLargeError`, with nothing sent or stored, when a record is larger
+        than the producer's `max_request_size`.
         """
         faust_producer = self._app.producer
         if not isinstance(faust_producer, faust_aiokafka.Producer):
             raise TypeError("bulk writes need faust's aiokafka producer")
         producer = faust_producer._ensure_producer()
-        if outputs:
-            await self._produce_outputs(producer, outputs)
-        if not items:
-            return
+        limit = int(producer._max_request_size)
+        by_tp = await self._outputs_by_partition(producer, outputs) if outputs else {}
         topic = self._table.changelog_topic_name
         pairs: _Pairs = list(items.items())
+        # Before anything is sent: no part of a write with an oversized record goes out.
+        for (out_topic, out_partition), out_pairs in by_tp.items():
+            _check_sizes(out_topic, out_partition, out_pairs, limit)
+        _check_sizes(topic, partition, pairs, limit)
+        batch_bytes = min(self._max_batch_bytes, limit)
+        if by_tp:
+            await asyncio.gather(
+                *(
+                    self._send_partition(producer, out_topic, out_partition, out_pairs,
+                                         tail=False, batch_bytes=batch_bytes)
+                    for (out_topic, out_partition), out_pairs in by_tp.items()
+                )
+            )
+        if not items:
+            return
         last_offset = await self._send_partition(
-            producer, topic, partition, pairs, tail=self._single_record_tail
+            producer, topic, partition, pairs, tail=self._single_record_tail,
+            batch_bytes=batch_bytes,
         )
         self._store_locally(partition, items, last_offset)
 
-    async def _produce_outputs(self, producer: Any, outputs: Sequence[OutputRecord]) -> None:
+    async def _outputs_by_partition(
+        self, producer: Any, outputs: Sequence[OutputRecord]
+    ) -> dict[tuple[str, int], _Pairs]:
         by_tp: defaultdict[tuple[str, int], _Pairs] = defaultdict(list)
         for topic in {record.topic for record in outputs}:
             # The partitioner needs the topic's metadata (a no-op once it is cached).
@@ -173,12 +223,7 @@ class TableBatchWriter:
             if partition is None:
                 partition = self._partition_for(producer, record)
             by_tp[(record.topic, partition)].append((record.key, record.value))
-        await asyncio.gather(
-            *(
-                self._send_partition(producer, topic, partition, pairs, tail=False)
-                for (topic, partition), pairs in by_tp.items()
-            )
-        )
+        return by_tp
 
     def _partition_for(self, producer: Any, record: OutputRecord) -> int:
         """The producer's partition for a record; cached for keyed records when the
@@ -197,17 +242,26 @@ class TableBatchWriter:
         return cached
 
     async def _send_partition(
-        self, producer: Any, topic: str, partition: int, pairs: _Pairs, *, tail: bool
+        self,
+        producer: Any,
+        topic: str,
+        partition: int,
+        pairs: _Pairs,
+        *,
+        tail: bool,
+        batch_bytes: int,
     ) -> int:
-        """Produce `pairs` to one partition in record batches; return the last offset."""
+        """Produce `pairs` to one partition in record batches of up to `batch_bytes`
+        (a larger record alone in its own); return the last offset."""
         builders: list[tuple[Any, int]] = []
         body, last = (pairs[:-1], pairs[-1:]) if tail and len(pairs) > 1 else (pairs, [])
         compression = producer._message_accumulator._compression_type
-        builder, count = self._new_builder(compression), 0
+        builder, count = self._new_builder(compression, batch_bytes), 0
         for key, value in body:
             if builder.append(timestamp=None, key=key, value=value) is None:
                 builders.append((builder, count))
-                builder, count = self._new_builder(compression), 0
+                builder, count = self._new_builder(compression, batch_bytes), 0
+                # A builder takes its first record whatever its size.
                 builder.append(timestamp=None, key=key, value=value)
             count += 1
         if count:
@@ -215,7 +269,7 @@ class TableBatchWriter:
         if last:
             # aiokafka sends the batches of one partition in order, one request at a
             # time per broker, so the tail lands after the body as its own record batch.
-            tail_builder = self._new_builder(compression)
+            tail_builder = self._new_builder(compression, batch_bytes)
             tail_builder.append(timestamp=None, key=last[0][0], value=last[0][1])
             builders.append((tail_builder, 1))
         futures: list[asyncio.Future[Any]] = []
@@ -235,10 +289,11 @@ class TableBatchWriter:
             raise RuntimeError("producer_acks=0 gives no offsets; the batch path needs acks")
         return int(metadata.offset) + builders[-1][1] - 1
 
-    def _new_builder(self, compression: int) -> Any:
+    @staticmethod
+    def _new_builder(compression: int, batch_bytes: int) -> Any:
         # Larger than faust's producer_max_batch_size (16 KiB): thousands of small records
         # per partition per produce request.
-        return BatchBuilder(self._max_batch_bytes, compression)
+        return BatchBuilder(batch_bytes, compression)
 
     def _store_locally(
         self, partition: int, items: Mapping[bytes, bytes | None], offset: int
@@ -268,3 +323,15 @@ class TableBatchWriter:
                     key_partition[key] = partition
         else:
             raise TypeError(f"unsupported table store {type(store).__name__}")
+
+
+def _check_sizes(topic: str, partition: int, pairs: _Pairs, limit: int) -> None:
+    """Raise `RecordTooLargeError` for the first record whose batch alone (aiokafka's upper
+    estimate, as `send()` checks it) would be larger than `limit`."""
+    surely_fits = limit - _SURELY_FITS_MARGIN
+    for key, value in pairs:
+        if len(key or b"") + len(value or b"") <= surely_fits:
+            continue
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+        if size > limit:
+            raise RecordTooLargeError(topic, partition, size, limit)
