@@ -232,3 +232,16 @@ def test_a_processing_error_never_quotes_personal_values(engine, metrics, record
     assert b"ada@example.com" not in dead
     assert b"7946" not in dead
     assert orjson.loads(dead)["reason"] == "ValueError: cannot reach [redacted] or [redacted]"
+
+
+def test_dead_letters_fit_the_smallest_allowed_limit(engine, metrics, t0):
+    from streams.settings import Settings
+
+    smallest = Settings.model_fields["max_record_bytes"].metadata[0].ge
+    ctx = BatchContext.create(engine, TOPICS, metrics, 24, max_record_bytes=smallest)
+    key = "é".encode() * 3000
+    value = orjson.dumps({"customer_id": "ü" * 400_000})
+    result = process_partition([Record(TOPICS.events, 0, 0, key, value)], Store().load, ctx,
+                               now=t0)
+    [dead] = result.outputs
+    assert ctx.fits(dead.key, dead.value)
