@@ -278,8 +278,11 @@ def _bound_shutdown_commits(app: faust.App, consumer: Any, budget_s: float) -> N
         timeout_s = budget.remaining()
         if timeout_s > 0:
             task = asyncio.ensure_future(commit(*args, **kwargs))
-            # Not wait_for: it waits for the cancelled commit to unwind, and a commit
-            # waiting on the consumer thread was seen not to (faust's call_thread).
+            # Not wait_for, which waits for the cancelled commit to unwind: a commit
+            # waiting for another one to finish (the commit timer's, stuck the same way)
+            # swallows its own cancellation in faust's
+            # `Consumer.maybe_wait_for_commit_to_finish` and starts a new commit, which
+            # then never returns. The task is cancelled and left to the loop's shutdown.
             finished, _ = await asyncio.wait({task}, timeout=timeout_s)
             if finished:
                 return bool(task.result())

@@ -198,6 +198,32 @@ async def test_shutdown_commits_share_a_budget_and_are_given_up_after_it() -> No
     assert [entry["event"] for entry in logs] == ["shutdown_commit_skipped"] * 2
 
 
+class SwallowingConsumer:
+    """faust's Consumer.commit while another commit is under way: its
+    `maybe_wait_for_commit_to_finish` swallows the CancelledError of its own task and
+    starts a new commit, stuck the same way."""
+
+    def __init__(self) -> None:
+        self.cancels_swallowed = 0
+
+    async def commit(self, *args: Any, **kwargs: Any) -> bool:
+        try:
+            await asyncio.Event().wait()  # the other commit's future
+        except asyncio.CancelledError:
+            self.cancels_swallowed += 1
+        await asyncio.Event().wait()  # a new commit, never answered
+        return True
+
+
+async def test_a_commit_that_swallows_its_cancellation_does_not_hold_the_shutdown() -> None:
+    app, consumer = FakeApp(), SwallowingConsumer()
+    _bound_shutdown_commits(app, consumer, 0.1)  # type: ignore[arg-type]
+    app.should_stop = True
+    with structlog.testing.capture_logs() as logs:
+        assert await asyncio.wait_for(consumer.commit(), 10) is False
+    assert [entry["event"] for entry in logs] == ["shutdown_commit_skipped"]
+
+
 async def test_commits_outside_a_shutdown_and_quick_ones_go_through() -> None:
     app, consumer = FakeApp(), CommittingConsumer(hang=False)
     _bound_shutdown_commits(app, consumer, 0.2)  # type: ignore[arg-type]
