@@ -1,7 +1,7 @@
 """`churnguard worker`: wires settings, the table, the batch path and the agents, then runs
 the Faust worker until SIGTERM/SIGINT.
 
-Lifecycle (see also the report of issue 16):
+Lifecycle:
 - Start: the store directory is locked first (`tables.store_lock`; a second worker on
   the same directory exits at once with a `UserError`), then topics are checked.
 - Health: `Topology.health` (`streams.health.BrokerHealth`) says whether the broker
@@ -10,7 +10,9 @@ Lifecycle (see also the report of issue 16):
 - Stop: SIGTERM/SIGINT (or any other end of the worker) arms `ShutdownWatchdog`: faust's
   graceful stop gets `SHUTDOWN_DEADLINE_S`, then the process logs
   `shutdown_deadline_exceeded` with every thread's stack and exits with
-  `WATCHDOG_EXIT_CODE`. The consumer thread's stop is bounded (`_harden_consumer_thread`).
+  `WATCHDOG_EXIT_CODE`. The shutdown's offset commits and the consumer thread's stop
+  are bounded too (`_harden_consumer_thread`), so that the graceful path itself ends in
+  time when no batch is waiting for the broker.
 """
 
 from __future__ import annotations
