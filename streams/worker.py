@@ -372,7 +372,9 @@ def build_worker_app(
     )
     locks = PartitionLocks()
     score_events = ScoreEvents(ctx, writer, locks, clock)
-    install_batch_path(app, topology.inputs, score_events)
+    install_batch_path(app, topology.inputs, score_events,
+                       max_idle_s=settings.max_task_idle_s,
+                       max_buffered=settings.buffered_records_per_partition)
     _harden_consumer_thread(app)
     inputs = set(topology.inputs)
 
