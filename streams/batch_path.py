@@ -42,6 +42,8 @@ from faust.exceptions import ImproperlyConfigured
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from churnguard.logging import log_loop_exception
+from streams.consumer_stop import BoundedStopConsumerThread, ShutdownCommits
 from streams.partition_group import PartitionGroups
 
 __all__ = [
@@ -111,7 +113,22 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
         )
         self._enforced_logged = 0
         self._enforced_logged_at = 0.0
+        self._shutdown_commits = ShutdownCommits()
         super().__init__(*args, **kwargs)
+
+    def _new_consumer_thread(self) -> BoundedStopConsumerThread:
+        # faust's thread, with a stop that neither dies half-way nor hangs without a broker.
+        thread = BoundedStopConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        thread.thread_loop.set_exception_handler(log_loop_exception)
+        return thread
+
+    async def commit(self, *args: Any, **kwargs: Any) -> bool:
+        commit = super().commit
+        if not self.app.should_stop:
+            done: bool = await commit(*args, **kwargs)
+            return done
+        # Shutting down: with the broker gone a commit would wait forever for a coordinator.
+        return await self._shutdown_commits.run(lambda: commit(*args, **kwargs))
 
     # -- fetch interception -------------------------------------------------------------
 

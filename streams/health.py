@@ -1,7 +1,7 @@
 """The worker's view of its broker connection, for logs now and a `/ready` endpoint later.
 
 `BrokerHealth` is one small object per worker (`Topology.health`, built by
-`streams.app.create_app`); the worker's probe (`streams.worker.probe_broker`, every
+`streams.app.create_app`); the worker's probe (`probe_broker`, every
 `BROKER_PROBE_INTERVAL_S`) asks the producer's client for fresh cluster metadata and
 reports the outcome here. A future readiness endpoint reads `health.reachable` (and
 `health.since`, `health.reason`) — cheap attribute reads, no I/O.
@@ -13,15 +13,20 @@ succeeds again; a probe that agrees with the current state logs nothing.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
 
+import faust
 import structlog
 
-__all__ = ["BrokerHealth"]
+__all__ = ["BROKER_PROBE_INTERVAL_S", "BrokerHealth", "probe_broker"]
 
 log = structlog.get_logger(__name__)
+
+BROKER_PROBE_INTERVAL_S = 2.0
+BROKER_PROBE_TIMEOUT_S = 5.0
 
 
 class BrokerHealth:
@@ -74,3 +79,23 @@ class BrokerHealth:
         else:
             log.warning("broker_unreachable", reason=reason)
         return True
+
+
+async def probe_broker(
+    app: faust.App, health: BrokerHealth, *, timeout_s: float = BROKER_PROBE_TIMEOUT_S
+) -> None:
+    """Ask the producer's client for fresh cluster metadata and report to `health`."""
+    producer = getattr(app.producer, "_producer", None)
+    if producer is None:
+        return  # not started yet (or stopped)
+    try:
+        # A shielded future of the client's metadata synchronizer: a timeout here leaves
+        # the update itself running.
+        updated = await asyncio.wait_for(producer.client.force_metadata_update(), timeout_s)
+    except TimeoutError:
+        health.report(False, reason=f"no metadata answer within {timeout_s:g}s")
+        return
+    health.report(
+        bool(updated),
+        reason=None if updated else "metadata request failed on every known broker",
+    )

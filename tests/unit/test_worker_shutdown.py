@@ -17,14 +17,9 @@ from typing import Any
 import pytest
 import structlog
 
-from streams.health import BrokerHealth
-from streams.worker import (
-    WATCHDOG_EXIT_CODE,
-    ShutdownWatchdog,
-    _bound_shutdown_commits,
-    probe_broker,
-    stop_aiokafka_consumer,
-)
+from streams.consumer_stop import ShutdownCommits, stop_aiokafka_consumer
+from streams.health import BrokerHealth, probe_broker
+from streams.shutdown import WATCHDOG_EXIT_CODE, ShutdownWatchdog
 
 # -- the watchdog ----------------------------------------------------------------------------
 
@@ -57,7 +52,7 @@ def test_the_watchdog_exits_with_its_code_and_every_stack_once_the_deadline_pass
 STUCK_SHUTDOWN = """
 import time
 from churnguard.logging import configure_logging
-from streams.worker import ShutdownWatchdog
+from streams.shutdown import ShutdownWatchdog
 
 configure_logging("info", json=True)
 ShutdownWatchdog(0.5).arm("SIGTERM")
@@ -168,11 +163,6 @@ async def test_cancelling_the_stopping_task_still_cancels_it() -> None:
 # -- shutdown commits ------------------------------------------------------------------------
 
 
-class FakeApp:
-    def __init__(self) -> None:
-        self.should_stop = False
-
-
 class CommittingConsumer:
     def __init__(self, *, hang: bool) -> None:
         self.hang = hang
@@ -186,13 +176,11 @@ class CommittingConsumer:
 
 
 async def test_shutdown_commits_share_a_budget_and_are_given_up_after_it() -> None:
-    app, consumer = FakeApp(), CommittingConsumer(hang=True)
-    _bound_shutdown_commits(app, consumer, 0.2)  # type: ignore[arg-type]
-    app.should_stop = True
+    consumer, commits = CommittingConsumer(hang=True), ShutdownCommits(0.2)
     started = time.monotonic()
     with structlog.testing.capture_logs() as logs:
-        assert await consumer.commit() is False
-        assert await consumer.commit(start_new_transaction=False) is False
+        assert await commits.run(consumer.commit) is False
+        assert await commits.run(consumer.commit) is False
     assert time.monotonic() - started < 5
     assert consumer.calls == 1  # the second found the budget spent
     assert [entry["event"] for entry in logs] == ["shutdown_commit_skipped"] * 2
@@ -216,21 +204,17 @@ class SwallowingConsumer:
 
 
 async def test_a_commit_that_swallows_its_cancellation_does_not_hold_the_shutdown() -> None:
-    app, consumer = FakeApp(), SwallowingConsumer()
-    _bound_shutdown_commits(app, consumer, 0.1)  # type: ignore[arg-type]
-    app.should_stop = True
+    consumer, commits = SwallowingConsumer(), ShutdownCommits(0.1)
     with structlog.testing.capture_logs() as logs:
-        assert await asyncio.wait_for(consumer.commit(), 10) is False
+        assert await asyncio.wait_for(commits.run(consumer.commit), 10) is False
     assert [entry["event"] for entry in logs] == ["shutdown_commit_skipped"]
 
 
-async def test_commits_outside_a_shutdown_and_quick_ones_go_through() -> None:
-    app, consumer = FakeApp(), CommittingConsumer(hang=False)
-    _bound_shutdown_commits(app, consumer, 0.2)  # type: ignore[arg-type]
-    assert await consumer.commit() is True
-    app.should_stop = True
+async def test_quick_shutdown_commits_go_through() -> None:
+    consumer, commits = CommittingConsumer(hang=False), ShutdownCommits(0.2)
     with structlog.testing.capture_logs() as logs:
-        assert await consumer.commit() is True
+        assert await commits.run(consumer.commit) is True
+        assert await commits.run(consumer.commit) is True
     assert logs == []
     assert consumer.calls == 2
 
