@@ -165,7 +165,9 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
                     return {}
         now = time.monotonic()
         deadline = self._groups.next_deadline(now)
-        if deadline is not None:
+        if self._groups.more:
+            timeout = 0.0  # releasable records wait in the merge: take what is there, go on
+        elif deadline is not None:
             timeout = min(timeout, max(0.0, deadline - now))
         return await super()._getmany(active_partitions, timeout)
 
@@ -216,7 +218,9 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
             await self._seek_back(skipped, generation)
         topics = self._route.topics
         batch = groups.release(
-            (tp for tp in active if tp.topic in topics), self._fetched_all, time.monotonic()
+            (tp for tp in active if tp.topic in topics), self._fetched_all, time.monotonic(),
+            # A batch stays the size of a fetch, however much the merge holds.
+            limit=self.app.conf.broker_max_poll_records,
         )
         self._log_enforced()
         if not batch:

@@ -66,6 +66,9 @@ class PartitionGroups(Generic[K, R]):
         self._idle_since: dict[K, float] = {}
         # Releases that went on without a partition that had waited out `max_idle_s`.
         self.enforced = 0
+        # The last release stopped at its `limit` with more releasable: call again at once.
+        self.more = False
+        self._rotation = 0
 
     # -- buffers --------------------------------------------------------------------------
 
@@ -110,21 +113,39 @@ class PartitionGroups(Generic[K, R]):
     # -- release --------------------------------------------------------------------------
 
     def release(
-        self, members: Iterable[K], caught_up: Callable[[K], bool], now: float
+        self,
+        members: Iterable[K],
+        caught_up: Callable[[K], bool],
+        now: float,
+        *,
+        limit: int | None = None,
     ) -> dict[K, list[R]]:
-        """Take what can be applied now. `members` are the input partitions to merge (the
-        active ones: a paused or revoked partition neither blocks nor is released);
-        `caught_up(tp)` says the broker has nothing beyond what was fetched for `tp`; `now`
-        is monotonic seconds. Returns per partition the records to apply (each in offset
-        order), grouped and ordered by `group_order`, so `merge` of a group's lists gives
-        the order decided here."""
+        """Take what can be applied now, at most `limit` records (a batch's size; the groups
+        take turns at being first). `members` are the input partitions to merge (the active
+        ones: a paused or revoked partition neither blocks nor is released); `caught_up(tp)`
+        says the broker has nothing beyond what was fetched for `tp`; `now` is monotonic
+        seconds. Returns per partition the records to apply (each in offset order), grouped
+        and ordered by `group_order`, so `merge` of a group's lists gives the order decided
+        here."""
         groups: defaultdict[int, list[K]] = defaultdict(list)
         for tp in sorted(members, key=group_order):
             groups[tp.partition].append(tp)
+        order = sorted(groups)
+        if order:
+            start = self._rotation % len(order)
+            order = order[start:] + order[:start]
+            self._rotation += 1
         released: dict[K, list[R]] = {}
-        for partition in sorted(groups):
-            self._release_group(groups[partition], caught_up, now, released)
-        return released
+        left = limit
+        self.more = False
+        for partition in order:
+            if left is not None and left <= 0:
+                self.more = True
+                break
+            taken = self._release_group(groups[partition], caught_up, now, released, left)
+            if left is not None:
+                left -= taken
+        return dict(sorted(released.items(), key=lambda item: group_order(item[0])))
 
     def _release_group(
         self,
@@ -132,7 +153,9 @@ class PartitionGroups(Generic[K, R]):
         caught_up: Callable[[K], bool],
         now: float,
         released: dict[K, list[R]],
-    ) -> None:
+        limit: int | None,
+    ) -> int:
+        """Release one group's decidable prefix (at most `limit`); returns how many."""
         buffers = self._buffers
         waiting: dict[K, bool] = {}
         enforced = False
@@ -151,12 +174,12 @@ class PartitionGroups(Generic[K, R]):
                 waiting[tp] = answer
             return answer
 
-        taken = _decide([buffers.get(tp, []) for tp in tps], lambda i: waits(tps[i]))
+        taken = _decide([buffers.get(tp, []) for tp in tps], lambda i: waits(tps[i]), limit)
         if taken is None:
             for tp in tps:
                 if not buffers.get(tp) and waits(tp):
                     self._idle_since.setdefault(tp, now)
-            return
+            return 0
         for index, tp in enumerate(tps):
             count = taken[index]
             if not count:
@@ -171,14 +194,17 @@ class PartitionGroups(Generic[K, R]):
                 del buffer[:count]
         if enforced and any(taken):
             self.enforced += 1
+        if limit is not None and sum(taken) >= limit and any(buffers.get(tp) for tp in tps):
+            self.more = True
+        return sum(taken)
 
 
 
 def _decide(
-    buffers: Sequence[Sequence[TimedRecord]], waits: Callable[[int], bool]
+    buffers: Sequence[Sequence[TimedRecord]], waits: Callable[[int], bool], limit: int | None
 ) -> list[int] | None:
-    """How many records of each buffer the merge can take; None when an empty buffer that
-    must be waited for blocks the group from the start."""
+    """How many records of each buffer the merge can take (at most `limit` in all); None
+    when an empty buffer that must be waited for blocks the group from the start."""
     heads: list[tuple[int, int, int]] = []
     for index, buffer in enumerate(buffers):
         if buffer:
@@ -189,10 +215,12 @@ def _decide(
     if len(heads) == 1:
         # Only one partition has records and none must be waited for: all of it.
         index = heads[0][1]
-        taken[index] = len(buffers[index])
+        taken[index] = len(buffers[index]) if limit is None else min(limit, len(buffers[index]))
         return taken
     heapq.heapify(heads)
-    while heads:
+    left = -1 if limit is None else limit
+    while heads and left != 0:
+        left -= 1
         _, index, position = heapq.heappop(heads)
         taken[index] = position + 1
         buffer = buffers[index]

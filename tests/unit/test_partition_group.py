@@ -129,8 +129,9 @@ def test_full_buffers_and_dropping_one():
 
 
 def test_the_order_does_not_depend_on_fetch_boundaries():
-    """However the fetches cut the topics, the records come out in the order of one merge of
-    the whole topics (what replay and the combined topic give)."""
+    """However the fetches cut the topics and the batch limit cuts the releases, the records
+    come out in the order of one merge of the whole topics (what replay and the combined
+    topic give)."""
     for seed in range(200):
         rng = random.Random(seed)
         topics = [TP(f"t{i}", 0) for i in range(rng.randint(2, 4))]
@@ -154,8 +155,35 @@ def test_the_order_does_not_depend_on_fetch_boundaries():
             take = rng.randint(0, 12)
             g.add(tp, streams[tp][cursor[tp]:cursor[tp] + take])
             cursor[tp] = min(len(streams[tp]), cursor[tp] + take)
-            released = g.release(topics, fetched_all, now=0.0)
+            released = g.release(topics, fetched_all, now=0.0,
+                                 limit=rng.choice([None, 1, 3, 7]))
             got += [(r.topic, r.offset) for r in merge(
                 [released[t] for t in sorted(released, key=group_order)])]
         assert got == expected, seed
         assert g.enforced == 0
+
+
+def test_a_release_takes_at_most_its_limit_and_the_groups_take_turns():
+    g = groups()
+    g.add(A0, recs(A0.topic, 0, 1, 2, 3))
+    g.add(A1, recs(A1.topic, 1, 1, 2, 3))
+    members = [A0, B0, A1, B1]
+    first = g.release(members, caught_up=lambda tp: True, now=0.0, limit=2)
+    assert [(tp, len(r)) for tp, r in first.items()] == [(A0, 2)]
+    assert g.more
+    second = g.release(members, caught_up=lambda tp: True, now=0.0, limit=2)
+    assert [(tp, len(r)) for tp, r in second.items()] == [(A1, 2)]
+    third = g.release(members, caught_up=lambda tp: True, now=0.0, limit=2)
+    assert [(tp, [x.timestamp_ms for x in r]) for tp, r in third.items()] == [
+        (A0, [3]), (A1, [3])]
+    assert not g.more
+
+
+def test_a_limited_release_is_a_prefix_of_the_merge():
+    g = groups()
+    g.add(A0, recs(A0.topic, 0, 1, 3, 5))
+    g.add(B0, recs(B0.topic, 0, 2, 4, 6))
+    got: list[tuple[str, int]] = []
+    while g.partitions():
+        got += order(g.release([A0, B0], caught_up=lambda tp: True, now=0.0, limit=2))
+    assert [ts for _, ts in got] == [1, 2, 3, 4, 5, 6]
