@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from churnguard.core.clock import ZoneName
 
 
 class TopicNames(BaseModel):
@@ -148,7 +149,7 @@ class RuleSettings(BaseModel):
     anniversary_coupon_days: int = Field(30, ge=1)
     escalation_queue: str = "support-escalations"
     # IANA zone of anniversaries at 09:00 (birthday and signup coupons).
-    business_timezone: str = "UTC"
+    business_timezone: ZoneName = "UTC"
     disabled: frozenset[str] = frozenset()
 
     @field_validator("ticket_sla_hours")
@@ -175,16 +176,6 @@ class RuleSettings(BaseModel):
             )
         return value
 
-    @field_validator("business_timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(
-                "unknown time zone; use an IANA name such as 'Europe/Paris' or 'UTC'"
-            ) from exc
-        return value
 
 
 class Settings(BaseSettings):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator
 
 DAY = 86_400.0
 HOUR = 3_600.0
@@ -27,3 +31,16 @@ def parse_rfc3339(text: str) -> float:
     if moment.tzinfo is None:
         raise ValueError(f"timestamp {text!r} has no UTC offset")
     return moment.timestamp()
+
+
+def _known_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r}; use an IANA name such as "
+                         "'Europe/Paris' or 'UTC'") from exc
+    return value
+
+
+# A setting or pack field naming a time zone: checked when it is read, not when it is used.
+ZoneName = Annotated[str, AfterValidator(_known_zone)]
