@@ -212,7 +212,6 @@ class Plan:
         self.end = pinned - config.clock_hours * HOUR
         self.start = self.end - config.days * DAY
         self.customers = [f"cust-{n:07d}" for n in range(config.customers)]
-        self.records: list[Planned] = []
         self.serial = 0
 
     def next_serial(self) -> int:
@@ -243,7 +242,7 @@ class Plan:
                                      planned.timestamp_ms, "repeated_event_id", "duplicate",
                                      event=planned.event, serial=planned.serial))
         hostile_count = max(0, config.records - len(valid))
-        hostile = [self._hostile(n, valid) for n in range(hostile_count)]
+        hostile = [self._hostile(n) for n in range(hostile_count)]
         # Hostile records at random places of the valid stream (its order is kept).
         slots = sorted(self.rng.randrange(len(valid) + 1) for _ in hostile)
         merged: list[Planned] = []
@@ -332,7 +331,7 @@ class Plan:
 
     # -- hostile records --------------------------------------------------------------------
 
-    def _hostile(self, n: int, valid: list[Planned]) -> Planned:
+    def _hostile(self, n: int) -> Planned:
         rng = self.rng
         serial = self.next_serial()
         stamp = int(self.end * 1000)  # set to its neighbours' when it is placed

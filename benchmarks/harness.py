@@ -30,7 +30,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from churnguard.clocks import EventClock, FileClock
-from churnguard.core.clock import rfc3339
+from churnguard.core.clock import parse_rfc3339, rfc3339
 from churnguard.core.processor import Engine, advance, apply_event
 from churnguard.core.rules import Action
 from churnguard.core.state import CustomerState
@@ -172,8 +172,6 @@ def produce(bootstrap: str, records: Iterable[OutRecord]) -> Produced:
 
 def timestamp_ms(occurred_at: str) -> int:
     """The record timestamp of an event: its occurred_at, in milliseconds."""
-    from churnguard.core.clock import parse_rfc3339
-
     return round(parse_rfc3339(occurred_at) * 1000)
 
 
