@@ -10,7 +10,6 @@ import orjson
 
 from churnguard.core.clock import rfc3339
 from churnguard.core.rules import Action
-from schemas.events import PERSONAL_FIELDS
 
 CONTRACT_VERSION = 1
 
@@ -30,6 +29,15 @@ DLQ_VALUE_LIMIT = 64 * 1024
 DLQ_KEY_LIMIT = 1024
 DLQ_REASON_LIMIT = 1000
 REDACTED = "[redacted]"
+# The fields whose values a dead letter keeps: which record it was, when, and the values
+# validation judges (numbers, codes, dates, enumerations). Never names, contact details,
+# free text, tags, ids of other systems or unknown fields — wherever personal data may hide.
+DLQ_KEPT_FIELDS = frozenset({
+    "type", "event_id", "customer_id", "occurred_at", "amount", "currency", "status",
+    "priority", "satisfaction", "tier", "birthday", "signup_date",
+})
+# A kept field's value longer than this is no code or number: replaced like any other.
+_KEPT_STRING_LIMIT = 200
 
 
 def encode_dead_letter(
@@ -44,12 +52,12 @@ def encode_dead_letter(
     at: float,
     max_value_bytes: int = DLQ_VALUE_LIMIT,
 ) -> bytes:
-    """The DLQ record of a rejected input record (contract: `churnguard.dlq`). A value that
-    parses as JSON is kept re-serialized with every personal field (`PERSONAL_FIELDS`, at any
-    depth) redacted; only an unparseable value is kept as its raw bytes. At most
-    `max_value_bytes` of it are kept (`value_truncated`); `value_length` and `value_sha256`
-    describe the original bytes. `topic`/`partition`/`offset` are None for a time-driven
-    firing (no input record)."""
+    """The DLQ record of a rejected input record (contract: `churnguard.dlq`). A JSON value
+    is kept minimised (`minimise_value`): its structure, and the values of `DLQ_KEPT_FIELDS`;
+    a value that is not JSON is not kept at all — the record stays findable at its source
+    topic/partition/offset for the input topic's retention. At most `max_value_bytes` are
+    kept (`value_truncated`); `value_length` and `value_sha256` describe the original bytes.
+    `topic`/`partition`/`offset` are None for a time-driven firing (no input record)."""
     record: dict[str, Any] = {
         "reason": reason if len(reason) <= DLQ_REASON_LIMIT else reason[:DLQ_REASON_LIMIT] + "…",
         "kind": kind,
@@ -61,10 +69,12 @@ def encode_dead_letter(
     if value is None:
         record["value_b64"] = None
     else:
-        kept, redacted = redact_value(value)
-        truncated = len(kept) > max_value_bytes or (not kept and bool(value))
+        kept, redacted = minimise_value(value)
+        truncated = kept is not None and len(kept) > max_value_bytes
         record |= {
-            "value_b64": base64.b64encode(kept[:max_value_bytes]).decode(),
+            "value_b64": (
+                None if kept is None else base64.b64encode(kept[:max_value_bytes]).decode()
+            ),
             "value_redacted": redacted,
             "value_truncated": truncated,
             "value_length": len(value),
@@ -74,27 +84,47 @@ def encode_dead_letter(
     return orjson.dumps(record)
 
 
-def redact_value(value: bytes) -> tuple[bytes, bool]:
-    """(the bytes to keep, whether they are the redacted re-serialization): JSON is parsed,
-    personal fields at any depth replaced by REDACTED (a null stays null), re-serialized."""
+def minimise_value(value: bytes) -> tuple[bytes | None, bool]:
+    """(what a dead letter keeps of a rejected value, whether anything was replaced).
+
+    JSON keeps its structure (objects' keys, lists' lengths); the value of a field of
+    `DLQ_KEPT_FIELDS` stays when it is a number, a boolean, null or a short string; every
+    other string or number becomes `"[redacted]"` (null and booleans tell nothing and stay).
+    Not JSON (or nested deeper than orjson writes, 255 levels): None, nothing is kept, since
+    its bytes may hold anything."""
     try:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
-        return value, False
+        return None, True
+    redacted = False
+
+    def scrub(item: Any, keep: bool) -> Any:
+        nonlocal redacted
+        if item is None or isinstance(item, bool) or (keep and _short_scalar(item)):
+            return item
+        redacted = True
+        return REDACTED
+
+    if not isinstance(parsed, dict | list):
+        return orjson.dumps(scrub(parsed, False)), redacted
     # Iterative: orjson accepts nesting up to 1024 levels, deeper than Python's recursion.
-    stack = [parsed]
+    # Only the event's own (top-level) fields are contract fields.
+    stack: list[tuple[Any, bool]] = [(parsed, True)]
     while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            for name, item in node.items():
-                if name.lower() in PERSONAL_FIELDS:
-                    if item is not None:
-                        node[name] = REDACTED
-                elif isinstance(item, dict | list):
-                    stack.append(item)
-        elif isinstance(node, list):
-            stack.extend(item for item in node if isinstance(item, dict | list))
+        node, top = stack.pop()
+        entries = node.items() if isinstance(node, dict) else enumerate(node)
+        for name, item in list(entries):
+            if isinstance(item, dict | list):
+                stack.append((item, False))
+            else:
+                node[name] = scrub(item, top and name in DLQ_KEPT_FIELDS)
     try:
-        return orjson.dumps(parsed), True
+        return orjson.dumps(parsed), redacted
     except TypeError:  # nested deeper than orjson writes (255 levels): nothing is kept
-        return b"", True
+        return None, True
+
+
+def _short_scalar(item: Any) -> bool:
+    if isinstance(item, str):
+        return len(item) <= _KEPT_STRING_LIMIT
+    return isinstance(item, int | float)

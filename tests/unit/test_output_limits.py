@@ -176,7 +176,7 @@ def test_a_timer_firing_whose_state_is_too_large_is_dead_lettered_and_does_not_s
 
 def test_dead_letters_shrink_to_fit_a_small_limit(engine, metrics, t0):
     ctx = BatchContext.create(engine, TOPICS, metrics, 24, max_record_bytes=20_000)
-    bad = b"x" * 60_000
+    bad = orjson.dumps({"event_id": "e", "notes": ["x"] * 12_000})
     result = process_partition([Record(TOPICS.events, 0, 0, b"c1", bad)], Store().load, ctx,
                                now=t0)
     [dead] = result.outputs
