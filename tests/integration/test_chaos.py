@@ -11,7 +11,7 @@ import pytest
 from benchmarks.chaos import ChaosConfig, run_chaos
 from connectors.embedded_broker import EmbeddedBroker
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _run(broker: EmbeddedBroker, tmp: Path, workers: int) -> None:
