@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from benchmarks.harness import (
     Produced,
     ScoreCheck,
     WorkerSlot,
+    broker_url,
     check_actions,
     check_scores,
     decode,
@@ -63,7 +64,7 @@ from churnguard.core.clock import HOUR, rfc3339
 from churnguard.engine import build_engine
 from churnguard.processes import exit_on_sigterm
 from churnguard.replay import read_events
-from connectors.embedded_broker import EmbeddedBroker, embedded_broker
+from connectors.embedded_broker import EmbeddedBroker
 
 PATHS = ("combined", "per-type")
 READY_TIMEOUT_S = 180.0
@@ -188,17 +189,6 @@ def build_records(
     return records, paths
 
 
-@contextlib.contextmanager
-def _broker(config: ChaosConfig, given: EmbeddedBroker | None) -> Iterator[str]:
-    if config.broker is not None:
-        yield config.broker
-    elif given is not None:
-        yield given.url
-    else:
-        with embedded_broker() as broker:
-            yield broker.url
-
-
 def run_chaos(
     config: ChaosConfig,
     *,
@@ -215,7 +205,7 @@ def run_chaos(
     with contextlib.ExitStack() as stack:
         if tmp is None:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cg-chaos-")))
-        url = stack.enter_context(_broker(config, broker))
+        url = stack.enter_context(broker_url(config.broker, broker))
         _run(config, url, tmp, report, say)
     report.elapsed_s = time.monotonic() - started
     return report

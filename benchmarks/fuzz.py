@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -58,6 +58,7 @@ from benchmarks.harness import (
     ReadRecord,
     ScoreCheck,
     WorkerSlot,
+    broker_url,
     check_actions,
     check_scores,
     decode,
@@ -72,7 +73,7 @@ from churnguard.core.clock import DAY, HOUR, parse_rfc3339, rfc3339
 from churnguard.engine import build_engine
 from churnguard.processes import exit_on_sigterm
 from churnguard.replay import read_events
-from connectors.embedded_broker import EmbeddedBroker, embedded_broker
+from connectors.embedded_broker import EmbeddedBroker
 
 KNOWN_KINDS = frozenset({
     "malformed_json", "invalid_event", "unknown_type", "absurd_timestamp", "key_mismatch",
@@ -579,17 +580,6 @@ SHAPELESS = frozenset({"garbage", "empty_value", "tombstone", "not_an_object"})
 # -- the run ------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _broker(config: FuzzConfig, given: EmbeddedBroker | None) -> Iterator[str]:
-    if config.broker is not None:
-        yield config.broker
-    elif given is not None:
-        yield given.url
-    else:
-        with embedded_broker() as broker:
-            yield broker.url
-
-
 def run_fuzz(
     config: FuzzConfig,
     *,
@@ -606,7 +596,7 @@ def run_fuzz(
     with contextlib.ExitStack() as stack:
         if tmp is None:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cg-fuzz-")))
-        url = stack.enter_context(_broker(config, broker))
+        url = stack.enter_context(broker_url(config.broker, broker))
         _run(config, url, tmp, report, say)
     report.elapsed_s = time.monotonic() - started
     return report

@@ -14,13 +14,14 @@ expired time-driven actions).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import re
 import shutil
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,6 +38,7 @@ from churnguard.core.state import CustomerState
 from churnguard.processes import READY_MARK, start_worker, stop_process_group, wait_ready
 from churnguard.replay import replay
 from connectors.admin import ensure_topics
+from connectors.embedded_broker import EmbeddedBroker, embedded_broker
 from schemas.events import Event
 from streams.codecs import encode_action
 from streams.settings import Settings, TopicNames
@@ -641,3 +643,16 @@ class Markers:
 
 def fmt_s(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.1f}s"
+
+
+@contextlib.contextmanager
+def broker_url(url: str | None, given: EmbeddedBroker | None) -> Iterator[str]:
+    """The broker a harness runs on: `url` (--broker), else the embedded broker it was
+    given (the tests' shared one), else one of its own for the run."""
+    if url is not None:
+        yield url
+    elif given is not None:
+        yield given.url
+    else:
+        with embedded_broker() as broker:
+            yield broker.url

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass
 
 import orjson
 import pytest
@@ -15,19 +14,11 @@ from churnguard.batch import RECORD_OVERHEAD, BatchContext, process_due, process
 from churnguard.core.clock import DAY, HOUR
 from churnguard.core.state import CustomerState
 from churnguard.metrics import Metrics
-from streams.settings import TopicNames
+from tests.unit.raw_records import TOPICS, Record
 
-TOPICS = TopicNames()
 LONG = "t-" + "x" * 198  # the longest ticket id
 
 
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 class Store(dict):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass
 
 import orjson
 import pytest
@@ -15,18 +14,7 @@ from churnguard.batch import BatchContext, process_partition
 from churnguard.core.clock import DAY, rfc3339
 from churnguard.core.state import CustomerState
 from churnguard.metrics import Metrics
-from streams.settings import TopicNames
-
-TOPICS = TopicNames()
-
-
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
+from tests.unit.raw_records import TOPICS, Record
 
 
 @pytest.fixture

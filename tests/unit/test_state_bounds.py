@@ -4,8 +4,6 @@ the customer's history."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import orjson
 import pytest
 from structlog.testing import capture_logs
@@ -16,18 +14,7 @@ from churnguard.core.clock import DAY
 from churnguard.core.processor import apply_event
 from churnguard.core.state import MAX_OPEN_TICKETS
 from churnguard.metrics import Metrics
-from streams.settings import TopicNames
-
-TOPICS = TopicNames()
-
-
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
+from tests.unit.raw_records import TOPICS, Record
 
 
 def opened(event_factory, n, *, minutes=None, priority=None):
