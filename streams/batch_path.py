@@ -113,6 +113,9 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
         )
         self._enforced_logged = 0
         self._enforced_logged_at = 0.0
+        # Partitions of the batch taken from the merge until it is done or read again: not
+        # caught up meanwhile (the timer tick must not run ahead of their records).
+        self._in_flight: set[TP] = set()
         self._shutdown_commits = ShutdownCommits()
         super().__init__(*args, **kwargs)
 
@@ -165,7 +168,7 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
                     return {}
         now = time.monotonic()
         deadline = self._groups.next_deadline(now)
-        if self._groups.more:
+        if self._groups.more and self._groups.partitions():
             timeout = 0.0  # releasable records wait in the merge: take what is there, go on
         elif deadline is not None:
             timeout = min(timeout, max(0.0, deadline - now))
@@ -182,9 +185,18 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
             state = consumer._subscription.subscription.assignment.state_value(tp)
         except Exception:  # not started, not subscribed or not assigned: unknown
             return False
-        if state is None or state.highwater is None or not state.has_valid_position:
+        if state is None:
             return False
-        return bool(state.position >= state.highwater)
+        # Read once: the consumer thread may reset the position meanwhile (no assert).
+        position, highwater = state._position, state.highwater
+        return position is not None and highwater is not None and position >= highwater
+
+    def _arriving(self, tp: TP) -> bool:
+        """Whether aiokafka's fetcher holds fetched records of `tp` not yet handed out."""
+        try:
+            return tp in self._thread._ensure_consumer()._fetcher._records
+        except Exception:  # not started: nothing held
+            return False
 
     async def _take_batch(self, fetched: Mapping[Any, list[Any]]) -> None:
         groups = self._groups
@@ -216,15 +228,27 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
                 groups.drop(tp)
         if skipped:
             await self._seek_back(skipped, generation)
+            if not self._flow_open() or self.app.consumer_generation_id != generation:
+                return  # a rebalance began meanwhile: no batch may start after its wait_empty
         topics = self._route.topics
         batch = groups.release(
             (tp for tp in active if tp.topic in topics), self._fetched_all, time.monotonic(),
             # A batch stays the size of a fetch, however much the merge holds.
             limit=self.app.conf.broker_max_poll_records,
+            arriving=self._arriving,
         )
         self._log_enforced()
         if not batch:
             return
+        self._in_flight = set(batch)
+        try:
+            await self._hand_over(batch, generation)
+        finally:
+            self._in_flight = set()
+
+    async def _hand_over(self, batch: dict[TP, list[SourceRecord]], generation: int) -> None:
+        """Run the handler on a released batch; mark it done, or read it again."""
+        groups = self._groups
         # Taken before the handler runs, which may reorder what it was given.
         firsts = {tp: recs[0].offset for tp, recs in batch.items()}
         ends = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
@@ -360,9 +384,10 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
 
     async def caught_up(self, tp: TP) -> bool:
         """Whether every record of `tp` the broker has (its high-water mark, from the last
-        fetch response) has been handed to the handler: no unconsumed backlog on this
-        partition, neither on the broker nor in the merge's buffer."""
-        return not self._groups.buffered(tp) and self._fetched_all(tp)
+        fetch response) has been applied: no unconsumed backlog on this partition, neither
+        on the broker, nor in the merge's buffer, nor in a batch under way or read again."""
+        return (not self._groups.buffered(tp) and tp not in self._in_flight
+                and tp not in self._rewind and self._fetched_all(tp))
 
     # -- faust's commit path ------------------------------------------------------------
 

@@ -96,17 +96,14 @@ def _cancelling() -> bool:
 
 
 class _Budget:
-    """Seconds shared by several waits, counted from the first `remaining()` call."""
+    """Seconds shared by several waits: only the time spent waiting counts."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._deadline: float | None = None
+        self.spent = 0.0
 
     def remaining(self) -> float:
-        now = time.monotonic()
-        if self._deadline is None:
-            self._deadline = now + self.seconds
-        return max(0.0, self._deadline - now)
+        return max(0.0, self.seconds - self.spent)
 
 
 class ShutdownCommits:
@@ -114,13 +111,20 @@ class ShutdownCommits:
     consumer's `on_stop`, both through `wait_empty`) share `budget_s`; one that does not
     finish in time is given up and logged."""
 
-    def __init__(self, budget_s: float = SHUTDOWN_COMMIT_BUDGET_S) -> None:
+    def __init__(
+        self,
+        budget_s: float = SHUTDOWN_COMMIT_BUDGET_S,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.budget_s = budget_s
         self._budget = _Budget(budget_s)
+        self._clock = clock
 
     async def run(self, commit: Callable[[], Awaitable[bool]]) -> bool:
         timeout_s = self._budget.remaining()
         if timeout_s > 0:
+            started = self._clock()
             task = asyncio.ensure_future(commit())
             # Not wait_for, which waits for the cancelled commit to unwind: a commit
             # waiting for another one to finish (the commit timer's, stuck the same way)
@@ -128,6 +132,7 @@ class ShutdownCommits:
             # `Consumer.maybe_wait_for_commit_to_finish` and starts a new commit, which
             # then never returns. The task is cancelled and left to the loop's shutdown.
             finished, _ = await asyncio.wait({task}, timeout=timeout_s)
+            self._budget.spent += self._clock() - started
             if finished:
                 return bool(task.result())
             task.cancel()

@@ -90,10 +90,12 @@ class PartitionGroups(Generic[K, R]):
         """Forget a partition's buffer (its position is moved back, or it is gone)."""
         self._buffers.pop(tp, None)
         self._idle_since.pop(tp, None)
+        self.more = self.more and bool(self._buffers)
 
     def clear(self) -> None:
         self._buffers.clear()
         self._idle_since.clear()
+        self.more = False
 
     def partitions(self) -> list[K]:
         """Partitions with buffered records."""
@@ -119,11 +121,14 @@ class PartitionGroups(Generic[K, R]):
         now: float,
         *,
         limit: int | None = None,
+        arriving: Callable[[K], bool] = lambda tp: False,
     ) -> dict[K, list[R]]:
         """Take what can be applied now, at most `limit` records (a batch's size; the groups
         take turns at being first). `members` are the input partitions to merge (the active
         ones: a paused or revoked partition neither blocks nor is released); `caught_up(tp)`
-        says the broker has nothing beyond what was fetched for `tp`; `now` is monotonic
+        says the broker has nothing beyond what was fetched for `tp`; `arriving(tp)` that
+        records of `tp` are already fetched and on their way here (a partition is not idle
+        while the client holds its records: its wait starts over); `now` is monotonic
         seconds. Returns per partition the records to apply (each in offset order), grouped
         and ordered by `group_order`, so `merge` of a group's lists gives the order decided
         here."""
@@ -142,7 +147,8 @@ class PartitionGroups(Generic[K, R]):
             if left is not None and left <= 0:
                 self.more = True
                 break
-            taken = self._release_group(groups[partition], caught_up, now, released, left)
+            taken = self._release_group(groups[partition], caught_up, arriving, now, released,
+                                        left)
             if left is not None:
                 left -= taken
         return dict(sorted(released.items(), key=lambda item: group_order(item[0])))
@@ -151,6 +157,7 @@ class PartitionGroups(Generic[K, R]):
         self,
         tps: list[K],
         caught_up: Callable[[K], bool],
+        arriving: Callable[[K], bool],
         now: float,
         released: dict[K, list[R]],
         limit: int | None,
@@ -168,6 +175,8 @@ class PartitionGroups(Generic[K, R]):
                 answer = not caught_up(tp)
                 if not answer:
                     self._idle_since.pop(tp, None)
+                elif tp in self._idle_since and arriving(tp):
+                    self._idle_since[tp] = now  # our own backlog delays it, not the broker
                 since = self._idle_since.get(tp)
                 if answer and since is not None and now - since >= self.max_idle_s:
                     answer, enforced = False, True

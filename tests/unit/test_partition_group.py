@@ -187,3 +187,29 @@ def test_a_limited_release_is_a_prefix_of_the_merge():
     while g.partitions():
         got += order(g.release([A0, B0], caught_up=lambda tp: True, now=0.0, limit=2))
     assert [ts for _, ts in got] == [1, 2, 3, 4, 5, 6]
+
+
+def test_records_already_fetched_for_a_waiting_partition_restart_its_wait():
+    """The client holds the partition's next records behind our own backlog: that is no
+    idle broker, so the group keeps waiting instead of going on out of order."""
+    g = groups(max_idle_s=5.0)
+    g.add(A0, recs(A0.topic, 0, 1))
+    lagging = lambda tp: tp != B0  # noqa: E731
+    assert g.release([A0, B0], lagging, now=0.0) == {}
+    assert g.release([A0, B0], lagging, now=4.9, arriving=lambda tp: tp == B0) == {}
+    assert g.release([A0, B0], lagging, now=6.0) == {}  # 5 s after 0.0, but not after 4.9
+    assert g.release([A0, B0], lagging, now=9.9)[A0][0].timestamp_ms == 1
+    assert g.enforced == 1
+
+
+def test_dropping_or_clearing_the_buffers_forgets_that_more_was_releasable():
+    g = groups()
+    g.add(A0, recs(A0.topic, 0, 1, 2, 3))
+    g.release([A0], caught_up=lambda tp: True, now=0.0, limit=1)
+    assert g.more
+    g.drop(A0)
+    assert not g.more
+    g.add(A0, recs(A0.topic, 0, 1, 2, 3))
+    g.release([A0], caught_up=lambda tp: True, now=0.0, limit=1)
+    g.clear()
+    assert not g.more

@@ -284,3 +284,17 @@ def test_an_unreachable_broker_at_start_is_a_transition() -> None:
         ("broker_reachable", None, 7.5),
     ]
     assert health.since == 112.5
+
+
+async def test_only_time_spent_committing_uses_the_shutdown_budget() -> None:
+    """A commit timer's quick commit early in a long shutdown leaves the final commit its
+    whole budget: the seconds between commits do not count."""
+    clock = [100.0]
+    consumer = CommittingConsumer(hang=False)
+    commits = ShutdownCommits(0.2, clock=lambda: clock[0])
+    assert await commits.run(consumer.commit) is True
+    clock[0] += 60.0  # waiting for a batch in flight, then the final commit
+    with structlog.testing.capture_logs() as logs:
+        assert await commits.run(consumer.commit) is True
+    assert logs == []
+    assert consumer.calls == 2
