@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from churnguard.core.clock import ZoneName
+from churnguard.core.rfm import RfmSettings
+from churnguard.core.scoring import ScoringSettings
 
 
 class TopicNames(BaseModel):
@@ -49,73 +51,6 @@ class TopicNames(BaseModel):
             name: prefix + value.removeprefix("churnguard.")
             for name, value in self.model_dump().items()
         })
-
-
-class ScoringSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    recency_weight: float = Field(0.4, ge=0)
-    engagement_weight: float = Field(0.3, ge=0)
-    service_weight: float = Field(0.3, ge=0)
-    recency_full_days: float = Field(7.0, ge=0)
-    recency_zero_days: float = Field(90.0, gt=0)
-    # Login buckets are kept this many days: at most a year keeps the state small.
-    engagement_window_days: int = Field(30, ge=1, le=366)
-    engagement_points_per_login: float = Field(10.0, ge=0)
-    satisfaction_sample: int = Field(5, ge=1)
-    service_without_ratings: float = Field(80.0, ge=0, le=100)
-    overdue_ticket_hours: float = Field(72.0, gt=0)
-    overdue_ticket_penalty: float = Field(15.0, ge=0)
-
-    @model_validator(mode="after")
-    def _weights(self) -> ScoringSettings:
-        total = self.recency_weight + self.engagement_weight + self.service_weight
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(
-                f"scoring weights must add up to 1.0, got {total:g} "
-                "(CHURNGUARD_SCORING__RECENCY_WEIGHT/ENGAGEMENT_WEIGHT/SERVICE_WEIGHT)"
-            )
-        if self.recency_zero_days <= self.recency_full_days:
-            raise ValueError("scoring.recency_zero_days must be greater than recency_full_days")
-        return self
-
-
-class SegmentRule(BaseModel):
-    """A segment applies when R, F and M each lie in their inclusive [low, high] range."""
-
-    model_config = ConfigDict(frozen=True)
-
-    segment: str
-    r: tuple[int, int] = (1, 5)
-    f: tuple[int, int] = (1, 5)
-    m: tuple[int, int] = (1, 5)
-
-
-DEFAULT_SEGMENTS = (
-    SegmentRule(segment="champion", r=(4, 5), f=(4, 5), m=(4, 5)),
-    SegmentRule(segment="needs_reactivation", r=(1, 2), f=(4, 5), m=(4, 5)),
-    SegmentRule(segment="loyal", r=(3, 5), f=(3, 5)),
-    SegmentRule(segment="new", r=(4, 5), f=(1, 1)),
-    SegmentRule(segment="promising", r=(3, 5)),
-    SegmentRule(segment="at_risk", r=(1, 2), f=(2, 5)),
-    SegmentRule(segment="hibernating", r=(1, 2)),
-)
-
-
-class RfmSettings(BaseModel):
-    """Score 5 for the first threshold met, 4 for the second, … 1 when none is met."""
-
-    model_config = ConfigDict(frozen=True)
-
-    # Days since the last purchase, at most.
-    recency_days: tuple[float, float, float, float] = (14, 30, 60, 120)
-    # Lifetime orders, at least.
-    frequency_orders: tuple[int, int, int, int] = (20, 10, 5, 2)
-    # Lifetime spend, at least.
-    monetary_spend: tuple[float, float, float, float] = (10_000, 5_000, 1_000, 200)
-    # First match wins; customers without a purchase are `prospect`.
-    segments: tuple[SegmentRule, ...] = DEFAULT_SEGMENTS
-    fallback_segment: str = "hibernating"
 
 
 DEFAULT_SLA_HOURS = {"urgent": 4.0, "high": 24.0, "normal": 72.0, "low": 168.0}

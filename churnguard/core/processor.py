@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from churnguard.core.clock import day_number, rfc3339
-from churnguard.core.rfm import rfm_scores, segment_of
+from churnguard.core.rfm import RfmSettings, rfm_scores, segment_of
 from churnguard.core.rules import (
     Action,
     Firing,
@@ -19,7 +19,7 @@ from churnguard.core.rules import (
     prime,
     start_anniversaries,
 )
-from churnguard.core.scoring import health
+from churnguard.core.scoring import ScoringSettings, health
 from churnguard.core.state import (
     CLOSED_TICKETS_KEPT,
     LOGIN_WINDOW_DAYS,
@@ -32,7 +32,6 @@ from churnguard.core.state import (
     remember,
 )
 from schemas.events import Event, Login, Profile, Purchase, Ticket
-from streams.settings import RfmSettings, ScoringSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,49 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pydantic import BaseModel, ConfigDict
+
 from churnguard.core.clock import DAY
 from churnguard.core.state import SPEND_SCALE, CustomerState
-from streams.settings import RfmSettings
+
+
+class SegmentRule(BaseModel):
+    """A segment applies when R, F and M each lie in their inclusive [low, high] range."""
+
+    model_config = ConfigDict(frozen=True)
+
+    segment: str
+    r: tuple[int, int] = (1, 5)
+    f: tuple[int, int] = (1, 5)
+    m: tuple[int, int] = (1, 5)
+
+
+DEFAULT_SEGMENTS = (
+    SegmentRule(segment="champion", r=(4, 5), f=(4, 5), m=(4, 5)),
+    SegmentRule(segment="needs_reactivation", r=(1, 2), f=(4, 5), m=(4, 5)),
+    SegmentRule(segment="loyal", r=(3, 5), f=(3, 5)),
+    SegmentRule(segment="new", r=(4, 5), f=(1, 1)),
+    SegmentRule(segment="promising", r=(3, 5)),
+    SegmentRule(segment="at_risk", r=(1, 2), f=(2, 5)),
+    SegmentRule(segment="hibernating", r=(1, 2)),
+)
+
+
+class RfmSettings(BaseModel):
+    """Score 5 for the first threshold met, 4 for the second, … 1 when none is met."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # Days since the last purchase, at most.
+    recency_days: tuple[float, float, float, float] = (14, 30, 60, 120)
+    # Lifetime orders, at least.
+    frequency_orders: tuple[int, int, int, int] = (20, 10, 5, 2)
+    # Lifetime spend, at least.
+    monetary_spend: tuple[float, float, float, float] = (10_000, 5_000, 1_000, 200)
+    # First match wins; customers without a purchase are `prospect`.
+    segments: tuple[SegmentRule, ...] = DEFAULT_SEGMENTS
+    fallback_segment: str = "hibernating"
+
 
 PROSPECT = "prospect"
 

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from churnguard.core.clock import DAY, HOUR, ZoneName, day_number, rfc3339
-from churnguard.core.scoring import crossing_time
+from churnguard.core.scoring import ScoringSettings, crossing_time
 from churnguard.core.state import (
     LOGIN_WINDOW_DAYS,
     PURCHASE_WINDOW_DAYS,
@@ -35,7 +35,6 @@ from churnguard.core.triggers import (
     ticket_mark,
 )
 from schemas.events import PERSONAL_FIELDS
-from streams.settings import ScoringSettings
 
 # Signals an event can raise (see processor.apply_event).
 Signal = Literal["purchase", "first_purchase", "login", "profile", "ticket_opened", "ticket_closed"]

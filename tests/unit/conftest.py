@@ -17,11 +17,13 @@ import pytest
 from churnguard.core.clock import DAY, rfc3339
 from churnguard.core.default_rules import default_pack
 from churnguard.core.processor import Engine, Outcome, apply_event
+from churnguard.core.rfm import RfmSettings
 from churnguard.core.rules import Action
+from churnguard.core.scoring import ScoringSettings
 from churnguard.core.state import CustomerState
 from churnguard.engine import build_engine
 from schemas.events import MODEL_BY_TYPE, Event
-from streams.settings import RfmSettings, RuleSettings, ScoringSettings, Settings
+from streams.settings import RuleSettings, Settings
 
 # 2024-03-01T12:00:00Z: mid-day, so "day N" and "day N ± 12 h" fall in different buckets.
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC).timestamp()

@@ -11,9 +11,9 @@ import pytest
 from churnguard.core.clock import DAY, day_number, rfc3339
 from churnguard.core.processor import apply_event
 from churnguard.core.rules import RulePack
+from churnguard.core.scoring import ScoringSettings
 from churnguard.core.state import CustomerState, OpenTicket
 from streams.codecs import encode_action, encode_score
-from streams.settings import ScoringSettings
 
 # --- state evolution -----------------------------------------------------------------------
 

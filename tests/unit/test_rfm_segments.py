@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from churnguard.core.clock import DAY
-from churnguard.core.rfm import PROSPECT, rfm_scores, segment_of
+from churnguard.core.rfm import PROSPECT, RfmSettings, SegmentRule, rfm_scores, segment_of
 from churnguard.core.state import SPEND_SCALE
-from streams.settings import RfmSettings, SegmentRule
 
 CFG = RfmSettings()
 
