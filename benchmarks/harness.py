@@ -15,10 +15,10 @@ expired time-driven actions).
 from __future__ import annotations
 
 import contextlib
-import heapq
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -30,9 +30,9 @@ import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-from churnguard.clocks import EventClock, FileClock
+from churnguard.clocks import FileClock
 from churnguard.core.clock import parse_rfc3339, rfc3339
-from churnguard.core.processor import Engine, advance, apply_event
+from churnguard.core.processor import Engine
 from churnguard.core.rules import Action
 from churnguard.core.state import CustomerState
 from churnguard.processes import READY_MARK, start_worker, stop_process_group, wait_ready
@@ -427,37 +427,10 @@ class Expected:
 def live_run(
     events: Iterable[Event], engine: Engine, *, until: float, noticed_at: float | None
 ) -> tuple[list[Action], dict[str, CustomerState]]:
-    """churnguard.replay.replay's loop, with the live worker's `noticed_at` and the final
-    states kept: events in event-time order, each timer fired at its due time."""
+    """What a live worker receiving these events only at `noticed_at` sends by `until`,
+    and the customers' final states (churnguard.replay with the worker's noticed_at)."""
     states: dict[str, CustomerState] = {}
-    dues: list[tuple[float, str]] = []
-    actions: list[Action] = []
-    clock = EventClock()
-
-    def fire_due() -> None:
-        while dues and dues[0][0] <= clock.now():
-            due, customer = heapq.heappop(dues)
-            state = states[customer]
-            if state.next_due != due:
-                continue  # superseded by a later event of this customer
-            actions.extend(advance(state, due, engine, noticed_at=noticed_at).actions)
-            if state.next_due is not None:
-                heapq.heappush(dues, (state.next_due, customer))
-
-    for event in events:
-        occurred = event.occurred_at.timestamp()
-        if occurred > until:
-            break
-        clock.advance_to(occurred)
-        fire_due()
-        outcome = apply_event(states.get(event.customer_id), event, engine,
-                              noticed_at=noticed_at)
-        states[event.customer_id] = state = outcome.state
-        actions.extend(outcome.actions)
-        if state.next_due is not None:
-            heapq.heappush(dues, (state.next_due, event.customer_id))
-    clock.advance_to(until)
-    fire_due()
+    actions = list(replay(events, engine, until=until, noticed_at=noticed_at, states=states))
     return actions, states
 
 
@@ -646,13 +619,15 @@ def fmt_s(seconds: float | None) -> str:
 
 
 @contextlib.contextmanager
-def broker_url(url: str | None, given: EmbeddedBroker | None) -> Iterator[str]:
-    """The broker a harness runs on: `url` (--broker), else the embedded broker it was
-    given (the tests' shared one), else one of its own for the run."""
-    if url is not None:
-        yield url
-    elif given is not None:
-        yield given.url
-    else:
-        with embedded_broker() as broker:
-            yield broker.url
+def workspace(
+    prefix: str, url: str | None, given: EmbeddedBroker | None, tmp: Path | None
+) -> Iterator[tuple[str, Path]]:
+    """A harness run's broker and directory: `url` (--broker), else the embedded broker it
+    was given (the tests' shared one), else one of its own; `tmp`, else a temporary
+    directory named `prefix`…, removed afterwards."""
+    with contextlib.ExitStack() as stack:
+        if tmp is None:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+        if url is None:
+            url = given.url if given is not None else stack.enter_context(embedded_broker()).url
+        yield url, tmp

@@ -44,12 +44,19 @@ def read_events(
 
 
 def replay(
-    events: Iterable[Event], engine: Engine, *, until: float | None = None
+    events: Iterable[Event],
+    engine: Engine,
+    *,
+    until: float | None = None,
+    noticed_at: float | None = None,
+    states: dict[str, CustomerState] | None = None,
 ) -> Iterator[Action]:
     """Events in event-time order; the clock advances with them, so every timer fires at
     its due time, in due order, exactly as the worker's ticks would fire it. With `until`,
-    events after it are ignored and the clock runs on to it."""
-    states: dict[str, CustomerState] = {}
+    events after it are ignored and the clock runs on to it. `noticed_at` plays a live
+    worker that only now receives this history (timers past their grace expire, see
+    apply_event); `states`, when given, is filled with every customer's final state."""
+    states = {} if states is None else states
     # (due, customer) of every customer with a pending timer; stale entries are skipped.
     dues: list[tuple[float, str]] = []
     clock = EventClock()
@@ -60,7 +67,7 @@ def replay(
             state = states[customer]
             if state.next_due != due:
                 continue  # superseded by a later event of this customer
-            yield from advance(state, due, engine).actions
+            yield from advance(state, due, engine, noticed_at=noticed_at).actions
             if state.next_due is not None:
                 heapq.heappush(dues, (state.next_due, customer))
 
@@ -70,7 +77,8 @@ def replay(
             break
         clock.advance_to(occurred)
         yield from fire_due()
-        outcome = apply_event(states.get(event.customer_id), event, engine)
+        outcome = apply_event(states.get(event.customer_id), event, engine,
+                              noticed_at=noticed_at)
         states[event.customer_id] = state = outcome.state
         yield from outcome.actions
         if state.next_due is not None:
