@@ -24,10 +24,8 @@ timeout.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import random
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Callable
@@ -48,7 +46,6 @@ from benchmarks.harness import (
     Produced,
     ScoreCheck,
     WorkerSlot,
-    broker_url,
     check_actions,
     check_scores,
     decode,
@@ -58,6 +55,7 @@ from benchmarks.harness import (
     read_topics,
     timestamp_ms,
     wait_quiet,
+    workspace,
 )
 from benchmarks.workload import generate
 from churnguard.core.clock import HOUR, rfc3339
@@ -202,11 +200,8 @@ def run_chaos(
         raise HarnessError(f"--topics must be per-type, combined or both, not {config.topics}")
     report = ChaosReport(config)
     started = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        if tmp is None:
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cg-chaos-")))
-        url = stack.enter_context(broker_url(config.broker, broker))
-        _run(config, url, tmp, report, say)
+    with workspace("cg-chaos-", config.broker, broker, tmp) as (url, where):
+        _run(config, url, where, report, say)
     report.elapsed_s = time.monotonic() - started
     return report
 

@@ -34,7 +34,6 @@ import binascii
 import contextlib
 import random
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -58,7 +57,6 @@ from benchmarks.harness import (
     ReadRecord,
     ScoreCheck,
     WorkerSlot,
-    broker_url,
     check_actions,
     check_scores,
     decode,
@@ -67,6 +65,7 @@ from benchmarks.harness import (
     read_topics,
     timestamp_ms,
     wait_quiet,
+    workspace,
 )
 from benchmarks.workload import generate
 from churnguard.core.clock import DAY, HOUR, parse_rfc3339, rfc3339
@@ -593,11 +592,8 @@ def run_fuzz(
         config.deadline_s = 90 + config.records * 0.003
     report = FuzzReport(config)
     started = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        if tmp is None:
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cg-fuzz-")))
-        url = stack.enter_context(broker_url(config.broker, broker))
-        _run(config, url, tmp, report, say)
+    with workspace("cg-fuzz-", config.broker, broker, tmp) as (url, where):
+        _run(config, url, where, report, say)
     report.elapsed_s = time.monotonic() - started
     return report
 
