@@ -1,4 +1,4 @@
-"""The `churnguard` command: demo, worker, broker, replay."""
+"""The `churnguard` command: demo, worker, broker, topics, replay, rules."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pydantic_settings import SettingsError
 
 from churnguard.errors import UserError
 from churnguard.logging import configure_logging
+from churnguard.rules.loading import PackFileInvalid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("events", type=Path, help="JSON lines, one event per line ('-': stdin)")
     replay.add_argument("--until", help="RFC 3339 timestamp: ignore events after it")
     replay.add_argument("--out", type=Path, help="write actions here (default: stdout)")
+    replay.add_argument("--rules", type=Path, metavar="PACK",
+                        help="a rule pack file (default: CHURNGUARD_RULES_FILE or the shipped one)")
+
+    rules = commands.add_parser("rules", help="rule packs: export, validate, diff")
+    rule_commands = rules.add_subparsers(dest="rules_command", required=True)
+    rule_commands.add_parser("export", help="print the active rule pack (start a pack from it)")
+    validate = rule_commands.add_parser(
+        "validate", help="check a rule pack file; every problem as FILE:LINE:COL, exit 1")
+    validate.add_argument("file", type=Path)
+    diff = rule_commands.add_parser("diff", help="what changes, rule by rule, from OLD to NEW")
+    diff.add_argument("old", type=Path)
+    diff.add_argument("new", type=Path)
 
     args = parser.parse_args(argv)
     try:
@@ -57,9 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(_explain_settings(exc))
     except SettingsError as exc:
         return _fail(
-            f"{exc}; lists and maps are JSON, e.g. CHURNGUARD_RULES__DISABLED='[\"vip_upgrade\"]'"
-            " — fix the environment variable"
+            f"{exc}; lists and maps are JSON, e.g. "
+            "CHURNGUARD_TOPICS='{\"events\": \"shop.events\"}' — fix the environment variable"
         )
+    except PackFileInvalid as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        print(f"churnguard: the rule pack is invalid ({len(exc.lines)} problem"
+              f"{'s' if len(exc.lines) > 1 else ''}); fix the file", file=sys.stderr)
+        return 1
     except UserError as exc:
         return _fail(str(exc))
 
@@ -71,7 +90,7 @@ def _fail(message: str) -> int:
 
 
 def _explain_settings(exc: ValidationError) -> str:
-    """Settings errors named by their environment variables (CHURNGUARD_RULES__DISABLED)."""
+    """Settings errors named by their environment variables (CHURNGUARD_TOPICS__EVENTS)."""
     from pydantic import BaseModel
 
     from streams.settings import Settings
@@ -112,6 +131,10 @@ def _run(args: argparse.Namespace) -> int:
             return _topics(args)
         case "replay":
             return _replay(args)
+        case "rules":
+            from churnguard.rules.commands import run_rules_command
+
+            return run_rules_command(args)
     return 2
 
 
@@ -182,7 +205,9 @@ def _replay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(f"replay: --until {args.until!r}: {exc}; use e.g. "
                         "2026-01-31T00:00:00Z") from exc
-    engine = build_engine(settings)
+    from churnguard.rules.loading import load_pack_file
+
+    engine = build_engine(settings, None if args.rules is None else load_pack_file(args.rules))
     with contextlib.ExitStack() as files:
         source = sys.stdin.buffer if str(args.events) == "-" else files.enter_context(
             _open(args.events, "rb", "read EVENTS",

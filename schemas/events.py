@@ -1,13 +1,17 @@
 """Input events (contract v1). Each per-type topic carries one model; the combined topic
-`churnguard.events` carries the same models tagged with `type`."""
+`churnguard.events` carries the same models tagged with `type`, and `custom` events, which
+have no per-type topic."""
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
+from zoneinfo import available_timezones
 
+import orjson
 import pycountry
 from pydantic import (
     AfterValidator,
@@ -16,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     StringConstraints,
 )
 
@@ -24,6 +29,14 @@ from pydantic import (
 MAX_EVENT_BYTES = 64 * 1024
 MAX_TAGS = 50
 MAX_ITEMS = 100
+# Custom events: a name, and flat properties of at most MAX_PROPERTIES_BYTES as compact JSON.
+MAX_CUSTOM_NAME = 64
+MAX_PROPERTY_KEY = 64
+MAX_PROPERTY_STRING = 1_000
+MAX_PROPERTIES_BYTES = 4 * 1024
+# Integers every JSON reader reads exactly: beyond 2**53 a double (JavaScript, jq, many
+# JSON libraries) rounds them, so consumers of an action carrying one would disagree.
+MAX_PROPERTY_INT = 2**53
 
 # No control characters: ids are Kafka keys and RocksDB keys (churnguard.due_index uses a
 # NUL-prefixed key space in the same table).
@@ -86,6 +99,88 @@ def _plausible(value: date) -> date:
 PlausibleDate = Annotated[date, BeforeValidator(_full_date_text), AfterValidator(_plausible)]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 
+# Loaded once: the IANA names of the tz database installed (no per-event file lookups).
+# Not churnguard.core.clock.ZoneName: ZoneInfo() raises OSError on some names ("Europe" is
+# a directory, a long name is too long for the file system), which would escape validation,
+# and its message quotes the value. "localtime" is the host's zone, not the customer's.
+TIME_ZONES = frozenset(available_timezones()) - {"localtime"}
+
+
+def _iana_zone(value: str) -> str:
+    if value not in TIME_ZONES:
+        raise ValueError("must be an IANA time zone name, e.g. Europe/Paris or UTC")
+    return value
+
+
+TimeZone = Annotated[str, AfterValidator(_iana_zone)]
+
+CustomName = Annotated[
+    str, StringConstraints(max_length=MAX_CUSTOM_NAME, pattern=r"^[a-z][a-z0-9_.]*$")
+]
+_PROPERTY_KEY = re.compile(r"[a-z][a-z0-9_]*")
+PropertyValue = str | bool | int | float
+
+
+def _property_value(value: object) -> PropertyValue:
+    # Kept as sent: no whitespace stripping (the models' str_strip_whitespace is for ids).
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if abs(value) > MAX_PROPERTY_INT:
+            raise ValueError(
+                "integer must be within ±2^53 (9,007,199,254,740,992) so that every JSON "
+                "reader reads it exactly; send a string"
+            )
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("number must be finite (no NaN, Infinity or overflow)")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_PROPERTY_STRING:
+            raise ValueError(f"string must have at most {MAX_PROPERTY_STRING:,} characters")
+        return value
+    kind = {type(None): "null", dict: "an object", list: "a list"}.get(
+        type(value), type(value).__name__
+    )
+    raise ValueError(f"must be a string, a number or a boolean, not {kind} (properties are flat)")
+
+
+def _property_keys(value: object) -> object:
+    if value is None:  # like the other optional fields: null is absent
+        return {}
+    if isinstance(value, dict):  # anything else: the dict schema says what is expected
+        # A bad key is not quoted (it may be anything: reasons quote no values), it is
+        # counted from 1 in the record's order, the order a dead letter keeps.
+        for position, key in enumerate(value, 1):
+            if not isinstance(key, str):  # built in Python: the dict schema rejects it
+                continue
+            if len(key) > MAX_PROPERTY_KEY:
+                raise ValueError(f"key #{position} must have at most {MAX_PROPERTY_KEY} characters")
+            if not _PROPERTY_KEY.fullmatch(key):
+                raise ValueError(f"key #{position} must match ^[a-z][a-z0-9_]*$")
+    return value
+
+
+def _properties_size(value: dict[str, PropertyValue]) -> dict[str, PropertyValue]:
+    try:
+        size = len(orjson.dumps(value))
+    except orjson.JSONEncodeError as exc:  # a str with lone surrogates, built in Python
+        raise ValueError("must be valid Unicode text") from exc
+    if size > MAX_PROPERTIES_BYTES:
+        raise ValueError(
+            f"{size:,} bytes as compact JSON, over the limit of {MAX_PROPERTIES_BYTES:,} "
+            "bytes (4 KiB)"
+        )
+    return value
+
+
+Properties = Annotated[
+    dict[str, Annotated[PropertyValue, PlainValidator(_property_value)]],
+    BeforeValidator(_property_keys),
+    AfterValidator(_properties_size),
+]
+
 
 class _Event(BaseModel):
     # Unknown fields are ignored so producers can add fields without breaking consumers.
@@ -131,22 +226,39 @@ class Profile(_Event):
     tier: Tier | None = None
     account_manager: Id | None = None
     tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] | None = None
+    # The customer's IANA time zone (additive in contract v1), for quiet hours.
+    timezone: TimeZone | None = None
     name: str | None = None
     email: str | None = None
     phone: str | None = None
 
 
+class Custom(_Event):
+    """An upstream app's own event (combined topic only): rules trigger on `name` and read
+    `properties`. Properties are business data: producers must not put personal data in
+    them. `name` is the event's name, not a person's, but it has the key of a profile's
+    `name`: code that filters by key (PERSONAL_FIELDS, the DLQ's kept fields) treats both
+    alike."""
+
+    type: Literal["custom"] = "custom"
+    name: CustomName
+    properties: Properties = Field(default_factory=dict)
+
+
 # Never stored, copied into rule contexts or actions, or logged.
 PERSONAL_FIELDS = frozenset({"name", "email", "phone"})
 
-Event = Purchase | Login | Ticket | Profile
+Event = Purchase | Login | Ticket | Profile | Custom
 
 # The combined topic: one ordered stream per customer, discriminated by `type`.
 TaggedEvent = Annotated[Event, Field(discriminator="type")]
 
+# Every type the combined topic carries. The per-type topics (streams.settings.TopicNames
+# .inputs) carry purchase, login, ticket and profile; `custom` has none.
 MODEL_BY_TYPE: dict[str, type[_Event]] = {
     "purchase": Purchase,
     "login": Login,
     "ticket": Ticket,
     "profile": Profile,
+    "custom": Custom,
 }

@@ -1,17 +1,20 @@
 """One settings object, read once from the environment (prefix CHURNGUARD_, nested groups
-with `__`, e.g. CHURNGUARD_SCORING__RECENCY_WEIGHT=0.5) and passed down."""
+with `__`, e.g. CHURNGUARD_TOPICS__EVENTS=shop.events) and passed down. Infrastructure only:
+what rules run, with which score and RFM parameters, is the rule pack's (churnguard/rules/)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from churnguard.core.clock import ZoneName
-from churnguard.core.rfm import RfmSettings
-from churnguard.core.scoring import ScoringSettings
+from churnguard.errors import UserError
+
+# Read before rule packs existed; now the pack's (a deployment still setting them is told).
+RETIRED_PREFIXES = ("CHURNGUARD_RULES__", "CHURNGUARD_SCORING__", "CHURNGUARD_RFM__")
 
 
 class TopicNames(BaseModel):
@@ -53,66 +56,6 @@ class TopicNames(BaseModel):
         })
 
 
-DEFAULT_SLA_HOURS = {"urgent": 4.0, "high": 24.0, "normal": 72.0, "low": 168.0}
-
-# The ids of churnguard/core/default_rules.py (a test keeps them equal): what
-# CHURNGUARD_RULES__DISABLED may name.
-BUILT_IN_RULES = frozenset({
-    "ticket_opened_ack", "ticket_closed_survey", "vip_upgrade", "health_winback",
-    "onboarding_tips", "birthday_coupon", "signup_anniversary_coupon", "inactive_30d_followup",
-    "ticket_sla_breach",
-})
-
-
-class RuleSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    vip_spend_threshold: float = Field(10_000.0, gt=0)
-    winback_score_threshold: float = Field(60.0, gt=0, le=100)
-    # Expected resolution (ticket acknowledgement) and SLA per priority, hours.
-    # A partial map (CHURNGUARD_RULES__TICKET_SLA_HOURS='{"urgent": 2}') overrides only those.
-    ticket_sla_hours: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_SLA_HOURS))
-    default_task_queue: str = "retention-team"
-    supervisor_queue: str = "retention-supervisors"
-    winback_coupon_value: float = Field(15.0, gt=0)
-    winback_coupon_days: int = Field(30, ge=1)
-    onboarding_days: float = Field(7.0, gt=0)
-    faq_url: str = "https://help.example.com/faq"
-    inactivity_days: float = Field(30.0, gt=0)
-    birthday_coupon_value: float = Field(10.0, gt=0)
-    anniversary_coupon_value: float = Field(10.0, gt=0)
-    anniversary_coupon_days: int = Field(30, ge=1)
-    escalation_queue: str = "support-escalations"
-    # IANA zone of anniversaries at 09:00 (birthday and signup coupons).
-    business_timezone: ZoneName = "UTC"
-    disabled: frozenset[str] = frozenset()
-
-    @field_validator("ticket_sla_hours")
-    @classmethod
-    def _complete_sla(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = set(value) - set(DEFAULT_SLA_HOURS)
-        if unknown:
-            raise ValueError(
-                f"ticket_sla_hours has unknown priorities {sorted(unknown)}; "
-                f"use {sorted(DEFAULT_SLA_HOURS)}"
-            )
-        if any(hours <= 0 for hours in value.values()):
-            raise ValueError("ticket_sla_hours must be positive")
-        return {**DEFAULT_SLA_HOURS, **value}
-
-    @field_validator("disabled")
-    @classmethod
-    def _known_rules(cls, value: frozenset[str]) -> frozenset[str]:
-        unknown = value - BUILT_IN_RULES
-        if unknown:
-            raise ValueError(
-                f"unknown rule ids {sorted(unknown)}; the built-in rules are "
-                f"{', '.join(sorted(BUILT_IN_RULES))}"
-            )
-        return value
-
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CHURNGUARD_", env_nested_delimiter="__", frozen=True, extra="ignore"
@@ -127,9 +70,9 @@ class Settings(BaseSettings):
     web_port: int = 6066
     web_enabled: bool = False
     topics: TopicNames = TopicNames()
-    scoring: ScoringSettings = ScoringSettings()
-    rfm: RfmSettings = RfmSettings()
-    rules: RuleSettings = RuleSettings()
+    # A rule pack file for local use (development, a single worker): used instead of the
+    # shipped default (churnguard/rules/default.yaml).
+    rules_file: Path | None = None
     # Event ids remembered per customer for de-duplication (oldest forgotten first).
     dedup_window: int = Field(64, ge=1, le=1_000)  # ids of up to 200 chars: state size
     # An event stamped further ahead of the wall clock than this is rejected as absurd.
@@ -163,6 +106,18 @@ class Settings(BaseSettings):
     tick_limit: int = Field(5_000, ge=1)
     # Demo and tests only: read "now" from this file (see churnguard.clocks.FileClock).
     clock_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _no_retired_variables(self) -> Settings:
+        retired = sorted(name for name in os.environ if name.startswith(RETIRED_PREFIXES))
+        if retired:
+            raise UserError(
+                f"{', '.join(retired)} {'is' if len(retired) == 1 else 'are'} no longer read: "
+                "rules, score and RFM parameters live in the rule pack; start one with "
+                "`churnguard rules export > pack.yaml`, edit it, and point "
+                "CHURNGUARD_RULES_FILE at it (or publish it), then unset the variable"
+            )
+        return self
 
     @property
     def bootstrap(self) -> str:

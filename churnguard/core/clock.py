@@ -36,7 +36,7 @@ def parse_rfc3339(text: str) -> float:
 def _known_zone(value: str) -> str:
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "Europe" is a directory
         raise ValueError(f"unknown time zone {value!r}; use an IANA name such as "
                          "'Europe/Paris' or 'UTC'") from exc
     return value

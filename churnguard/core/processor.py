@@ -8,18 +8,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from churnguard.core.clock import day_number, rfc3339
-from churnguard.core.rfm import RfmSettings, rfm_scores, segment_of
+from churnguard.core.pack import RulePack
+from churnguard.core.rfm import rfm_scores, segment_of
 from churnguard.core.rules import (
     Action,
     Firing,
-    RulePack,
     evaluate,
     forget_ticket_marks,
     next_due,
     prime,
     start_anniversaries,
 )
-from churnguard.core.scoring import ScoringSettings, health
+from churnguard.core.scoring import health
 from churnguard.core.state import (
     CLOSED_TICKETS_KEPT,
     LOGIN_WINDOW_DAYS,
@@ -31,15 +31,14 @@ from churnguard.core.state import (
     prune,
     remember,
 )
-from schemas.events import Event, Login, Profile, Purchase, Ticket
+from schemas.events import Custom, Event, Login, Profile, Purchase, Ticket
 
 
 @dataclass(frozen=True, slots=True)
 class Engine:
-    """Everything apply_event needs besides the state and the event."""
+    """Everything apply_event needs besides the state and the event: the rule pack (rules,
+    score and RFM parameters) and how many event ids a customer remembers."""
 
-    scoring: ScoringSettings
-    rfm: RfmSettings
     pack: RulePack
     dedup_window: int = 64
 
@@ -93,9 +92,11 @@ def apply_event(
     outcome = advance(state, horizon, engine, noticed_at=noticed_at)
     state.clock = max(state.clock, horizon)
     signals = _apply(state, event, occurred, engine, outcome)
+    previous = state.segment
     record = rescore(state, engine, caused_by=(event.event_id,))
     if record is not None:
         outcome.score_records.append(record)
+        signals = _segment_signals(signals, previous, state.segment)
     firing = Firing(
         signals=signals,
         now=state.clock,
@@ -103,10 +104,11 @@ def apply_event(
         caused_by=(event.event_id,),
         event=event,
         noticed_at=noticed_at,
+        previous_segment=previous,
     )
     outcome.actions += evaluate(engine.pack, state, firing)
     outcome.expired += firing.expired
-    state.next_due = next_due(engine.pack, state, engine.scoring)
+    state.next_due = next_due(engine.pack, state)
     return outcome
 
 
@@ -122,14 +124,18 @@ def advance(
     due = state.next_due
     while due is not None and due <= until:
         state.clock = max(state.clock, due)
+        previous = state.segment
+        signals: frozenset[str] = frozenset()
         record = rescore(state, engine, caused_by=())
         if record is not None:
             outcome.score_records.append(record)
-        firing = Firing(signals=frozenset(), now=state.clock, trigger_key=f"at:{due!r}",
-                        caused_by=(), noticed_at=noticed_at, time_driven=True)
+            signals = _segment_signals(signals, previous, state.segment)
+        firing = Firing(signals=signals, now=state.clock, trigger_key=f"at:{due!r}",
+                        caused_by=(), noticed_at=noticed_at, time_driven=True,
+                        previous_segment=previous)
         outcome.actions += evaluate(engine.pack, state, firing)
         outcome.expired += firing.expired
-        following = state.next_due = next_due(engine.pack, state, engine.scoring)
+        following = state.next_due = next_due(engine.pack, state)
         # Progress guard: a due that fired nothing and stays due would loop forever.
         due = None if following is not None and following <= due else following
     return outcome
@@ -140,9 +146,10 @@ def rescore(
 ) -> dict[str, Any] | None:
     """Recompute score and segment at the customer's clock; the score record if they changed."""
     now = state.clock
-    result = health(state, now, engine.scoring)
-    scores = rfm_scores(state, now, engine.rfm)
-    segment = segment_of(scores, engine.rfm)
+    pack = engine.pack
+    result = health(state, now, pack.scoring)
+    scores = rfm_scores(state, now, pack.rfm)
+    segment = segment_of(scores, pack.rfm)
     changed = state.score != result.score or state.segment != segment
     state.score = result.score
     state.components = (result.recency, result.engagement, result.service)
@@ -163,6 +170,17 @@ def rescore(
         "rfm": None if scores is None else {"r": scores[0], "f": scores[1], "m": scores[2]},
         "caused_by": list(caused_by),
     }
+
+
+def _segment_signals(
+    signals: frozenset[str], previous: str | None, current: str | None
+) -> frozenset[str]:
+    if previous == current:
+        return signals
+    changed = {f"segment_entered:{current}"}
+    if previous is not None:
+        changed.add(f"segment_left:{previous}")
+    return signals | changed
 
 
 def _apply(
@@ -189,17 +207,23 @@ def _apply(
             state.login_days[day] = state.login_days.get(day, 0) + 1
             # Kept as long as the engagement window (configurable) needs them.
             prune(state.login_days, today,
-                  max(LOGIN_WINDOW_DAYS, engine.scoring.engagement_window_days))
+                  max(LOGIN_WINDOW_DAYS, engine.pack.scoring.engagement_window_days))
             return frozenset({"login"})
         case Ticket():
             return _apply_ticket(state, event, occurred, engine, outcome)
         case Profile():
             before = {"birthday": state.birthday, "signup_date": state.signup_date}
+            tags = set(state.tags)
             _apply_profile(state, event)
             changed = {name for name, value in before.items() if getattr(state, name) != value}
             if changed:
                 start_anniversaries(engine.pack, state, changed)
-            return frozenset({"profile"})
+            now = set(state.tags)
+            return frozenset({"profile"} | {f"tag_added:{tag}" for tag in now - tags}
+                             | {f"tag_removed:{tag}" for tag in tags - now})
+        case Custom():
+            # Business-defined: no state of its own, only the rules listening to its name.
+            return frozenset({f"custom:{event.name}"})
 
 
 def _apply_ticket(
@@ -227,7 +251,7 @@ def _apply_ticket(
             signals.add("ticket_closed")
         if event.satisfaction is not None:
             insort(state.ratings, (occurred, event.satisfaction))
-            del state.ratings[: -engine.scoring.satisfaction_sample]
+            del state.ratings[: -engine.pack.scoring.satisfaction_sample]
     return frozenset(signals)
 
 

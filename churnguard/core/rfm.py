@@ -13,7 +13,7 @@ from churnguard.core.state import SPEND_SCALE, CustomerState
 class SegmentRule(BaseModel):
     """A segment applies when R, F and M each lie in their inclusive [low, high] range."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     segment: str
     r: tuple[int, int] = (1, 5)
@@ -35,7 +35,7 @@ DEFAULT_SEGMENTS = (
 class RfmSettings(BaseModel):
     """Score 5 for the first threshold met, 4 for the second, … 1 when none is met."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # Days since the last purchase, at most.
     recency_days: tuple[float, float, float, float] = (14, 30, 60, 120)

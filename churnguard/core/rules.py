@@ -1,20 +1,34 @@
-"""The rule engine. Rules are data (pydantic models loadable from JSON): a trigger, optional
-conditions, and action templates. The engine evaluates them over the state after an event,
-the event's signals and the rule's own trigger memory (armed/fired), so a rule pack can be
-swapped without code."""
+"""The rule engine: evaluates a compiled rule pack (churnguard.core.pack) over the state
+after an event, the event's signals and the rules' own trigger memory (armed/fired). Which
+rules exist and what they do is data; this module only knows the kinds of trigger."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import math
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel
 
-from churnguard.core.clock import DAY, HOUR, ZoneName, day_number, rfc3339
-from churnguard.core.scoring import ScoringSettings, crossing_time
+from churnguard.core.clock import DAY, HOUR, day_number, rfc3339
+from churnguard.core.conditions import Subject
+from churnguard.core.pack import (
+    EVENT_TRIGGERS,
+    ActionTemplate,
+    CouponSpec,
+    Metric,
+    NotificationSpec,
+    ProfileUpdateSpec,
+    Rule,
+    RulePack,
+    SegmentTrigger,
+    SignalTrigger,
+    TaskSpec,
+    ThresholdTrigger,
+)
+from churnguard.core.rfm import RfmSettings
+from churnguard.core.scoring import crossing_time
 from churnguard.core.state import (
     LOGIN_WINDOW_DAYS,
     PURCHASE_WINDOW_DAYS,
@@ -22,9 +36,7 @@ from churnguard.core.state import (
     count_in_window,
 )
 from churnguard.core.triggers import (
-    AfterTrigger,
     AnniversaryTrigger,
-    InactivityTrigger,
     Occurrence,
     TicketOverdueTrigger,
     TimerTrigger,
@@ -34,126 +46,6 @@ from churnguard.core.triggers import (
     pending,
     ticket_mark,
 )
-from schemas.events import PERSONAL_FIELDS
-
-# Signals an event can raise (see processor.apply_event).
-Signal = Literal["purchase", "first_purchase", "login", "profile", "ticket_opened", "ticket_closed"]
-Metric = Literal[
-    "health_score", "lifetime_spend", "order_count", "logins_30d", "purchases_90d",
-    "open_tickets",
-]
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class SignalTrigger(_Spec):
-    """Fires on every event that raises the signal."""
-
-    on: Signal
-
-
-class ThresholdTrigger(_Spec):
-    """Fires when `metric` enters the condition (`below` or `at_least`) from outside it.
-    Armed while the condition is false; `once` never fires a second time."""
-
-    on: Literal["threshold"]
-    metric: Metric
-    below: float | None = None
-    at_least: float | None = None
-    once: bool = False
-    # A crossing caused by time alone (score decay) that a live worker only notices later
-    # than this (a backfill of old events) disarms the rule without firing.
-    grace_hours: float = Field(24, gt=0)
-
-    @model_validator(mode="after")
-    def _one_bound(self) -> ThresholdTrigger:
-        if (self.below is None) == (self.at_least is None):
-            raise ValueError("a threshold trigger needs exactly one of `below` or `at_least`")
-        return self
-
-    def holds(self, value: float) -> bool:
-        if self.below is not None:
-            return value < self.below
-        return self.at_least is not None and value >= self.at_least
-
-
-Trigger = Annotated[
-    SignalTrigger | ThresholdTrigger | AfterTrigger | AnniversaryTrigger | InactivityTrigger
-    | TicketOverdueTrigger,
-    Field(discriminator="on"),
-]
-TIMER_TRIGGERS = (AfterTrigger, AnniversaryTrigger, InactivityTrigger, TicketOverdueTrigger)
-# Condition paths: "state.tier", "event.priority", "event.satisfaction", … (see _context).
-Conditions = dict[str, Any]
-
-
-class NotificationSpec(_Spec):
-    type: Literal["notification"]
-    template: str
-    # "auto" picks email, then sms, then push, by which contact channels the customer has.
-    channel: Literal["auto", "email", "sms", "push"] = "auto"
-    # Values starting with "$" are read from the context ("$ticket.expected_resolution_at").
-    variables: dict[str, Any] = Field(default_factory=dict)
-    where: Conditions = Field(default_factory=dict)
-
-
-class TaskSpec(_Spec):
-    type: Literal["task"]
-    # "account_manager" (falls back to the default queue), "supervisor", or a queue name.
-    assignee: str
-    priority: Literal["low", "normal", "high", "urgent"] = "normal"
-    due_in_hours: float = Field(24, ge=0)
-    title: str
-    # Like notification variables: "$"-values are read from the context.
-    details: dict[str, Any] = Field(default_factory=dict)
-    where: Conditions = Field(default_factory=dict)
-
-
-class CouponSpec(_Spec):
-    type: Literal["coupon"]
-    value: float = Field(gt=0)
-    kind: Literal["percent", "amount"] = "percent"
-    expires_in_days: int = Field(30, ge=1)
-    where: Conditions = Field(default_factory=dict)
-
-
-class ProfileUpdateSpec(_Spec):
-    type: Literal["profile_update"]
-    set: dict[str, str] = Field(default_factory=dict)
-    add_tags: list[str] = Field(default_factory=list)
-    where: Conditions = Field(default_factory=dict)
-
-
-ActionSpec = Annotated[
-    NotificationSpec | TaskSpec | CouponSpec | ProfileUpdateSpec, Field(discriminator="type")
-]
-
-
-class Rule(_Spec):
-    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    version: int = Field(1, ge=1)
-    description: str = ""
-    enabled: bool = True
-    when: Trigger
-    where: Conditions = Field(default_factory=dict)
-    where_not: Conditions = Field(default_factory=dict)
-    actions: list[ActionSpec] = Field(min_length=1)
-
-
-class RulePack(_Spec):
-    rules: list[Rule]
-    # Hours to resolve a ticket by priority: the acknowledgement's promise.
-    ticket_sla_hours: dict[str, float]
-    default_task_queue: str
-    supervisor_queue: str
-    # Business time zone of anniversaries ("09:00 on the birthday").
-    timezone: ZoneName = "UTC"
-
-    @property
-    def tz(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,76 +115,84 @@ class Firing:
     noticed_at: float | None = None
     # Set by advance(): no event, time alone brought this evaluation.
     time_driven: bool = False
+    # The segment before this evaluation's rescore, when it changed (segment triggers).
+    previous_segment: str | None = None
     # Filled by evaluate: timer occurrences that were past their grace and did not fire.
     expired: list[str] = field(default_factory=list)
 
 
 def evaluate(pack: RulePack, state: CustomerState, firing: Firing) -> list[Action]:
-    """Run every enabled rule against the state after the event (or at a due time); update
-    the rules' trigger memory and apply profile updates to `state` in place; return the
-    actions in pack order. Timer occurrences found past their grace are marked `expired`."""
+    """Run the rules that may fire (pack.candidates) against the state after the event (or
+    at a due time); update the rules' trigger memory and apply profile updates to `state` in
+    place; return the actions in pack order. Timer occurrences found past their grace are
+    marked `expired`."""
     actions: list[Action] = []
-    for rule in pack.rules:
-        if not rule.enabled:
-            continue
+    for rule in pack.candidates(firing.signals):
         for trigger_key, extra in _fired(pack, rule, state, firing):
-            context = _context(pack, state, firing) | extra
-            if not _matches(rule.where, context) or _any_matches(rule.where_not, context):
+            # Conditions read the state live: a profile update earlier in the rule is seen.
+            subject = Subject(state, firing.event, firing.now, pack.tz, extra)
+            if not rule.condition(subject):
                 continue
-            for index, spec in enumerate(rule.actions):
-                if spec.where and not _matches(spec.where, context):
-                    continue
-                actions.append(
-                    _build(pack, rule, index, spec, state, firing, trigger_key, context)
-                )
-                if isinstance(spec, ProfileUpdateSpec):
-                    context = _context(pack, state, firing) | extra
+            for template in rule.actions:
+                if template.when(subject):
+                    actions.append(_build(pack, rule, template, subject, firing, trigger_key))
     return actions
 
 
 def prime(pack: RulePack, state: CustomerState) -> None:
     """Arm the threshold rules whose condition is false for a brand-new customer, so that a
     first event which already crosses a threshold (a first purchase of 12,000) fires them."""
-    for rule in pack.rules:
-        trigger = rule.when
-        if isinstance(trigger, ThresholdTrigger) and not trigger.holds(
-            metric_value(state, trigger.metric)
-        ):
+    for rule, trigger in pack.thresholds:
+        if not trigger.holds(metric_value(state, trigger.metric)):
             state.armed.append(rule.id)
 
 
-def next_due(pack: RulePack, state: CustomerState, scoring: ScoringSettings) -> float | None:
-    """The earliest moment a rule may fire with no new event: a timer occurrence, or the
-    score decaying below an armed `health_score below` threshold."""
+def next_due(pack: RulePack, state: CustomerState) -> float | None:
+    """The earliest moment a rule may fire with no new event: a timer occurrence, the score
+    decaying below an armed `health_score below` threshold, or (when a rule watches
+    segments) the recency grade changing."""
     dues: list[float] = []
-    for rule in pack.rules:
-        if not rule.enabled:
-            continue
-        trigger = rule.when
-        if isinstance(trigger, TIMER_TRIGGERS):
-            due = earliest_due(rule.id, trigger, state, sla_hours=pack.ticket_sla_hours,
-                               tz=pack.tz)
-            if due is not None:
-                dues.append(due)
-        elif (isinstance(trigger, ThresholdTrigger) and trigger.metric == "health_score"
-              and trigger.below is not None and rule.id in state.armed):
-            crossing = crossing_time(state, trigger.below, state.clock, scoring)
+    sla = pack.ticket_sla_hours
+    for rule, timer in pack.timers:
+        due = earliest_due(rule.id, timer, state, sla_hours=sla, tz=pack.tz)
+        if due is not None:
+            dues.append(due)
+    for rule, trigger in pack.thresholds:
+        if (trigger.metric == "health_score" and trigger.below is not None
+                and rule.id in state.armed):
+            crossing = crossing_time(state, trigger.below, state.clock, pack.scoring)
             if crossing is not None:
                 dues.append(crossing)
+    if pack.segment_rules:
+        change = recency_grade_change(state, pack.rfm)
+        if change is not None:
+            dues.append(change)
     return min(dues, default=None)
+
+
+def recency_grade_change(state: CustomerState, rfm: RfmSettings) -> float | None:
+    """The first whole second after the clock at which the RFM recency grade drops (the only
+    part of the segment that moves with time alone)."""
+    if state.last_purchase_at is None:
+        return None
+    for days in sorted(rfm.recency_days):
+        moment = math.floor(state.last_purchase_at + days * DAY) + 1.0
+        if moment > state.clock:
+            return moment
+    return None
 
 
 def start_anniversaries(pack: RulePack, state: CustomerState, dates: set[str]) -> None:
     """Profile `dates` changed: their anniversaries fire from the customer's clock on."""
-    for rule in pack.rules:
-        if isinstance(rule.when, AnniversaryTrigger) and rule.when.date in dates:
-            begin_anniversaries(rule.id, rule.when, state, pack.tz)
+    for rule, trigger in pack.timers:
+        if isinstance(trigger, AnniversaryTrigger) and trigger.date in dates:
+            begin_anniversaries(rule.id, trigger, state, pack.tz)
 
 
 def forget_ticket_marks(pack: RulePack, state: CustomerState, ticket_id: str) -> None:
     """A closed ticket can no longer be overdue: drop its marks (state stays small)."""
-    for rule in pack.rules:
-        if isinstance(rule.when, TicketOverdueTrigger):
+    for rule, trigger in pack.timers:
+        if isinstance(trigger, TicketOverdueTrigger):
             state.marks.pop(ticket_mark(rule.id, ticket_id), None)
 
 
@@ -303,13 +203,18 @@ def _pending(
                    until=until)
 
 
+_NO_EXTRA: dict[str, Any] = {}
+
+
 def _fired(
     pack: RulePack, rule: Rule, state: CustomerState, firing: Firing
 ) -> list[tuple[str, dict[str, Any]]]:
     """The trigger keys (one per firing) this rule fires with now, and their context."""
-    trigger = rule.when
-    if isinstance(trigger, SignalTrigger):
-        return [(firing.trigger_key, {})] if trigger.on in firing.signals else []
+    trigger = rule.spec.trigger
+    if isinstance(trigger, EVENT_TRIGGERS):
+        if trigger.signal not in firing.signals:
+            return []
+        return [(firing.trigger_key, _event_context(pack, trigger, firing))]
     if isinstance(trigger, ThresholdTrigger):
         if not _crossed(rule.id, trigger, state):
             return []
@@ -317,7 +222,7 @@ def _fired(
             # Time alone crossed it long before anyone looked (a backfill): disarmed, unfired.
             firing.expired.append(f"{rule.id}:{firing.trigger_key}")
             return []
-        return [(firing.trigger_key, {})]
+        return [(firing.trigger_key, _NO_EXTRA)]
     fired = []
     for occurrence in _pending(pack, rule.id, trigger, state, firing.now):
         if occurrence.due > firing.now:
@@ -328,6 +233,24 @@ def _fired(
             continue
         fired.append((occurrence.key, {**occurrence.context, "due_at": rfc3339(occurrence.due)}))
     return fired
+
+
+def _event_context(pack: RulePack, trigger: Any, firing: Firing) -> dict[str, Any]:
+    """The trigger fields (pack.trigger_fields) of an event-driven firing."""
+    if isinstance(trigger, SegmentTrigger):
+        return {"segment.previous": firing.previous_segment}
+    if isinstance(trigger, SignalTrigger) and trigger.on in ("ticket_opened", "ticket_closed"):
+        event = firing.event
+        # The promise runs from the ticket's own time, even when its event arrives late.
+        priority = getattr(event, "priority", None) or "normal"
+        hours = pack.ticket_sla_hours[priority]
+        opened = event.occurred_at.timestamp() if event is not None else firing.now  # type: ignore[attr-defined]
+        return {
+            "ticket.priority": priority,
+            "ticket.expected_resolution_hours": hours,
+            "ticket.expected_resolution_at": rfc3339(opened + hours * HOUR),
+        }
+    return _NO_EXTRA
 
 
 def _late(firing: Firing, due: float, grace_hours: float) -> bool:
@@ -352,65 +275,29 @@ def _crossed(rule_id: str, trigger: ThresholdTrigger, state: CustomerState) -> b
     return True
 
 
-def _context(pack: RulePack, state: CustomerState, firing: Firing) -> dict[str, Any]:
-    context: dict[str, Any] = {
-        "state.tier": state.tier,
-        "state.segment": state.segment,
-        "state.account_manager": state.account_manager,
-        "state.lifetime_spend": state.lifetime_spend,
-        "state.order_count": state.order_count,
-        "score": state.score,
-        "segment": state.segment,
-        "now": rfc3339(firing.now),
-    }
-    fields = {} if firing.event is None else vars(firing.event)
-    for key, value in fields.items():
-        if key not in PERSONAL_FIELDS:
-            context[f"event.{key}"] = value
-    if fields.get("type") == "ticket":
-        # The promise runs from the ticket's own time, even when its event arrives late.
-        priority = fields.get("priority") or "normal"
-        hours = pack.ticket_sla_hours[priority]
-        opened = fields["occurred_at"].timestamp()
-        context["ticket.priority"] = priority
-        context["ticket.expected_resolution_hours"] = hours
-        context["ticket.expected_resolution_at"] = rfc3339(opened + hours * HOUR)
-    return context
-
-
-def _matches(conditions: Conditions, context: Mapping[str, Any]) -> bool:
-    return all(context.get(path) == value for path, value in conditions.items())
-
-
-def _any_matches(conditions: Conditions, context: Mapping[str, Any]) -> bool:
-    return any(context.get(path) == value for path, value in conditions.items())
-
-
-def _resolve(variables: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        name: context.get(value[1:]) if isinstance(value, str) and value.startswith("$") else value
-        for name, value in variables.items()
-    }
+def _resolve(template: ActionTemplate, subject: Subject) -> dict[str, Any]:
+    return {name: value if getter is None else getter(subject)
+            for name, value, getter in template.values}
 
 
 def _build(
     pack: RulePack,
     rule: Rule,
-    index: int,
-    spec: NotificationSpec | TaskSpec | CouponSpec | ProfileUpdateSpec,
-    state: CustomerState,
+    template: ActionTemplate,
+    subject: Subject,
     firing: Firing,
     trigger_key: str,
-    context: Mapping[str, Any],
 ) -> Action:
-    ident = action_id(state.customer_id, rule.id, trigger_key, index)
+    state = subject.state
+    spec = template.spec
+    ident = action_id(state.customer_id, rule.id, trigger_key, template.index)
     payload: dict[str, Any]
     match spec:
         case NotificationSpec():
             payload = {
                 "template": spec.template,
                 "channel": _channel(spec.channel, state),
-                "variables": _resolve(spec.variables, context),
+                "variables": _resolve(template, subject),
             }
         case TaskSpec():
             payload = {
@@ -420,7 +307,7 @@ def _build(
                 "title": spec.title,
             }
             if spec.details:
-                payload["details"] = _resolve(spec.details, context)
+                payload["details"] = _resolve(template, subject)
         case CouponSpec():
             payload = {
                 "code": f"CG-{ident[:10].upper()}",

@@ -12,7 +12,7 @@ from churnguard.core.state import CustomerState, count_in_window
 
 
 class ScoringSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     recency_weight: float = Field(0.4, ge=0)
     engagement_weight: float = Field(0.3, ge=0)
@@ -33,10 +33,10 @@ class ScoringSettings(BaseModel):
         if abs(total - 1.0) > 1e-6:
             raise ValueError(
                 f"scoring weights must add up to 1.0, got {total:g} "
-                "(CHURNGUARD_SCORING__RECENCY_WEIGHT/ENGAGEMENT_WEIGHT/SERVICE_WEIGHT)"
+                "(recency_weight + engagement_weight + service_weight)"
             )
         if self.recency_zero_days <= self.recency_full_days:
-            raise ValueError("scoring.recency_zero_days must be greater than recency_full_days")
+            raise ValueError("recency_zero_days must be greater than recency_full_days")
         return self
 
 

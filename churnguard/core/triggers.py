@@ -4,6 +4,7 @@ the state. A fired occurrence is remembered in `state.marks` so it never fires t
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from datetime import time as clock_time
@@ -72,7 +73,7 @@ def pending(
     trigger: TimerTrigger,
     state: CustomerState,
     *,
-    sla_hours: dict[str, float],
+    sla_hours: Mapping[str, float],
     tz: ZoneInfo,
     until: float = math.inf,
 ) -> list[Occurrence]:
@@ -122,7 +123,7 @@ def earliest_due(
     trigger: TimerTrigger,
     state: CustomerState,
     *,
-    sla_hours: dict[str, float],
+    sla_hours: Mapping[str, float],
     tz: ZoneInfo,
 ) -> float | None:
     """The due time of this timer's next unfired occurrence, without building occurrences:

@@ -9,10 +9,21 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from churnguard.core.clock import HOUR
-from schemas.events import MAX_EVENT_BYTES, Event, Login, Profile, Purchase, TaggedEvent, Ticket
+from schemas.events import (
+    MAX_EVENT_BYTES,
+    MODEL_BY_TYPE,
+    Event,
+    Login,
+    Profile,
+    Purchase,
+    TaggedEvent,
+    Ticket,
+)
 
 EARLIEST_VALID = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 
+# One per input topic (streams.settings.TopicNames.inputs). `custom` has no per-type topic:
+# only the combined one carries it, so a custom record on a per-type topic is a wrong type.
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "purchase": TypeAdapter(Purchase),
     "login": TypeAdapter(Login),
@@ -20,6 +31,7 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "profile": TypeAdapter(Profile),
     "": TypeAdapter(TaggedEvent),  # the combined topic: `type` selects the model
 }
+_TYPES = ", ".join(MODEL_BY_TYPE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +91,7 @@ def _explain(exc: ValidationError) -> Rejected:
     if kind in {"union_tag_invalid", "union_tag_not_found"}:
         return Rejected(
             "unknown_type",
-            "field 'type' must be one of purchase, login, ticket, profile"
+            f"field 'type' must be one of {_TYPES}"
             + (" (missing)" if kind == "union_tag_not_found" else ""),
         )
     parts = []

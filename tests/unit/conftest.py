@@ -15,15 +15,15 @@ import orjson
 import pytest
 
 from churnguard.core.clock import DAY, rfc3339
-from churnguard.core.default_rules import default_pack
+from churnguard.core.pack import RulePack
 from churnguard.core.processor import Engine, Outcome, apply_event
-from churnguard.core.rfm import RfmSettings
 from churnguard.core.rules import Action
 from churnguard.core.scoring import ScoringSettings
 from churnguard.core.state import CustomerState
 from churnguard.engine import build_engine
 from schemas.events import MODEL_BY_TYPE, Event
-from streams.settings import RuleSettings, Settings
+from streams.settings import Settings
+from tests.unit.packs import make_pack
 
 # 2024-03-01T12:00:00Z: mid-day, so "day N" and "day N ± 12 h" fall in different buckets.
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC).timestamp()
@@ -112,16 +112,18 @@ def engine() -> Engine:
 
 @pytest.fixture
 def engine_factory() -> Callable[..., Engine]:
-    """An engine with some settings replaced: engine_factory(rules=RuleSettings(...))."""
+    """An engine whose pack is the default one changed (tests/unit/packs.pack_data):
+    engine_factory(only=["vip_upgrade"], changes={"rules.vip_upgrade.trigger.at_least": 500}),
+    engine_factory(scoring=ScoringSettings(...)), or engine_factory(pack=a_pack)."""
 
-    def make(*, scoring: ScoringSettings | None = None, rfm: RfmSettings | None = None,
-             rules: RuleSettings | None = None, dedup_window: int = 64) -> Engine:
-        return Engine(
-            scoring=scoring or ScoringSettings(),
-            rfm=rfm or RfmSettings(),
-            pack=default_pack(rules or RuleSettings()),
-            dedup_window=dedup_window,
-        )
+    def make(*, pack: RulePack | None = None, scoring: ScoringSettings | None = None,
+             dedup_window: int = 64, **pack_kwargs: Any) -> Engine:
+        if pack is None:
+            changes = dict(pack_kwargs.pop("changes", {}))
+            if scoring is not None:
+                changes["scoring"] = scoring.model_dump()
+            pack = make_pack(changes=changes, **pack_kwargs)
+        return Engine(pack=pack, dedup_window=dedup_window)
 
     return make
 

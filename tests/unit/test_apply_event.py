@@ -9,11 +9,12 @@ import orjson
 import pytest
 
 from churnguard.core.clock import DAY, day_number, rfc3339
+from churnguard.core.pack import PackInvalid
 from churnguard.core.processor import apply_event
-from churnguard.core.rules import RulePack
 from churnguard.core.scoring import ScoringSettings
 from churnguard.core.state import CustomerState, OpenTicket
 from streams.codecs import encode_action, encode_score
+from tests.unit.packs import rules_only
 
 # --- state evolution -----------------------------------------------------------------------
 
@@ -341,25 +342,26 @@ def test_personal_fields_never_reach_an_action_fired_by_a_profile_event(feed, ev
 
 
 def test_rule_variables_cannot_read_personal_fields(event_factory, engine):
-    pack = RulePack.model_validate({
-        "rules": [{
+    with pytest.raises(PackInvalid) as caught:
+        rules_only({
             "id": "echo_profile",
-            "when": {"on": "profile"},
+            "trigger": {"on": "profile"},
             "actions": [{"type": "notification", "template": "t", "variables": {
                 "name": "$event.name", "email": "$event.email", "phone": "$event.phone",
                 "tags": "$event.tags",
             }}],
-        }],
-        "ticket_sla_hours": {"normal": 72},
-        "default_task_queue": "q",
-        "supervisor_queue": "s",
+        })
+    assert [p.loc[-1] for p in caught.value.problems] == ["name", "email", "phone"]
+    pack = rules_only({
+        "id": "echo_profile",
+        "trigger": {"on": "profile"},
+        "actions": [{"type": "notification", "template": "t",
+                     "variables": {"tags": "$event.tags"}}],
     })
     custom = dataclasses.replace(engine, pack=pack)
     outcome = apply_event(None, event_factory("profile", tags=["t1"], **PII), custom)
     [action] = outcome.actions
-    assert action.payload["variables"] == {
-        "name": None, "email": None, "phone": None, "tags": ["t1"],
-    }
+    assert action.payload["variables"] == {"tags": ["t1"]}
     assert action.payload["channel"] == "email"
     assert _pii_in(encode_action(action)) == []
 

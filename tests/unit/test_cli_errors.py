@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from churnguard import cli
-from churnguard.core.default_rules import default_pack
 from churnguard.errors import UserError
 from connectors.admin import TopicSetupError
-from streams.settings import BUILT_IN_RULES, RuleSettings, Settings
+from streams.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -54,58 +53,34 @@ def test_a_bad_integer_names_the_variable_and_the_value(fails, monkeypatch, comm
     assert line.endswith("fix the environment variable")
 
 
-def test_scoring_weights_that_do_not_add_up(fails, monkeypatch, events):
-    monkeypatch.setenv("CHURNGUARD_SCORING__RECENCY_WEIGHT", "0.9")
-    line = fails("replay", str(events))
-    assert "CHURNGUARD_SCORING__*: scoring weights must add up to 1.0, got 1.5" in line
-
-
 def test_several_errors_in_one_line(fails, monkeypatch, events):
     monkeypatch.setenv("CHURNGUARD_PARTITIONS", "0")
-    monkeypatch.setenv("CHURNGUARD_RFM__RECENCY_DAYS", "[1, 2]")
+    monkeypatch.setenv("CHURNGUARD_MAX_POLL_RECORDS", "-1")
     line = fails("replay", str(events))
     assert "CHURNGUARD_PARTITIONS: Input should be greater than or equal to 1, got '0'" in line
-    assert "CHURNGUARD_RFM__RECENCY_DAYS (item 2): Field required" in line
+    assert "CHURNGUARD_MAX_POLL_RECORDS: Input should be greater than or equal to 1" in line
     assert line.endswith("fix the environment variables")
 
 
-def test_unknown_disabled_rules_are_rejected_with_the_known_ones(fails, monkeypatch, events):
-    monkeypatch.setenv("CHURNGUARD_RULES__DISABLED", '["no_such_rule", "vip_upgrade"]')
+@pytest.mark.parametrize("name", [
+    "CHURNGUARD_RULES__DISABLED", "CHURNGUARD_SCORING__RECENCY_WEIGHT",
+    "CHURNGUARD_RFM__RECENCY_DAYS", "CHURNGUARD_RULES__BUSINESS_TIMEZONE",
+])
+def test_retired_rule_settings_are_refused_not_ignored(fails, monkeypatch, events, name):
+    """Rules, score and RFM parameters moved into the rule pack: an old deployment's
+    variable must not be silently ignored."""
+    monkeypatch.setenv(name, "1")
     line = fails("replay", str(events))
-    assert "CHURNGUARD_RULES__DISABLED: unknown rule ids ['no_such_rule']" in line
-    for rule in BUILT_IN_RULES:
-        assert rule in line
-
-
-def test_disabled_rules_are_checked_by_the_settings():
-    with pytest.raises(ValueError, match="no_such_rule"):
-        RuleSettings(disabled=frozenset({"no_such_rule"}))
-    pack = default_pack(RuleSettings(disabled=frozenset({"vip_upgrade"})))
-    assert "vip_upgrade" not in {rule.id for rule in pack.rules}
-
-
-def test_the_known_rule_ids_are_the_default_packs():
-    assert {rule.id for rule in default_pack(RuleSettings()).rules} == BUILT_IN_RULES
+    assert f"{name} is no longer read" in line
+    assert "churnguard rules export" in line
+    assert "CHURNGUARD_RULES_FILE" in line
 
 
 def test_json_that_does_not_parse(fails, monkeypatch, events):
-    monkeypatch.setenv("CHURNGUARD_RULES__DISABLED", "[vip_upgrade")
+    monkeypatch.setenv("CHURNGUARD_TOPICS", "{events")
     line = fails("replay", str(events))
-    assert "rules" in line
+    assert "topics" in line
     assert "JSON" in line
-
-
-@pytest.mark.parametrize(("name", "value", "expected"), [
-    ("CHURNGUARD_RULES__BUSINESS_TIMEZONE", "Mars/Base", "unknown time zone"),
-    ("CHURNGUARD_RULES__WINBACK_COUPON_VALUE", "0", "greater than 0"),
-    ("CHURNGUARD_RULES__TICKET_SLA_HOURS", '{"asap": 1}', "unknown priorities"),
-])
-def test_rule_settings_that_would_break_the_pack(fails, monkeypatch, events, name, value,
-                                                 expected):
-    monkeypatch.setenv(name, value)
-    line = fails("replay", str(events))
-    assert name in line
-    assert expected in line
 
 
 def test_replay_of_a_missing_file(fails, tmp_path):

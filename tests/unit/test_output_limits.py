@@ -51,18 +51,16 @@ def test_the_default_limit_is_a_megabyte(engine, metrics):
 
 @pytest.fixture
 def echo_engine(engine):
-    """The default pack plus a rule that copies a purchase's items into a notification."""
+    """The default pack plus a rule that copies a custom event's note into a notification."""
     from dataclasses import replace
 
-    from churnguard.core.rules import RulePack
+    from tests.unit.packs import make_pack
 
-    data = engine.pack.model_dump()
-    data["rules"].append({
-        "id": "echo_items", "when": {"on": "purchase"},
+    return replace(engine, pack=make_pack(extra_rules=[{
+        "id": "echo_note", "trigger": {"on": "custom", "name": "receipt"},
         "actions": [{"type": "notification", "template": "receipt",
-                     "variables": {"items": "$event.items"}}],
-    })
-    return replace(engine, pack=RulePack.model_validate(data))
+                     "variables": {name: f"$event.properties.{name}" for name in "abcd"}}],
+    }]))
 
 
 def test_an_event_whose_action_is_too_large_is_dead_lettered_and_not_applied(
@@ -70,11 +68,11 @@ def test_an_event_whose_action_is_too_large_is_dead_lettered_and_not_applied(
 ):
     ctx = BatchContext.create(echo_engine, TOPICS, metrics, 24, max_record_bytes=3_000)
     store = Store()
-    big = [{"sku": f"s{n}", "note": "n" * 50} for n in range(60)]  # ~4 KB in the receipt
+    big = dict.fromkeys("abcd", "n" * 900)  # ~3.6 KB in the notification
     recs = records(
         ("purchase", {"amount": "10", "hours": 0, "order_id": "o1"}),
-        ("purchase", {"amount": "20", "hours": 1, "order_id": "o2", "items": big}),
-        ("purchase", {"amount": "30", "hours": 2, "order_id": "o3", "items": big[:2]}),
+        ("custom", {"name": "receipt", "hours": 1, "properties": big}),
+        ("custom", {"name": "receipt", "hours": 2, "properties": {"a": "short"}}),
         ("purchase", {"amount": "40", "hours": 2, "order_id": "o4", "customer_id": "c2"}),
     )
     result = process_partition(recs, store.load, ctx, now=t0 + DAY)
@@ -88,13 +86,13 @@ def test_an_event_whose_action_is_too_large_is_dead_lettered_and_not_applied(
     # Nothing of it was sent or applied; the events around it were.
     assert all(size <= 3_000 for size in sizes(result))
     receipts = [orjson.loads(o.value) for o in result.outputs if o.topic == TOPICS.notifications
-                and orjson.loads(o.value)["rule_id"] == "echo_items"]
-    assert [len(r["payload"]["variables"]["items"] or []) for r in receipts] == [0, 2, 0]
+                and orjson.loads(o.value)["rule_id"] == "echo_note"]
+    assert [r["payload"]["variables"] for r in receipts] == [
+        {"a": "short", "b": None, "c": None, "d": None}]
     state = CustomerState.from_bytes(store[b"c1"])
-    assert state.order_count == 2
-    assert state.lifetime_spend == 40
+    assert len(state.seen) == 2  # the purchase and the short receipt
     assert metrics.dead_letters == {"output_too_large": 1}
-    assert metrics.events_applied == {"purchase": 3}
+    assert metrics.events_applied == {"purchase": 2, "custom": 1}
 
 
 @pytest.fixture
@@ -178,14 +176,12 @@ def test_dead_letters_shrink_to_fit_a_small_limit(engine, metrics, t0):
 def test_a_timer_firing_whose_action_is_too_large_is_dead_lettered(engine, metrics, records, t0):
     from dataclasses import replace
 
-    from churnguard.core.rules import RulePack
+    from tests.unit.packs import make_pack
 
-    data = engine.pack.model_dump()
-    data["rules"].append({
-        "id": "big_after", "when": {"on": "after", "anchor": "first_purchase", "days": 1},
+    big = replace(engine, pack=make_pack(extra_rules=[{
+        "id": "big_after", "trigger": {"on": "after", "anchor": "first_purchase", "days": 1},
         "actions": [{"type": "notification", "template": "t", "variables": {"text": "x" * 3000}}],
-    })
-    big = replace(engine, pack=RulePack.model_validate(data))
+    }]))
     store = Store()
     bought = process_partition(records(("purchase", {"amount": "10"})), store.load,
                                BatchContext.create(big, TOPICS, Metrics(), 24), now=t0)

@@ -9,11 +9,11 @@ import pytest
 from pydantic import ValidationError
 
 from churnguard.core.clock import DAY, HOUR, rfc3339
-from churnguard.core.default_rules import default_pack
+from churnguard.core.pack import PackInvalid, RuleSpec, ThresholdTrigger, build_pack
 from churnguard.core.processor import advance, apply_event
-from churnguard.core.rules import Rule, RulePack, ThresholdTrigger, action_id
+from churnguard.core.rules import action_id
 from streams.codecs import encode_action
-from streams.settings import RuleSettings
+from tests.unit.packs import make_pack, pack_data, rules_only
 
 CONTRACT_FIELDS = [
     "action_id", "type", "customer_id", "rule_id", "rule_version", "created_at", "caused_by",
@@ -47,8 +47,8 @@ def test_ticket_opened_ack_promises_resolution_by_priority(
 
 
 def test_ticket_sla_hours_are_configurable(feed_factory, engine_factory, event_factory, t0):
-    feed = feed_factory(engine_factory(rules=RuleSettings(
-        ticket_sla_hours={"urgent": 1, "high": 2, "normal": 3, "low": 4})))
+    feed = feed_factory(engine_factory(changes={
+        "ticket_sla_hours": {"urgent": 1, "high": 2, "normal": 3, "low": 4}}))
     [ack] = feed(event_factory("ticket", status="opened", priority="low"))
     assert ack.payload["variables"]["expected_resolution_hours"] == 4
     assert ack.payload["variables"]["expected_resolution_at"] == rfc3339(t0 + 4 * HOUR)
@@ -128,7 +128,7 @@ def test_no_vip_upgrade_for_a_customer_already_vip_by_profile(feed, event_factor
 
 
 def test_vip_threshold_is_configurable(feed_factory, engine_factory, event_factory):
-    feed = feed_factory(engine_factory(rules=RuleSettings(vip_spend_threshold=500)))
+    feed = feed_factory(engine_factory(changes={"rules.vip_upgrade.trigger.at_least": 500}))
     feed(event_factory("profile"))
     assert feed(event_factory("purchase", amount="499.99")) == []
     actions = feed(event_factory("purchase", amount="0.01"))
@@ -171,13 +171,14 @@ CROSSING_S = 15 * DAY + 7 * HOUR + 26 * 60 + 57  # after a lone purchase at T0
 CROSSING = "2024-03-16T19:26:57Z"
 
 
-def winback_rules(**overrides) -> RuleSettings:
-    return RuleSettings(disabled=TIMER_RULES, **overrides)
+def winback_rules(**changes) -> dict:
+    """engine_factory keywords: the default pack without its timers, fields changed."""
+    return {"disable": TIMER_RULES, "changes": changes}
 
 
 @pytest.fixture
 def winback_feed(feed_factory, engine_factory):
-    return feed_factory(engine_factory(rules=winback_rules()))
+    return feed_factory(engine_factory(**winback_rules()))
 
 
 def test_winback_fires_when_the_score_drops_below_60(winback_feed, event_factory, t0):
@@ -267,7 +268,8 @@ def test_winback_score_equal_to_the_threshold_is_not_below(
 ):
     # Threshold 64: the purchase alone scores exactly 64 (≥, armed) and keeps scoring exactly
     # 64 for the 7 days recency stays at 100; only then does the decay take it below.
-    feed = feed_factory(engine_factory(rules=winback_rules(winback_score_threshold=64)))
+    feed = feed_factory(engine_factory(**winback_rules(
+        **{"rules.health_winback.trigger.below": 64})))
     feed(event_factory("purchase", day=0))
     assert feed.state().score == 64.0
     assert feed(event_factory("profile", hours=1)) == []
@@ -292,7 +294,7 @@ def test_winback_task_goes_to_the_account_manager(winback_feed, event_factory):
 
 
 def test_winback_task_default_queue_is_configurable(feed_factory, engine_factory, event_factory):
-    feed = feed_factory(engine_factory(rules=winback_rules(default_task_queue="care-desk")))
+    feed = feed_factory(engine_factory(**winback_rules(**{"task_queues.default": "care-desk"})))
     feed(event_factory("purchase", day=0))
     tasks = [a for a in feed(event_factory("login", day=30)) if a.type == "task"]
     assert [t.payload["assignee"] for t in tasks] == ["care-desk"]
@@ -327,8 +329,10 @@ def test_customer_upgraded_by_spend_gets_the_supervisor_task(winback_feed, event
 def test_winback_threshold_and_coupon_are_configurable(
     feed_factory, engine_factory, event_factory, t0
 ):
-    feed = feed_factory(engine_factory(rules=winback_rules(
-        winback_score_threshold=50, winback_coupon_value=25, winback_coupon_days=7)))
+    feed = feed_factory(engine_factory(**winback_rules(**{
+        "rules.health_winback.trigger.below": 50,
+        "rules.health_winback.actions.2.value": 25,
+        "rules.health_winback.actions.2.expires_in_days": 7})))
     feed(event_factory("purchase", day=0))
     assert feed(event_factory("login", day=30)) == []  # 55.92 is not below 50
     # With the day-30 login counted, 0.4 × recency + 27 < 49.995 at 2024-04-12T18:50:57Z.
@@ -423,7 +427,7 @@ def test_action_record_has_every_contract_field(feed, history):
 # --- settings and rule specs ---------------------------------------------------------------
 
 def test_default_pack_rules_in_order():
-    assert [r.id for r in default_pack(RuleSettings()).rules] == [
+    assert [r.id for r in make_pack().rules] == [
         "ticket_opened_ack", "ticket_closed_survey", "vip_upgrade", "health_winback",
         "onboarding_tips", "birthday_coupon", "signup_anniversary_coupon",
         "inactive_30d_followup", "ticket_sla_breach",
@@ -431,9 +435,9 @@ def test_default_pack_rules_in_order():
 
 
 def test_disabled_rule_is_removed(feed_factory, engine_factory, event_factory):
-    settings = RuleSettings(disabled=frozenset({"ticket_closed_survey"}))
-    assert "ticket_closed_survey" not in [r.id for r in default_pack(settings).rules]
-    feed = feed_factory(engine_factory(rules=settings))
+    pack = make_pack(disable=["ticket_closed_survey"])
+    assert "ticket_closed_survey" not in [r.id for r in pack.rules]
+    feed = feed_factory(engine_factory(pack=pack))
     opened = feed(event_factory("ticket", ticket_id="T", status="opened", day=0))
     closed = feed(event_factory("ticket", ticket_id="T", status="closed", day=1))
     assert [a.rule_id for a in opened] == ["ticket_opened_ack"]
@@ -441,7 +445,7 @@ def test_disabled_rule_is_removed(feed_factory, engine_factory, event_factory):
 
 
 def test_disabled_winback_never_fires(feed_factory, engine_factory, event_factory, t0):
-    feed = feed_factory(engine_factory(rules=RuleSettings(disabled=frozenset({"health_winback"}))))
+    feed = feed_factory(engine_factory(disable=["health_winback"]))
     feed(event_factory("purchase", day=0), event_factory("login", day=30))
     # Only the (enabled) timers fire; no win-back, not even when time runs on for a year.
     assert [a.rule_id for a in feed.all_actions()] == ["onboarding_tips", "inactive_30d_followup"]
@@ -451,11 +455,7 @@ def test_disabled_winback_never_fires(feed_factory, engine_factory, event_factor
 
 
 def test_rule_with_enabled_false_does_not_fire(event_factory, engine):
-    pack = RulePack.model_validate({
-        **default_pack(RuleSettings()).model_dump(),
-        "rules": [{**r.model_dump(), "enabled": r.id != "ticket_opened_ack"}
-                  for r in default_pack(RuleSettings()).rules],
-    })
+    pack = make_pack(changes={"rules.ticket_opened_ack.enabled": False})
     ticket = event_factory("ticket", status="opened")
     assert apply_event(None, ticket, engine).actions  # enabled in the default pack
     outcome = apply_event(None, ticket, replace(engine, pack=pack))
@@ -484,15 +484,10 @@ def test_threshold_trigger_condition(bounds, value, holds):
 @pytest.mark.parametrize(("once", "fired"), [(True, 1), (False, 2)])
 def test_threshold_once_never_fires_again_even_after_re_arming(event_factory, engine, once, fired):
     # logins_30d can fall back under the bound (unlike lifetime spend), re-arming the rule.
-    pack = RulePack.model_validate({
-        "rules": [{
-            "id": "engaged",
-            "when": {"on": "threshold", "metric": "logins_30d", "at_least": 2, "once": once},
-            "actions": [{"type": "coupon", "value": 5}],
-        }],
-        "ticket_sla_hours": {"normal": 72},
-        "default_task_queue": "q",
-        "supervisor_queue": "s",
+    pack = rules_only({
+        "id": "engaged",
+        "trigger": {"on": "threshold", "metric": "logins_30d", "at_least": 2, "once": once},
+        "actions": [{"type": "coupon", "value": 5}],
     })
     custom = replace(engine, pack=pack)
     state, actions = None, []
@@ -506,12 +501,12 @@ def test_threshold_once_never_fires_again_even_after_re_arming(event_factory, en
 
 def test_rule_json_with_a_bad_trigger_is_rejected():
     with pytest.raises(ValidationError):
-        Rule.model_validate({
-            "id": "bad", "when": {"on": "threshold", "metric": "health_score"},
+        RuleSpec.model_validate({
+            "id": "bad", "trigger": {"on": "threshold", "metric": "health_score"},
             "actions": [{"type": "coupon", "value": 5}],
         })
     with pytest.raises(ValidationError):
-        Rule.model_validate({"id": "no_actions", "when": {"on": "login"}, "actions": []})
+        RuleSpec.model_validate({"id": "no_actions", "trigger": {"on": "login"}, "actions": []})
 
 
 # --- regressions found in review ---
@@ -522,11 +517,10 @@ def test_expected_resolution_is_counted_from_the_ticket_opening(feed, event_fact
     assert ack.payload["variables"]["expected_resolution_at"] == rfc3339(t0 + 4 * HOUR)
 
 
-def test_partial_ticket_sla_map_is_rejected_or_handled(engine_factory, event_factory):
-    try:
-        settings = RuleSettings(ticket_sla_hours={"urgent": 2})
-    except ValidationError:
-        return  # rejected up front: fine
-    engine = engine_factory(rules=settings)
-    outcome = apply_event(None, event_factory("ticket", status="opened", priority="low"), engine)
-    assert [a.rule_id for a in outcome.actions] == ["ticket_opened_ack"]
+def test_partial_ticket_sla_map_is_rejected():
+    data = pack_data(changes={"ticket_sla_hours": {"urgent": 2}})
+    with pytest.raises(PackInvalid) as caught:
+        build_pack(data)
+    [problem] = caught.value.problems
+    assert problem.loc == ("ticket_sla_hours",)
+    assert "missing ['high', 'normal', 'low']" in problem.message

@@ -10,23 +10,16 @@ from collections.abc import Iterable
 import pytest
 
 from churnguard.core.clock import DAY, HOUR, parse_rfc3339, rfc3339
-from churnguard.core.default_rules import default_pack
 from churnguard.core.processor import Engine, advance, apply_event
-from churnguard.core.rules import Action, RulePack, action_id
+from churnguard.core.rules import Action, action_id
 from churnguard.core.scoring import crossing_time, health
 from churnguard.core.state import CustomerState
 from churnguard.replay import replay
 from schemas.events import Event
 from streams.codecs import encode_action
-from streams.settings import RuleSettings
+from tests.unit.packs import DEFAULT_RULES, rules_only
 
-ALL_RULES = frozenset(rule.id for rule in default_pack(RuleSettings()).rules)
-
-
-def only(*rule_ids: str, **settings) -> RuleSettings:
-    """Rule settings with every default rule disabled except `rule_ids`."""
-    assert set(rule_ids) <= ALL_RULES
-    return RuleSettings(disabled=ALL_RULES - set(rule_ids), **settings)
+ALL_RULES = frozenset(DEFAULT_RULES)
 
 
 def ts(text: str) -> float:
@@ -51,10 +44,11 @@ def copy(state: CustomerState) -> CustomerState:
 
 @pytest.fixture
 def engine_for(engine_factory):
-    """engine_for("onboarding_tips", faq_url=...): only those rules, other settings replaced."""
+    """engine_for("onboarding_tips", changes={...}): only those rules of the default pack,
+    some fields changed (tests/unit/packs.pack_data)."""
 
-    def make(*rule_ids: str, **settings) -> Engine:
-        return engine_factory(rules=only(*rule_ids, **settings))
+    def make(*rule_ids: str, **changes) -> Engine:
+        return engine_factory(only=rule_ids, changes=changes)
 
     return make
 
@@ -90,7 +84,9 @@ def test_onboarding_tips_seven_days_after_the_first_purchase(engine_for, ev, t0)
 
 
 def test_onboarding_tips_days_and_faq_url_are_configurable(engine_for, ev, t0):
-    engine = engine_for("onboarding_tips", onboarding_days=3, faq_url="https://x.test/faq")
+    engine = engine_for("onboarding_tips", **{
+        "rules.onboarding_tips.trigger.days": 3,
+        "rules.onboarding_tips.actions.0.variables.faq_url": "https://x.test/faq"})
     events = [ev("profile", t0 - HOUR, email="a@b.c"), ev("purchase", t0)]
     assert run(events, engine, t0 + 3 * DAY - 1) == []
     [tips] = run(events, engine, t0 + 3 * DAY)
@@ -163,7 +159,7 @@ def test_birthday_coupon_at_0900_utc_on_the_birthday(engine_for, ev):
     ],
 )
 def test_birthday_coupon_follows_the_business_time_zone(engine_for, ev, zone, birthday, due):
-    engine = engine_for("birthday_coupon", business_timezone=zone)
+    engine = engine_for("birthday_coupon", timezone=zone)
     events = [ev("profile", "2026-01-01T00:00:00Z", birthday=birthday)]
     assert run(events, engine, ts(due) - 1) == []
     assert when(run(events, engine, due)) == [("birthday_coupon", due)]
@@ -242,8 +238,10 @@ def test_signup_anniversary_never_on_the_signup_day_itself(engine_for, ev, known
 
 
 def test_signup_anniversary_of_an_older_signup_once_a_year(engine_for, ev):
-    engine = engine_for("signup_anniversary_coupon", anniversary_coupon_value=20,
-                        anniversary_coupon_days=14, business_timezone="Europe/Paris")
+    engine = engine_for("signup_anniversary_coupon", **{
+        "rules.signup_anniversary_coupon.actions.0.value": 20,
+        "rules.signup_anniversary_coupon.actions.0.expires_in_days": 14,
+        "timezone": "Europe/Paris"})
     events = [ev("profile", "2024-03-01T12:00:00Z", signup_date="2020-06-10")]
     actions = run(events, engine, "2025-12-31T00:00:00Z")
     assert when(actions) == [
@@ -340,7 +338,7 @@ def test_no_inactivity_call_for_a_customer_never_active(engine_for, ev, t0):
 
 
 def test_inactivity_days_are_configurable(engine_for, ev, t0):
-    engine = engine_for("inactive_30d_followup", inactivity_days=14)
+    engine = engine_for("inactive_30d_followup", **{"rules.inactive_30d_followup.trigger.days": 14})
     events = [ev("login", t0)]
     assert run(events, engine, t0 + 14 * DAY - 1) == []
     [task] = run(events, engine, t0 + 14 * DAY)
@@ -422,7 +420,7 @@ def test_each_overdue_ticket_gets_its_own_task(engine_for, ev, t0):
 
 def test_ticket_sla_hours_are_configurable(engine_for, ev, t0):
     engine = engine_for("ticket_sla_breach", "ticket_opened_ack",
-                        ticket_sla_hours={"urgent": 1, "low": 48})
+                        **{"ticket_sla_hours.urgent": 1, "ticket_sla_hours.low": 48})
     events = [
         ev("ticket", t0, ticket_id="U", status="opened", priority="urgent"),
         ev("ticket", t0, ticket_id="H", status="opened", priority="high"),
@@ -498,10 +496,10 @@ def test_winback_fires_at_the_decay_crossing(engine_for, ev, t0, scenario):
     if EXPECTED_CROSSING[scenario] is not None:
         assert actions[0].created_at == EXPECTED_CROSSING[scenario]
     # At the first whole second below 60: below at created_at, not one second earlier.
-    assert health(frozen, crossed, engine.scoring).score < 60
-    assert health(frozen, crossed - 1, engine.scoring).score >= 60
-    assert actions[0].health_score == health(frozen, crossed, engine.scoring).score
-    assert state.next_due == crossed == crossing_time(frozen, 60, frozen.clock, engine.scoring)
+    assert health(frozen, crossed, engine.pack.scoring).score < 60
+    assert health(frozen, crossed - 1, engine.pack.scoring).score >= 60
+    assert actions[0].health_score == health(frozen, crossed, engine.pack.scoring).score
+    assert state.next_due == crossed == crossing_time(frozen, 60, frozen.clock, engine.pack.scoring)
     # advance (a live tick) fires the same actions as the replay.
     ticked = advance(state, t0 + 400 * DAY, engine).actions
     assert [a.to_record() for a in ticked] == [a.to_record() for a in actions]
@@ -713,17 +711,12 @@ def test_a_late_ticket_opening_long_past_its_sla_expires(engine_for, ev, t0):
 
 
 def test_grace_hours_come_from_the_rule(engine, ev, t0):
-    pack = RulePack.model_validate({
-        "rules": [{
-            "id": "tips",
-            "when": {"on": "after", "anchor": "first_purchase", "days": 1, "grace_hours": 1},
-            "actions": [{"type": "notification", "template": "t"}],
-        }],
-        "ticket_sla_hours": {"normal": 72},
-        "default_task_queue": "q",
-        "supervisor_queue": "s",
+    pack = rules_only({
+        "id": "tips",
+        "trigger": {"on": "after", "anchor": "first_purchase", "days": 1, "grace_hours": 1},
+        "actions": [{"type": "notification", "template": "t"}],
     })
-    custom = Engine(engine.scoring, engine.rfm, pack)
+    custom = Engine(pack)
     now = t0 + 60 * DAY
     for late_by, fired in [(HOUR, ["tips"]), (HOUR + 1, [])]:
         state = apply_event(None, ev("login", now), custom).state
@@ -756,8 +749,8 @@ def test_winback_crossing_with_a_millisecond_ticket_time_is_the_first_whole_seco
     frozen = copy(state)
     actions = run(events, engine, t0 + 30 * DAY)
     crossed = ts(actions[0].created_at)
-    assert health(frozen, crossed, engine.scoring).score < 60
-    assert health(frozen, crossed - 1, engine.scoring).score >= 60
+    assert health(frozen, crossed, engine.pack.scoring).score < 60
+    assert health(frozen, crossed - 1, engine.pack.scoring).score >= 60
     assert actions[0].created_at == rfc3339(t0 + 72 * HOUR + 1)
 
 

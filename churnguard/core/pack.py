@@ -1,0 +1,565 @@
+"""A rule pack: the rules and every business parameter they run with (score, RFM, SLAs,
+queues, time zone), as validated data, and its compiled form the engine evaluates.
+
+`build_pack(data)` takes plain data (a YAML file's content) and returns a `RulePack`, or
+raises `PackInvalid` listing every problem with its location in the data — all of them,
+not the first, so one round of editing fixes a file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from churnguard.core.clock import ZoneName
+from churnguard.core.conditions import (
+    ALWAYS,
+    Condition,
+    ConditionError,
+    FieldType,
+    Subject,
+    compile_condition,
+    compile_variable,
+)
+from churnguard.core.rfm import PROSPECT, RfmSettings
+from churnguard.core.scoring import ScoringSettings
+from churnguard.core.triggers import (
+    AfterTrigger,
+    AnniversaryTrigger,
+    InactivityTrigger,
+    TicketOverdueTrigger,
+    TimerTrigger,
+)
+from schemas.events import MODEL_BY_TYPE, PERSONAL_FIELDS
+
+# Signals an event can raise (see processor.apply_event).
+Signal = Literal["purchase", "first_purchase", "login", "profile", "ticket_opened", "ticket_closed"]
+Metric = Literal[
+    "health_score", "lifetime_spend", "order_count", "logins_30d", "purchases_90d",
+    "open_tickets",
+]
+PRIORITIES = ("urgent", "high", "normal", "low")
+# Names of rules, segments, tags in triggers and custom events.
+_NAME = r"^[a-z][a-z0-9_]*$"
+_CUSTOM_NAME = r"^[a-z][a-z0-9_.]*$"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SignalTrigger(_Spec):
+    """Fires on every event that raises the signal."""
+
+    on: Signal
+
+    @property
+    def signal(self) -> str:
+        return self.on
+
+
+class ThresholdTrigger(_Spec):
+    """Fires when `metric` enters the condition (`below` or `at_least`) from outside it.
+    Armed while the condition is false; `once` never fires a second time."""
+
+    on: Literal["threshold"]
+    metric: Metric
+    below: float | None = None
+    at_least: float | None = None
+    once: bool = False
+    # A crossing caused by time alone (score decay) that a live worker only notices later
+    # than this (a backfill of old events) disarms the rule without firing.
+    grace_hours: float = Field(24, gt=0)
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> ThresholdTrigger:
+        if (self.below is None) == (self.at_least is None):
+            raise ValueError("a threshold trigger needs exactly one of `below` or `at_least`")
+        return self
+
+    def holds(self, value: float) -> bool:
+        if self.below is not None:
+            return value < self.below
+        return self.at_least is not None and value >= self.at_least
+
+
+class SegmentTrigger(_Spec):
+    """Fires when the customer's RFM segment becomes (`segment_entered`) or stops being
+    (`segment_left`) the named one — after an event, or with time alone (recency ages)."""
+
+    on: Literal["segment_entered", "segment_left"]
+    segment: str = Field(pattern=_NAME)
+
+    @property
+    def signal(self) -> str:
+        return f"{self.on}:{self.segment}"
+
+
+class TagTrigger(_Spec):
+    """Fires when a profile event adds or removes the tag (tags churnguard's own
+    profile_update actions add do not fire rules: no cascades)."""
+
+    on: Literal["tag_added", "tag_removed"]
+    tag: str = Field(min_length=1, max_length=100)
+
+    @property
+    def signal(self) -> str:
+        return f"{self.on}:{self.tag}"
+
+
+class CustomTrigger(_Spec):
+    """Fires on a `custom` event of this name; its properties read as event.properties.X."""
+
+    on: Literal["custom"]
+    name: str = Field(pattern=_CUSTOM_NAME, max_length=64)
+
+    @property
+    def signal(self) -> str:
+        return f"custom:{self.name}"
+
+
+Trigger = Annotated[
+    SignalTrigger | ThresholdTrigger | SegmentTrigger | TagTrigger | CustomTrigger
+    | AfterTrigger | AnniversaryTrigger | InactivityTrigger | TicketOverdueTrigger,
+    Field(discriminator="on"),
+]
+TIMER_TRIGGERS = (AfterTrigger, AnniversaryTrigger, InactivityTrigger, TicketOverdueTrigger)
+EVENT_TRIGGERS = (SignalTrigger, SegmentTrigger, TagTrigger, CustomTrigger)
+# A condition as written in the pack (see churnguard.core.conditions): compiled by build_pack.
+ConditionData = Any
+
+
+class NotificationSpec(_Spec):
+    type: Literal["notification"]
+    template: str = Field(min_length=1, max_length=200)
+    # "auto" picks email, then sms, then push, by which contact channels the customer has.
+    channel: Literal["auto", "email", "sms", "push"] = "auto"
+    # Values starting with "$" name a field ("$event.ticket_id", "$ticket.priority").
+    variables: dict[str, Any] = Field(default_factory=dict)
+    when: ConditionData = Field(default_factory=list)
+
+
+class TaskSpec(_Spec):
+    type: Literal["task"]
+    # "account_manager" (falls back to the default queue), "supervisor", or a queue name.
+    assignee: str = Field(min_length=1, max_length=200)
+    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    due_in_hours: float = Field(24, ge=0, le=24 * 366)
+    title: str = Field(min_length=1, max_length=500)
+    # Like notification variables: "$"-values name a field.
+    details: dict[str, Any] = Field(default_factory=dict)
+    when: ConditionData = Field(default_factory=list)
+
+
+class CouponSpec(_Spec):
+    type: Literal["coupon"]
+    value: float = Field(gt=0, le=1_000_000)
+    kind: Literal["percent", "amount"] = "percent"
+    expires_in_days: int = Field(30, ge=1, le=3660)
+    when: ConditionData = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _percent(self) -> CouponSpec:
+        if self.kind == "percent" and self.value > 100:
+            raise ValueError("a percent coupon's value is at most 100")
+        return self
+
+
+class ProfileUpdateSpec(_Spec):
+    type: Literal["profile_update"]
+    set: dict[Literal["tier"], Literal["standard", "vip"]] = Field(default_factory=dict)
+    add_tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list)
+    when: ConditionData = Field(default_factory=list)
+
+
+ActionSpec = Annotated[
+    NotificationSpec | TaskSpec | CouponSpec | ProfileUpdateSpec, Field(discriminator="type")
+]
+
+
+class RuleSpec(_Spec):
+    id: str = Field(pattern=_NAME, max_length=64)
+    description: str = Field("", max_length=1000)
+    enabled: bool = True
+    # Set by publishing (a rule's version goes up when its content changes), not by hand.
+    version: int = Field(1, ge=1)
+    trigger: Trigger
+    conditions: ConditionData = Field(default_factory=list)
+    actions: list[ActionSpec] = Field(min_length=1, max_length=20)
+
+
+class TaskQueues(_Spec):
+    # Tasks for the account manager go here when the customer has none.
+    default: str = Field(min_length=1, max_length=200)
+    supervisor: str = Field(min_length=1, max_length=200)
+
+
+class _Settings(_Spec):
+    """The pack without its rules (validated apart, so every rule's problems are listed)."""
+
+    version: int = Field(0, ge=0)  # the pack's published version; 0: never published
+    # Business time zone: anniversaries at 09:00, now.hour / now.weekday in conditions.
+    timezone: ZoneName = "UTC"
+    task_queues: TaskQueues
+    # Hours to resolve a ticket by priority: the acknowledgement's promise and the SLA.
+    ticket_sla_hours: dict[Literal["urgent", "high", "normal", "low"],
+                           Annotated[float, Field(gt=0, le=24 * 366)]]
+    scoring: ScoringSettings = ScoringSettings()
+    rfm: RfmSettings = RfmSettings()
+    rules: list[Any] = Field(max_length=500)
+
+    @field_validator("ticket_sla_hours")
+    @classmethod
+    def _every_priority(cls, value: dict[str, float]) -> dict[str, float]:
+        missing = [p for p in PRIORITIES if p not in value]
+        if missing:
+            raise ValueError(f"ticket_sla_hours needs every priority; missing {missing}")
+        return value
+
+
+class PackSpec(_Settings):
+    """The pack as data: what a YAML file holds and `churnguard rules export` prints."""
+
+    rules: list[RuleSpec]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    loc: tuple[str | int, ...]
+    message: str
+    # Offset inside the string at `loc` (a condition leaf) where the problem starts.
+    column: int = 0
+
+
+class PackInvalid(Exception):
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        super().__init__(f"{len(problems)} problem(s) in the rule pack")
+        self.problems = list(problems)
+
+
+Getter = Callable[[Subject], Any]
+_M = TypeVar("_M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionTemplate:
+    """One action template of a rule, compiled: its branch condition and its variables."""
+
+    index: int
+    spec: NotificationSpec | TaskSpec | CouponSpec | ProfileUpdateSpec
+    when: Condition
+    # name -> literal value or getter ("$"-variables), for variables / details.
+    values: tuple[tuple[str, Any, Getter | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    spec: RuleSpec
+    condition: Condition
+    actions: tuple[ActionTemplate, ...]
+    order: int  # position in the pack: actions come out in pack order
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def version(self) -> int:
+        return self.spec.version
+
+    @property
+    def trigger(self) -> Any:
+        return self.spec.trigger
+
+
+@dataclass(frozen=True, slots=True)
+class RulePack:
+    spec: PackSpec
+    rules: tuple[Rule, ...]  # enabled ones, in pack order
+    tz: ZoneInfo
+    # The spec's, as plain attributes: read on the hot path.
+    scoring: ScoringSettings
+    rfm: RfmSettings
+    ticket_sla_hours: Mapping[str, float]
+    # Rules by the signal that fires them, and the ones time or metrics fire: evaluate
+    # visits only what can fire.
+    by_signal: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
+    thresholds: tuple[tuple[Rule, ThresholdTrigger], ...] = ()
+    timers: tuple[tuple[Rule, TimerTrigger], ...] = ()
+    segment_rules: tuple[Rule, ...] = ()
+    # Signals some rule listens to, and the candidate rules per set of them (filled lazily;
+    # the sets are bounded by the pack's own triggers).
+    signals: frozenset[str] = frozenset()
+    _candidates: dict[frozenset[str], tuple[Rule, ...]] = field(default_factory=dict)
+
+    def candidates(self, signals: frozenset[str]) -> tuple[Rule, ...]:
+        """The rules that may fire for an evaluation with these signals, in pack order."""
+        key = signals & self.signals if signals else signals
+        found = self._candidates.get(key)
+        if found is None:
+            listening = {rule.order for signal in key for rule in self.by_signal[signal]}
+            found = self._candidates[key] = tuple(
+                rule for rule in self.rules
+                if rule.order in listening or not isinstance(rule.spec.trigger, EVENT_TRIGGERS))
+        return found
+
+    @property
+    def version(self) -> int:
+        return self.spec.version
+
+    @property
+    def default_task_queue(self) -> str:
+        return self.spec.task_queues.default
+
+    @property
+    def supervisor_queue(self) -> str:
+        return self.spec.task_queues.supervisor
+
+    def segments(self) -> frozenset[str]:
+        return frozenset({PROSPECT, self.rfm.fallback_segment}
+                         | {s.segment for s in self.rfm.segments})
+
+
+# Trigger context fields (see rules._trigger_context), beyond the global catalogue.
+_STRING = FieldType("string")
+_NUMBER = FieldType("number")
+_PRIORITY = FieldType("string", vocabulary=frozenset(PRIORITIES))
+_TICKET_PROMISE = {
+    "ticket.priority": _PRIORITY,
+    "ticket.expected_resolution_hours": _NUMBER,
+    "ticket.expected_resolution_at": _STRING,
+}
+
+
+def trigger_fields(trigger: Any) -> dict[str, FieldType]:
+    """The trigger-specific fields a rule's conditions and variables may read."""
+    match trigger:
+        case SignalTrigger(on="ticket_opened" | "ticket_closed"):
+            return dict(_TICKET_PROMISE)
+        case SegmentTrigger():
+            return {"segment.previous": FieldType("string", nullable=True)}
+        case TicketOverdueTrigger():
+            return {"ticket.ticket_id": _STRING, "ticket.priority": _PRIORITY,
+                    "ticket.opened_at": _STRING, "ticket.sla_hours": _NUMBER,
+                    "due_at": _STRING}
+        case InactivityTrigger():
+            return {"inactivity.days": _NUMBER, "due_at": _STRING}
+        case AnniversaryTrigger():
+            return {"anniversary.year": _NUMBER, "due_at": _STRING}
+        case AfterTrigger():
+            return {"due_at": _STRING}
+    return {}
+
+
+# The event a rule's trigger fires with, by type (None: time-driven, no event; absent: any).
+_TRIGGER_EVENT = {
+    "purchase": "purchase", "first_purchase": "purchase", "login": "login",
+    "profile": "profile", "ticket_opened": "ticket", "ticket_closed": "ticket",
+    "tag_added": "profile", "tag_removed": "profile", "custom": "custom",
+}
+
+
+def _event_fields_problem(name: str, trigger: Any) -> str | None:
+    """A field of an event the rule never sees: a mistake in the pack, caught at load."""
+    if not name.startswith("event."):
+        return None
+    if isinstance(trigger, TIMER_TRIGGERS):
+        return (f"{name}: a {trigger.on} rule fires with time alone and has no event; "
+                "use state.* fields or the trigger's own fields")
+    kind = _TRIGGER_EVENT.get(trigger.on)
+    if kind is None:
+        return None  # threshold and segment rules fire after any event (or time)
+    attribute = name.removeprefix("event.").split(".", 1)[0]
+    fields = set(MODEL_BY_TYPE[kind].model_fields) - (
+        set() if kind == "custom" else PERSONAL_FIELDS)
+    if attribute in fields:
+        return None
+    return (f"{name}: a rule on {trigger.on} sees {kind} events, which have no "
+            f"{attribute!r}; their fields are {', '.join(sorted(fields))}")
+
+
+def build_pack(data: Any) -> RulePack:
+    """Validate and compile; raises PackInvalid with every problem found."""
+    problems: list[Problem] = []
+    settings = _validated(_Settings, data, (), problems)
+    raw_rules = data.get("rules") if isinstance(data, dict) else None
+    # (position in the file, rule): problems name the rule by its position.
+    specs: list[tuple[int, RuleSpec]] = []
+    if isinstance(raw_rules, list):
+        for index, raw in enumerate(raw_rules):
+            spec = _validated(RuleSpec, raw, ("rules", index), problems)
+            if spec is not None:
+                specs.append((index, spec))
+    rules = _compile_rules(specs, problems)
+    if settings is not None:
+        _check_names(settings, specs, raw_rules or [], problems)
+    if problems or settings is None:
+        raise PackInvalid(problems)
+    pack = PackSpec.model_validate({**settings.model_dump(), "rules": [s for _, s in specs]})
+    return _assemble(pack, rules)
+
+
+def _validated(
+    model: type[_M], data: Any, prefix: tuple[str | int, ...], problems: list[Problem]
+) -> _M | None:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False, include_input=False):
+            loc = prefix + _data_loc(data, tuple(error["loc"]))
+            if prefix == () and loc[:1] == ("rules",) and len(loc) > 2:
+                continue  # the rules are validated one by one
+            problems.append(Problem(loc, _message(error)))
+        return None
+
+
+def _data_loc(data: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """pydantic's loc without the tags of discriminated unions (`actions.2.coupon.value`
+    is `actions[2].value` in the file)."""
+    kept: list[str | int] = []
+    node = data
+    for part in loc:
+        if (isinstance(node, dict) and part not in node
+                and part in (node.get("on"), node.get("type"))):
+            continue
+        kept.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(kept)
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return "unknown field (check its spelling; see docs/rules.md for the fields)"
+    if error["type"] == "union_tag_invalid":
+        return message.replace("Input tag", "value")
+    return message
+
+
+def _compile_rules(specs: list[tuple[int, RuleSpec]], problems: list[Problem]) -> list[Rule]:
+    rules: list[Rule] = []
+    for index, spec in specs:
+        prefix: tuple[str | int, ...] = ("rules", index)
+        extra = trigger_fields(spec.trigger)
+        condition = _compile(spec.conditions, spec.trigger, extra, (*prefix, "conditions"),
+                             problems)
+        actions = []
+        for number, action in enumerate(spec.actions):
+            where = (*prefix, "actions", number)
+            when = _compile(action.when, spec.trigger, extra, (*where, "when"), problems)
+            values = tuple(_values(action, spec.trigger, extra, where, problems))
+            actions.append(ActionTemplate(number, action, when, values))
+        rules.append(Rule(spec, condition, tuple(actions), len(rules)))
+    return rules
+
+
+def _compile(
+    data: Any, trigger: Any, extra: Mapping[str, FieldType], loc: tuple[str | int, ...],
+    problems: list[Problem],
+) -> Condition:
+    try:
+        condition = compile_condition(data, extra_fields=extra)
+    except ConditionError as exc:
+        problems.extend(Problem((*loc, *p.path), p.message, p.column) for p in exc.problems)
+        return ALWAYS
+    for name in sorted(condition.fields):
+        message = _event_fields_problem(name, trigger)
+        if message is not None:
+            problems.append(Problem(loc, message))
+    return condition
+
+
+def _values(
+    action: NotificationSpec | TaskSpec | CouponSpec | ProfileUpdateSpec,
+    trigger: Any, extra: Mapping[str, FieldType], loc: tuple[str | int, ...],
+    problems: list[Problem],
+) -> Iterator[tuple[str, Any, Getter | None]]:
+    if isinstance(action, NotificationSpec):
+        name, values = "variables", action.variables
+    elif isinstance(action, TaskSpec):
+        name, values = "details", action.details
+    else:
+        return
+    for key, value in values.items():
+        if isinstance(value, str) and value.startswith("$"):
+            message = _event_fields_problem(value[1:], trigger)
+            if message is not None:
+                problems.append(Problem((*loc, name, key), message))
+                continue
+            try:
+                yield key, None, compile_variable(value, extra_fields=extra)
+            except ConditionError as exc:
+                problems.extend(Problem((*loc, name, key), p.message, p.column)
+                                for p in exc.problems)
+        elif value is None or isinstance(value, str | int | float | bool):
+            yield key, value, None
+        else:
+            problems.append(Problem((*loc, name, key),
+                                    "expected a string, number, boolean or a $field"))
+
+
+def _check_names(
+    settings: _Settings, specs: Sequence[tuple[int, RuleSpec]], raw_rules: Sequence[Any],
+    problems: list[Problem],
+) -> None:
+    """What no single rule can check: unique ids, segments the pack defines."""
+    first: dict[str, int] = {}
+    for index, raw in enumerate(raw_rules):
+        rule_id = raw.get("id") if isinstance(raw, dict) else None
+        if not isinstance(rule_id, str):
+            continue
+        if rule_id in first:
+            problems.append(Problem(
+                ("rules", index, "id"),
+                f"duplicate rule id {rule_id!r} (first at rules[{first[rule_id]}])"))
+        else:
+            first[rule_id] = index
+    segments = {PROSPECT, settings.rfm.fallback_segment} | {
+        s.segment for s in settings.rfm.segments}
+    for index, spec in specs:
+        trigger = spec.trigger
+        if isinstance(trigger, SegmentTrigger) and trigger.segment not in segments:
+            problems.append(Problem(
+                ("rules", index, "trigger", "segment"),
+                f"unknown segment {trigger.segment!r}; the pack's segments are "
+                f"{', '.join(sorted(segments))}"))
+
+
+def _assemble(spec: PackSpec, rules: list[Rule]) -> RulePack:
+    enabled = tuple(rule for rule in rules if rule.spec.enabled)
+    by_signal: dict[str, list[Rule]] = {}
+    for rule in enabled:
+        trigger = rule.spec.trigger
+        if isinstance(trigger, EVENT_TRIGGERS):
+            by_signal.setdefault(trigger.signal, []).append(rule)
+    return RulePack(
+        spec=spec,
+        rules=enabled,
+        tz=ZoneInfo(spec.timezone),
+        scoring=spec.scoring,
+        rfm=spec.rfm,
+        ticket_sla_hours={str(k): v for k, v in spec.ticket_sla_hours.items()},
+        by_signal={signal: tuple(group) for signal, group in by_signal.items()},
+        thresholds=tuple((r, r.spec.trigger) for r in enabled
+                         if isinstance(r.spec.trigger, ThresholdTrigger)),
+        timers=tuple((r, r.spec.trigger) for r in enabled
+                     if isinstance(r.spec.trigger, TIMER_TRIGGERS)),
+        segment_rules=tuple(r for r in enabled if isinstance(r.spec.trigger, SegmentTrigger)),
+        signals=frozenset(by_signal),
+    )

@@ -1,0 +1,1 @@
+"""Rule packs: the shipped default, reading YAML files safely, and publishing."""
