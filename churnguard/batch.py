@@ -23,6 +23,7 @@ from streams.codecs import (
     encode_action,
     encode_dead_letter,
     encode_score,
+    encode_suppressed,
 )
 from streams.settings import TopicNames
 
@@ -306,6 +307,8 @@ def _encode(outcome: Outcome, key: bytes, ctx: BatchContext) -> list[Output]:
         Output(ctx.action_topic(action.type), key, encode_action(action))
         for action in outcome.actions
     ]
+    outputs += [Output(ctx.topics.suppressed, key, encode_suppressed(s))
+                for s in outcome.suppressed]
     outputs += [Output(ctx.topics.scores, key, encode_score(s)) for s in outcome.score_records]
     return outputs
 
@@ -313,6 +316,8 @@ def _encode(outcome: Outcome, key: bytes, ctx: BatchContext) -> list[Output]:
 def _count(outcome: Outcome, metrics: Metrics) -> None:
     for action in outcome.actions:
         metrics.actions[(action.rule_id, action.type)] += 1
+    for suppressed in outcome.suppressed:
+        metrics.suppressed[suppressed.reason] += 1
     metrics.score_changes += len(outcome.score_records)
     metrics.timers_expired += len(outcome.expired)
     metrics.tickets_evicted += len(outcome.evicted_tickets)

@@ -15,6 +15,7 @@ class Metrics:
     duplicates: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)  # by rejection kind
     actions: Counter[tuple[str, str]] = field(default_factory=Counter)  # by (rule, type)
+    suppressed: Counter[str] = field(default_factory=Counter)  # by guard reason
     score_changes: int = 0
     timer_ticks: int = 0
     due_customers: int = 0  # customers advanced by ticks
@@ -41,6 +42,7 @@ class Metrics:
             "duplicates": self.duplicates,
             "dead_letters": dict(self.dead_letters),
             "actions": {f"{rule}/{kind}": n for (rule, kind), n in sorted(self.actions.items())},
+            "suppressed": dict(self.suppressed),
             "score_changes": self.score_changes,
             "timer_ticks": self.timer_ticks,
             "due_customers": self.due_customers,

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from churnguard.core.clock import rfc3339
+from churnguard.core.guards import Suppressed
 from churnguard.core.rules import Action
 
 CONTRACT_VERSION = 1
@@ -17,6 +18,10 @@ CONTRACT_VERSION = 1
 def encode_action(action: Action) -> bytes:
     # default=str: Decimal amounts copied into variables render as exact strings.
     return orjson.dumps(action.to_record(), default=str)
+
+
+def encode_suppressed(suppressed: Suppressed) -> bytes:
+    return orjson.dumps(suppressed.to_record())
 
 
 def encode_score(record: dict[str, Any]) -> bytes:

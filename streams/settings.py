@@ -29,6 +29,8 @@ class TopicNames(BaseModel):
     tasks: str = "churnguard.actions.tasks"
     coupons: str = "churnguard.actions.coupons"
     profile_updates: str = "churnguard.actions.profile-updates"
+    # What guards stopped or deferred (holdouts, caps, cooldowns, quiet hours): for uplift.
+    suppressed: str = "churnguard.actions.suppressed"
     scores: str = "churnguard.scores"
     dlq: str = "churnguard.dlq"
 
@@ -45,7 +47,7 @@ class TopicNames(BaseModel):
     def outputs(self) -> list[str]:
         return [
             self.notifications, self.tasks, self.coupons, self.profile_updates,
-            self.scores, self.dlq,
+            self.suppressed, self.scores, self.dlq,
         ]
 
     def with_prefix(self, prefix: str) -> TopicNames:

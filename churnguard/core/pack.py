@@ -31,6 +31,7 @@ from churnguard.core.conditions import (
     compile_condition,
     compile_variable,
 )
+from churnguard.core.guards import PackGuards, RuleGuards
 from churnguard.core.rfm import PROSPECT, RfmSettings
 from churnguard.core.scoring import ScoringSettings
 from churnguard.core.triggers import (
@@ -197,6 +198,7 @@ class RuleSpec(_Spec):
     trigger: Trigger
     conditions: ConditionData = Field(default_factory=list)
     actions: list[ActionSpec] = Field(min_length=1, max_length=20)
+    guards: RuleGuards = RuleGuards()
 
 
 class TaskQueues(_Spec):
@@ -217,6 +219,8 @@ class _Settings(_Spec):
                            Annotated[float, Field(gt=0, le=24 * 366)]]
     scoring: ScoringSettings = ScoringSettings()
     rfm: RfmSettings = RfmSettings()
+    # Frequency caps, quiet hours and the global control group (core/guards.py).
+    guards: PackGuards = PackGuards()
     rules: list[Any] = Field(max_length=500)
 
     @field_validator("ticket_sla_hours")
@@ -292,6 +296,9 @@ class RulePack:
     scoring: ScoringSettings
     rfm: RfmSettings
     ticket_sla_hours: Mapping[str, float]
+    guards: PackGuards
+    # Any frequency cap or quiet hours: else actions skip those checks.
+    guarded: bool
     # Rules by the signal that fires them, and the ones time or metrics fire: evaluate
     # visits only what can fire.
     by_signal: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
@@ -555,6 +562,8 @@ def _assemble(spec: PackSpec, rules: list[Rule]) -> RulePack:
         scoring=spec.scoring,
         rfm=spec.rfm,
         ticket_sla_hours={str(k): v for k, v in spec.ticket_sla_hours.items()},
+        guards=spec.guards,
+        guarded=bool(spec.guards.frequency_caps) or spec.guards.quiet_hours is not None,
         by_signal={signal: tuple(group) for signal, group in by_signal.items()},
         thresholds=tuple((r, r.spec.trigger) for r in enabled
                          if isinstance(r.spec.trigger, ThresholdTrigger)),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from churnguard.core.clock import day_number, rfc3339
+from churnguard.core.guards import Suppressed
 from churnguard.core.pack import RulePack
 from churnguard.core.rfm import rfm_scores, segment_of
 from churnguard.core.rules import (
@@ -17,6 +18,7 @@ from churnguard.core.rules import (
     forget_ticket_marks,
     next_due,
     prime,
+    release_deferred,
     start_anniversaries,
 )
 from churnguard.core.scoring import health
@@ -55,6 +57,8 @@ class Outcome:
     # Open tickets dropped to keep the state bounded (MAX_OPEN_TICKETS): their SLA is no
     # longer watched and they no longer count in the service score.
     evicted_tickets: list[str] = field(default_factory=list)
+    # Firings and actions the guards stopped or deferred, for the suppressed topic.
+    suppressed: list[Suppressed] = field(default_factory=list)
 
     @property
     def score_record(self) -> dict[str, Any] | None:
@@ -108,6 +112,7 @@ def apply_event(
     )
     outcome.actions += evaluate(engine.pack, state, firing)
     outcome.expired += firing.expired
+    outcome.suppressed += firing.suppressed
     state.next_due = next_due(engine.pack, state)
     return outcome
 
@@ -133,8 +138,11 @@ def advance(
         firing = Firing(signals=signals, now=state.clock, trigger_key=f"at:{due!r}",
                         caused_by=(), noticed_at=noticed_at, time_driven=True,
                         previous_segment=previous)
+        if state.deferred:
+            outcome.actions += release_deferred(state, state.clock)
         outcome.actions += evaluate(engine.pack, state, firing)
         outcome.expired += firing.expired
+        outcome.suppressed += firing.suppressed
         following = state.next_due = next_due(engine.pack, state)
         # Progress guard: a due that fired nothing and stays due would loop forever.
         due = None if following is not None and following <= due else following
@@ -265,6 +273,8 @@ def _apply_profile(state: CustomerState, event: Profile) -> None:
         state.tier = event.tier
     if event.account_manager is not None:
         state.account_manager = event.account_manager
+    if event.timezone is not None:
+        state.timezone = event.timezone
     if event.tags is not None:
         state.tags = list(event.tags)
     # Only whether a channel exists is kept; an explicit null removes it.

@@ -13,6 +13,14 @@ from pydantic import BaseModel
 
 from churnguard.core.clock import DAY, HOUR, day_number, rfc3339
 from churnguard.core.conditions import Subject
+from churnguard.core.guards import (
+    MAX_DEFERRED,
+    Reason,
+    Suppressed,
+    capped,
+    quiet_until,
+    rule_verdict,
+)
 from churnguard.core.pack import (
     EVENT_TRIGGERS,
     ActionTemplate,
@@ -60,6 +68,7 @@ class Action:
     health_score: float | None
     segment: str | None
     payload: dict[str, Any]
+    pack_version: int = 0
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -68,12 +77,17 @@ class Action:
             "customer_id": self.customer_id,
             "rule_id": self.rule_id,
             "rule_version": self.rule_version,
+            "pack_version": self.pack_version,
             "created_at": self.created_at,
             "caused_by": list(self.caused_by),
             "health_score": self.health_score,
             "segment": self.segment,
             "payload": self.payload,
         }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Action:
+        return cls(**{**record, "caused_by": tuple(record["caused_by"])})
 
 
 def action_id(customer_id: str, rule_id: str, trigger_key: str, index: int) -> str:
@@ -119,13 +133,15 @@ class Firing:
     previous_segment: str | None = None
     # Filled by evaluate: timer occurrences that were past their grace and did not fire.
     expired: list[str] = field(default_factory=list)
+    # Filled by evaluate: what the guards stopped or deferred (core/guards.py).
+    suppressed: list[Suppressed] = field(default_factory=list)
 
 
 def evaluate(pack: RulePack, state: CustomerState, firing: Firing) -> list[Action]:
     """Run the rules that may fire (pack.candidates) against the state after the event (or
     at a due time); update the rules' trigger memory and apply profile updates to `state` in
     place; return the actions in pack order. Timer occurrences found past their grace are
-    marked `expired`."""
+    marked `expired`; what the guards stop goes to `firing.suppressed`."""
     actions: list[Action] = []
     for rule in pack.candidates(firing.signals):
         for trigger_key, extra in _fired(pack, rule, state, firing):
@@ -133,10 +149,72 @@ def evaluate(pack: RulePack, state: CustomerState, firing: Firing) -> list[Actio
             subject = Subject(state, firing.event, firing.now, pack.tz, extra)
             if not rule.condition(subject):
                 continue
+            verdict = rule_verdict(rule.spec.guards, pack.guards, rule.id, state, firing.now)
             for template in rule.actions:
-                if template.when(subject):
-                    actions.append(_build(pack, rule, template, subject, firing, trigger_key))
+                if not template.when(subject):
+                    continue
+                if verdict is not None:
+                    _suppress(pack, rule, template, state, firing, trigger_key, verdict)
+                    continue
+                action = _guarded(pack, rule, template, subject, firing, trigger_key)
+                if action is not None:
+                    actions.append(action)
     return actions
+
+
+def _guarded(
+    pack: RulePack, rule: Rule, template: ActionTemplate, subject: Subject, firing: Firing,
+    trigger_key: str,
+) -> Action | None:
+    """The action, unless a frequency cap stops it or quiet hours defer it."""
+    state = subject.state
+    spec = template.spec
+    if rule.spec.guards.transactional or not pack.guarded:
+        return _build(pack, rule, template, subject, firing, trigger_key)
+    channel = _channel(spec.channel, state) if isinstance(spec, NotificationSpec) else None
+    if capped(pack.guards, spec.type, channel, state, firing.now):
+        _suppress(pack, rule, template, state, firing, trigger_key, "frequency_cap")
+        return None
+    release = quiet_until(pack.guards, spec.type, state, firing.now, pack.tz)
+    if release is None:
+        return _build(pack, rule, template, subject, firing, trigger_key)
+    if len(state.deferred) >= MAX_DEFERRED:
+        _suppress(pack, rule, template, state, firing, trigger_key, "frequency_cap")
+        return None
+    # Built now (its variables are what the customer looked like when it fired), sent at the
+    # end of the window with the same id; a profile update applies at once either way.
+    action = _build(pack, rule, template, subject, firing, trigger_key)
+    state.deferred.append((release, action.to_record()))
+    _suppress(pack, rule, template, state, firing, trigger_key, "quiet_hours_deferred",
+              deferred_to=release)
+    return None
+
+
+def release_deferred(state: CustomerState, now: float) -> list[Action]:
+    """Deferred actions whose quiet hours ended by `now`, in the order they were deferred;
+    sent with the time they are released."""
+    due = [record for at, record in state.deferred if at <= now]
+    if not due:
+        return []
+    state.deferred[:] = [(at, record) for at, record in state.deferred if at > now]
+    return [Action.from_record({**record, "created_at": rfc3339(now)}) for record in due]
+
+
+def _suppress(
+    pack: RulePack, rule: Rule, template: ActionTemplate, state: CustomerState, firing: Firing,
+    trigger_key: str, reason: Reason, *, deferred_to: float | None = None,
+) -> None:
+    firing.suppressed.append(Suppressed(
+        action_id=action_id(state.customer_id, rule.id, trigger_key, template.index),
+        type=template.spec.type,
+        customer_id=state.customer_id,
+        rule_id=rule.id,
+        rule_version=rule.version,
+        pack_version=pack.version,
+        reason=reason,
+        created_at=rfc3339(firing.now),
+        deferred_to=None if deferred_to is None else rfc3339(deferred_to),
+    ))
 
 
 def prime(pack: RulePack, state: CustomerState) -> None:
@@ -167,6 +245,8 @@ def next_due(pack: RulePack, state: CustomerState) -> float | None:
         change = recency_grade_change(state, pack.rfm)
         if change is not None:
             dues.append(change)
+    if state.deferred:
+        dues.append(min(at for at, _ in state.deferred))
     return min(dues, default=None)
 
 
@@ -329,6 +409,7 @@ def _build(
         health_score=state.score,
         segment=state.segment,
         payload=payload,
+        pack_version=pack.version,
     )
 
 

@@ -50,6 +50,8 @@ class CustomerState:
     tags: list[str] = field(default_factory=list)
     has_email: bool = False
     has_phone: bool = False
+    # IANA zone from the profile: quiet hours follow it (else the pack's zone).
+    timezone: str | None = None
     score: float | None = None
     components: tuple[float, float, float] | None = None
     segment: str | None = None
@@ -60,6 +62,12 @@ class CustomerState:
     # The earliest time a timer (or the score's decay) is due: the due index's sort key.
     next_due: float | None = None
     armed: list[str] = field(default_factory=list)
+    # Guards (core/guards.py), kept only for rules and caps that need them: rule id ->
+    # (firings, last firing time); (time, action type, channel) of capped actions sent in the
+    # longest cap window; (release time, action record) of actions deferred by quiet hours.
+    rule_fires: dict[str, tuple[int, float]] = field(default_factory=dict)
+    sent: list[tuple[float, str, str]] = field(default_factory=list)
+    deferred: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
     # Source topic -> last applied offset: a redelivered record changes nothing.
     offsets: dict[str, int] = field(default_factory=dict)
@@ -82,6 +90,11 @@ class CustomerState:
             data["components"] = tuple(data["components"])
         if data["rfm"] is not None:
             data["rfm"] = tuple(data["rfm"])
+        # Absent from states written before the guards existed: the defaults apply.
+        if "rule_fires" in data:
+            data["rule_fires"] = {k: tuple(v) for k, v in data["rule_fires"].items()}
+            data["sent"] = [tuple(entry) for entry in data["sent"]]
+            data["deferred"] = [tuple(entry) for entry in data["deferred"]]
         return cls(**data)
 
 

@@ -16,7 +16,8 @@ from streams.codecs import encode_action
 from tests.unit.packs import make_pack, pack_data, rules_only
 
 CONTRACT_FIELDS = [
-    "action_id", "type", "customer_id", "rule_id", "rule_version", "created_at", "caused_by",
+    "action_id", "type", "customer_id", "rule_id", "rule_version", "pack_version", "created_at",
+    "caused_by",
     "health_score", "segment", "payload",
 ]
 

@@ -97,8 +97,8 @@ def test_output_lines_are_contract_records(replay_lines, small_file):
     assert raw.endswith(b"\n")
     for action in actions:
         assert list(action) == [
-            "action_id", "type", "customer_id", "rule_id", "rule_version", "created_at",
-            "caused_by", "health_score", "segment", "payload",
+            "action_id", "type", "customer_id", "rule_id", "rule_version", "pack_version",
+            "created_at", "caused_by", "health_score", "segment", "payload",
         ]
     [welcome] = [a for a in actions
                  if (a["rule_id"], a["type"]) == ("vip_upgrade", "notification")]

@@ -1,0 +1,187 @@
+"""Guards: what keeps a customer from being spammed and what measures a play's uplift.
+
+A rule firing whose conditions hold passes, in order: the global control group and the
+rule's holdout (stable hashes of the customer id), its cooldown and its maximum per
+customer; then each of its actions passes the pack's frequency caps and quiet hours. What
+a guard stops is not lost: it becomes a `Suppressed` record (for uplift and audits), and an
+action in quiet hours is deferred — kept in the state and sent, with the same id, when the
+window ends."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import time as clock_time
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from churnguard.core.clock import DAY, HOUR
+from churnguard.core.state import CustomerState
+
+Reason = Literal[
+    "global_control", "holdout", "cooldown", "max_per_customer", "frequency_cap",
+    "quiet_hours_deferred",
+]
+ActionType = Literal["notification", "task", "coupon", "profile_update"]
+# Deferred actions a customer may have waiting for the end of quiet hours (state stays small).
+MAX_DEFERRED = 20
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RuleGuards(_Spec):
+    """A rule's own guards (all optional)."""
+
+    # No second firing for the same customer within this many hours.
+    cooldown_hours: float | None = Field(None, gt=0, le=24 * 3660)
+    max_per_customer: int | None = Field(None, ge=1, le=1_000_000)
+    # This share of customers (a stable hash of rule and customer) never gets the actions:
+    # their firings are recorded as suppressed (`holdout`), to measure the rule's uplift.
+    holdout_percent: float = Field(0, ge=0, le=100)
+    # Service messages (ticket acknowledgement, survey): not counted by frequency caps,
+    # not held for quiet hours, not withheld from the global control group.
+    transactional: bool = False
+
+
+class FrequencyCap(_Spec):
+    """At most `max` actions of `type` (and `channel`, for notifications) per customer per
+    `days`, across all non-transactional rules."""
+
+    type: ActionType
+    channel: Literal["any", "email", "sms", "push"] = "any"
+    max: int = Field(ge=0, le=10_000)
+    days: float = Field(gt=0, le=366)
+
+
+class QuietHours(_Spec):
+    """Notifications due between `start` and `end` (local time of the customer's profile
+    time zone, else the pack's) are deferred to `end`."""
+
+    start: clock_time
+    end: clock_time
+    types: tuple[ActionType, ...] = ("notification",)
+
+    @field_validator("end")
+    @classmethod
+    def _not_empty(cls, end: clock_time, info: Any) -> clock_time:
+        if info.data.get("start") == end:
+            raise ValueError("quiet hours need an end other than their start")
+        return end
+
+
+class PackGuards(_Spec):
+    frequency_caps: tuple[FrequencyCap, ...] = ()
+    quiet_hours: QuietHours | None = None
+    # This share of all customers (a stable hash of the customer) gets no non-transactional
+    # action from any rule: the baseline the whole program is measured against.
+    global_control_percent: float = Field(0, ge=0, le=100)
+
+
+@dataclass(frozen=True, slots=True)
+class Suppressed:
+    """A firing (or one action of it) a guard stopped; `to_record` is the topic's value."""
+
+    action_id: str
+    type: str
+    customer_id: str
+    rule_id: str
+    rule_version: int
+    pack_version: int
+    reason: Reason
+    created_at: str
+    # Quiet hours: when the deferred action is sent.
+    deferred_to: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "action_id": self.action_id,
+            "type": self.type,
+            "customer_id": self.customer_id,
+            "rule_id": self.rule_id,
+            "rule_version": self.rule_version,
+            "pack_version": self.pack_version,
+            "reason": self.reason,
+            "created_at": self.created_at,
+        }
+        if self.deferred_to is not None:
+            record["deferred_to"] = self.deferred_to
+        return record
+
+
+def in_share(percent: float, *parts: str) -> bool:
+    """Stable membership of a `percent` share: the same parts are always in or always out,
+    on every worker, after every restart."""
+    if percent <= 0:
+        return False
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 10_000 < percent * 100
+
+
+def rule_verdict(
+    guards: RuleGuards, pack: PackGuards, rule_id: str, state: CustomerState, now: float
+) -> Reason | None:
+    """Whether a firing of the rule is stopped, and why; counts it (held out or not: the
+    control customers live the same timeline of cooldowns as the treated ones)."""
+    if not guards.transactional and in_share(pack.global_control_percent, "global",
+                                             state.customer_id):
+        reason: Reason | None = "global_control"
+    elif in_share(guards.holdout_percent, rule_id, state.customer_id):
+        reason = "holdout"
+    else:
+        reason = None
+    if guards.cooldown_hours is None and guards.max_per_customer is None:
+        return reason
+    count, last = state.rule_fires.get(rule_id, (0, None))
+    if guards.cooldown_hours is not None and last is not None and (
+            now - last < guards.cooldown_hours * HOUR):
+        return "cooldown"
+    if guards.max_per_customer is not None and count >= guards.max_per_customer:
+        return "max_per_customer"
+    state.rule_fires[rule_id] = (count + 1, now)
+    return reason
+
+
+def capped(pack: PackGuards, action_type: str, channel: str | None, state: CustomerState,
+           now: float) -> bool:
+    """A cap this action would exceed; otherwise it is counted against the caps."""
+    caps = [cap for cap in pack.frequency_caps if cap.type == action_type
+            and cap.channel in ("any", channel)]
+    if not caps:
+        return False
+    for cap in caps:
+        since = now - cap.days * DAY
+        sent = sum(1 for at, kind, used in state.sent
+                   if at > since and kind == action_type and cap.channel in ("any", used))
+        if sent >= cap.max:
+            return True
+    state.sent.append((now, action_type, channel or ""))
+    window = max(cap.days for cap in pack.frequency_caps) * DAY
+    state.sent[:] = [entry for entry in state.sent if entry[0] > now - window]
+    return False
+
+
+def quiet_until(pack: PackGuards, action_type: str, state: CustomerState, now: float,
+                zone: ZoneInfo) -> float | None:
+    """The end of the quiet window `now` falls in (for this action type), else None."""
+    quiet = pack.quiet_hours
+    if quiet is None or action_type not in quiet.types:
+        return None
+    if state.timezone is not None:
+        zone = ZoneInfo(state.timezone)
+    local = datetime.fromtimestamp(now, zone)
+    moment = local.time()
+    start, end = quiet.start, quiet.end
+    inside = (start <= moment < end) if start < end else (moment >= start or moment < end)
+    if not inside:
+        return None
+    day = local.date() if moment < end else local.date() + timedelta(days=1)
+    return datetime.combine(day, end, tzinfo=zone).timestamp()
+
+
+def release_time(deferred: list[tuple[float, dict[str, Any]]]) -> float | None:
+    return min((due for due, _ in deferred), default=None)
