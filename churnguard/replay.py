@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from churnguard.clocks import EventClock
+from churnguard.core.guards import Suppressed
 from churnguard.core.processor import Engine, advance, apply_event
 from churnguard.core.rules import Action
 from churnguard.core.state import CustomerState
@@ -50,12 +51,14 @@ def replay(
     until: float | None = None,
     noticed_at: float | None = None,
     states: dict[str, CustomerState] | None = None,
+    suppressed: list[Suppressed] | None = None,
 ) -> Iterator[Action]:
     """Events in event-time order; the clock advances with them, so every timer fires at
     its due time, in due order, exactly as the worker's ticks would fire it. With `until`,
     events after it are ignored and the clock runs on to it. `noticed_at` plays a live
     worker that only now receives this history (timers past their grace expire, see
-    apply_event); `states`, when given, is filled with every customer's final state."""
+    apply_event); `states`, when given, is filled with every customer's final state, and
+    `suppressed` with what the guards stopped, in order."""
     states = {} if states is None else states
     # (due, customer) of every customer with a pending timer; stale entries are skipped.
     dues: list[tuple[float, str]] = []
@@ -67,7 +70,10 @@ def replay(
             state = states[customer]
             if state.next_due != due:
                 continue  # superseded by a later event of this customer
-            yield from advance(state, due, engine, noticed_at=noticed_at).actions
+            outcome = advance(state, due, engine, noticed_at=noticed_at)
+            if suppressed is not None:
+                suppressed.extend(outcome.suppressed)
+            yield from outcome.actions
             if state.next_due is not None:
                 heapq.heappush(dues, (state.next_due, customer))
 
@@ -80,6 +86,8 @@ def replay(
         outcome = apply_event(states.get(event.customer_id), event, engine,
                               noticed_at=noticed_at)
         states[event.customer_id] = state = outcome.state
+        if suppressed is not None:
+            suppressed.extend(outcome.suppressed)
         yield from outcome.actions
         if state.next_due is not None:
             heapq.heappush(dues, (state.next_due, event.customer_id))
