@@ -65,8 +65,9 @@ DEFAULT_MAX_RECORD_BYTES = 1_000_000
 DLQ_RECORD_ROOM = 8192
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BatchContext:
+    # Replaced between batches when a newer rule pack is published (streams/rules_feed.py).
     engine: Engine
     topics: TopicNames
     metrics: Metrics

@@ -53,13 +53,32 @@ def main(argv: list[str] | None = None) -> int:
 
     rules = commands.add_parser("rules", help="rule packs: export, validate, diff")
     rule_commands = rules.add_subparsers(dest="rules_command", required=True)
-    rule_commands.add_parser("export", help="print the active rule pack (start a pack from it)")
+    export = rule_commands.add_parser(
+        "export", help="print the active rule pack (start a pack from it)")
+    export.add_argument("--published", nargs="?", type=int, const=0, metavar="VERSION",
+                        help="the newest published pack (or VERSION), read from the broker")
+    export.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
     validate = rule_commands.add_parser(
         "validate", help="check a rule pack file; every problem as FILE:LINE:COL, exit 1")
     validate.add_argument("file", type=Path)
     diff = rule_commands.add_parser("diff", help="what changes, rule by rule, from OLD to NEW")
     diff.add_argument("old", type=Path)
     diff.add_argument("new", type=Path)
+    publish = rule_commands.add_parser(
+        "publish", help="validate a pack and publish it as the next version; workers switch "
+        "to it within seconds")
+    publish.add_argument("file", type=Path)
+    publish.add_argument("--author", required=True, help="who publishes (kept in the history)")
+    publish.add_argument("--message", default="", help="why (kept in the history)")
+    publish.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
+    history = rule_commands.add_parser("history", help="every published version")
+    history.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
+    rollback = rule_commands.add_parser(
+        "rollback", help="publish an earlier version's pack again, as the next version")
+    rollback.add_argument("version", type=int)
+    rollback.add_argument("--author", required=True)
+    rollback.add_argument("--message", default="")
+    rollback.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
 
     args = parser.parse_args(argv)
     try:

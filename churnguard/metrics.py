@@ -7,6 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+# Values, not counts: a batch's metrics never add to them.
+GAUGES = frozenset({"pack_version"})
+
 
 @dataclass
 class Metrics:
@@ -21,6 +24,8 @@ class Metrics:
     due_customers: int = 0  # customers advanced by ticks
     timers_expired: int = 0  # occurrences noticed past their grace (backfills): not fired
     tickets_evicted: int = 0  # oldest open tickets dropped beyond MAX_OPEN_TICKETS a customer
+    pack_version: int = 0  # the published rule pack running (0: the shipped default)
+    rule_packs_refused: int = 0  # published versions that failed validation here
     batches: int = 0
     batch_events: int = 0
     batch_seconds: float = 0.0
@@ -29,6 +34,8 @@ class Metrics:
     def merge(self, other: Metrics) -> None:
         """Add another set of counters (a batch's, counted apart until it succeeded)."""
         for name in self.__dataclass_fields__:
+            if name in GAUGES:
+                continue
             mine, theirs = getattr(self, name), getattr(other, name)
             if isinstance(mine, Counter):
                 mine.update(theirs)
@@ -48,6 +55,8 @@ class Metrics:
             "due_customers": self.due_customers,
             "timers_expired": self.timers_expired,
             "tickets_evicted": self.tickets_evicted,
+            "pack_version": self.pack_version,
+            "rule_packs_refused": self.rule_packs_refused,
             "batches": self.batches,
             "batch_events": self.batch_events,
             "batch_seconds": round(self.batch_seconds, 3),

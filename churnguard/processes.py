@@ -35,6 +35,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
     if settings.clock_file is not None:
         env["CHURNGUARD_CLOCK_FILE"] = str(settings.clock_file)
+    if settings.rules_file is not None:
+        env["CHURNGUARD_RULES_FILE"] = str(settings.rules_file)
     return env
 
 

@@ -33,6 +33,8 @@ class TopicNames(BaseModel):
     suppressed: str = "churnguard.actions.suppressed"
     scores: str = "churnguard.scores"
     dlq: str = "churnguard.dlq"
+    # Published rule packs, one record per version (compacted; every worker reads it all).
+    rules: str = "churnguard.rules"
 
     def inputs(self) -> dict[str, str]:
         """Input topic -> event type it carries ("" for the combined, `type`-tagged topic)."""

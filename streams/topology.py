@@ -15,17 +15,20 @@ def changelog_topic(settings: Settings, table: str = STATE_TABLE) -> str:
 
 
 def all_topics(settings: Settings) -> list[str]:
-    return [*settings.topics.inputs(), *settings.topics.outputs(), changelog_topic(settings)]
+    return [*settings.topics.inputs(), *settings.topics.outputs(), settings.topics.rules,
+            changelog_topic(settings)]
 
 
 def ensure_all_topics(settings: Settings) -> None:
     """Every topic with the configured partition count. The changelog is compacted (the
     latest state per key is kept forever; deletes are tombstones): created with the broker's
-    default delete policy, restores would lose every customer idle past the retention."""
+    default delete policy, restores would lose every customer idle past the retention. So is
+    the rules topic: one key per version, so compaction keeps the whole history."""
     ensure_topics(
         settings.bootstrap,
         all_topics(settings),
         settings.partitions,
         replication_factor=settings.replication_factor,
-        configs={changelog_topic(settings): {"cleanup.policy": "compact"}},
+        configs={changelog_topic(settings): {"cleanup.policy": "compact"},
+                 settings.topics.rules: {"cleanup.policy": "compact"}},
     )

@@ -32,12 +32,16 @@ from agents.locks import PartitionLocks
 from agents.score_events import ScoreEvents
 from churnguard.batch import BatchContext
 from churnguard.clocks import Clock, clock_for
+from churnguard.core.pack import RulePack
 from churnguard.engine import build_engine
 from churnguard.logging import install_exception_hooks, stdlib_logging_config
 from churnguard.metrics import Metrics
+from churnguard.rules.loading import load_pack
+from churnguard.rules.publishing import Published, newest_valid, read_history
 from streams.app import Topology, create_app
 from streams.batch_path import BatchPathConsumer, install_batch_path
 from streams.health import BROKER_PROBE_INTERVAL_S, probe_broker
+from streams.rules_feed import PackSwitch, follow
 from streams.settings import Settings
 from streams.shutdown import ShutdownWatchdog
 from streams.topology import ensure_all_topics
@@ -85,8 +89,10 @@ def build_worker_app(
     app = topology.app
     metrics = metrics or Metrics()
     clock = clock or clock_for(settings.clock_file)
+    published = None if settings.rules_file is not None else startup_pack(settings)
     ctx = BatchContext.create(
-        build_engine(settings), settings.topics, metrics, settings.max_future_skew_hours,
+        build_engine(settings, None if published is None else published[1]),
+        settings.topics, metrics, settings.max_future_skew_hours,
         # The producer's max_request_size: outputs and states that would not fit are
         # dead-lettered by the batch layer (its `fits` allows for Kafka's framing), so
         # the writer's own check (RecordTooLargeError) stays unreachable.
@@ -132,6 +138,21 @@ def build_worker_app(
             timers.tick, topics=inputs
         )
 
+    if settings.rules_file is None:
+        def activate(pack: RulePack) -> None:
+            # Between batches: the handlers read ctx.engine once per partition batch.
+            ctx.engine = build_engine(settings, pack)
+
+        switch = PackSwitch(0 if published is None else published[0].version, metrics,
+                            activate)
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def follow_rules() -> None:
+            await follow(settings.bootstrap, settings.topics.rules, switch)
+    else:
+        log.info("rules_file_in_use", path=str(settings.rules_file),
+                 note="published packs are not followed")
+
     @app.timer(interval=STATS_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def log_stats() -> None:
         # One canonical line per interval, never one per event.
@@ -142,6 +163,23 @@ def build_worker_app(
         await probe_broker(app, topology.health)
 
     return topology
+
+
+def startup_pack(settings: Settings) -> tuple[Published, RulePack] | None:
+    """The newest published pack that validates, read before any event is processed; None
+    when none was published (the shipped default runs)."""
+    history = read_history(settings.bootstrap, settings.topics.rules, missing_ok=True)
+    newest = newest_valid(history)
+    if newest is None:
+        log.info("rule_pack_default", published_versions=len(history))
+        return None
+    refused = [p.version for p in history if p.version > newest.version]
+    if refused:
+        log.error("rule_pack_refused", versions=refused, running=newest.version)
+    pack = load_pack(newest.pack, f"published version {newest.version}")
+    log.info("rule_pack_activated", version=newest.version, previous=None,
+             sha256=newest.sha256, author=newest.author, rules=len(pack.rules))
+    return newest, pack
 
 
 def create_worker(settings: Settings, topology: Topology) -> Worker:

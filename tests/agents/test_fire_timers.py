@@ -35,6 +35,7 @@ def sla_breach(customer: str, ticket: str, opened: float) -> dict[str, object]:
         "customer_id": customer,
         "rule_id": "ticket_sla_breach",
         "rule_version": 1,
+        "pack_version": 0,
         "created_at": rfc3339(due),
         "caused_by": [],
         "health_score": 24.0,

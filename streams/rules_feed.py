@@ -1,0 +1,88 @@
+"""The worker's side of publishing: follow the rules topic and switch the engine to each
+newer pack that validates, between batches, without a restart.
+
+Every worker reads every partition of the topic (no consumer group: whatever partitions of
+the inputs it owns). A version that fails validation here (a pack written by a newer
+churnguard, a hand-made record) is refused, logged and counted; the running pack stays."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from churnguard.core.pack import RulePack
+from churnguard.metrics import Metrics
+from churnguard.rules.loading import PackFileInvalid, load_pack
+from churnguard.rules.publishing import Published
+
+log = structlog.get_logger(__name__)
+
+
+class PackSwitch:
+    """Which published version runs; `offer` each version read, oldest first."""
+
+    def __init__(self, version: int, metrics: Metrics,
+                 activate: Callable[[RulePack], None]) -> None:
+        self.version = version
+        self.metrics = metrics
+        self._activate = activate
+        metrics.pack_version = version
+
+    def offer(self, published: Published) -> bool:
+        """Switch to `published` if it is newer and valid; whether it switched."""
+        if published.version <= self.version:
+            return False
+        try:
+            pack = load_pack(published.pack, f"published version {published.version}")
+        except PackFileInvalid as exc:
+            self.metrics.rule_packs_refused += 1
+            log.error("rule_pack_refused", version=published.version, running=self.version,
+                      problems=len(exc.lines), first_problem=exc.lines[0])
+            return False
+        previous, self.version = self.version, published.version
+        self._activate(pack)
+        self.metrics.pack_version = published.version
+        log.info("rule_pack_activated", version=published.version, previous=previous,
+                 sha256=published.sha256, author=published.author,
+                 rules=len(pack.rules), rollback_of=published.rollback_of)
+        return True
+
+
+async def follow(bootstrap: str, topic: str, switch: PackSwitch, *,
+                 poll_timeout_ms: int = 500) -> None:
+    """Read the topic from its start for as long as the worker runs (a cancelled task)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                group_id=None)
+    await consumer.start()
+    try:
+        partitions: set[int] | None = None
+        while not partitions:
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                await consumer.force_metadata_update()
+                await asyncio.sleep(1.0)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while True:
+            batches = await consumer.getmany(timeout_ms=poll_timeout_ms)
+            found = []
+            for records in batches.values():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    try:
+                        found.append(Published.from_value(record.value))
+                    except (ValueError, KeyError, TypeError):
+                        switch.metrics.rule_packs_refused += 1
+                        log.error("rule_pack_unreadable", partition=record.partition,
+                                  offset=record.offset)
+            for published in sorted(found, key=lambda p: p.version):
+                switch.offer(published)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), timeout=3.0)
