@@ -114,7 +114,7 @@ def _history(args: argparse.Namespace) -> int:
               "(or CHURNGUARD_RULES_FILE)")
         return 0
     active = publishing.newest_valid(history)
-X
+    print(f"{'version':>7}  {'published at':<24}  {'author':<16}  {'sha256':<12}  message")
     for p in reversed(history):
         mark = "*" if active is not None and p.version == active.version else " "
         note = f"{p.message}" + (f" (rollback of {p.rollback_of})" if p.rollback_of else "")
