@@ -12,6 +12,7 @@ import structlog
 from churnguard import due_index
 from churnguard.core.clock import rfc3339
 from churnguard.core.processor import Engine, Outcome, advance, apply_event
+from churnguard.core.rules import next_due
 from churnguard.core.state import MAX_OPEN_TICKETS, CustomerState
 from churnguard.core.validation import Rejected, parse_event
 from churnguard.metrics import Metrics
@@ -292,6 +293,29 @@ def process_due(
         log.warning("timer_output_too_large", customers=too_large,
                     max_record_bytes=ctx.max_record_bytes)
     return result
+
+
+def reindex(
+    keys: Sequence[bytes], load: Callable[[list[bytes]], list[bytes | None]], ctx: BatchContext
+) -> tuple[PartitionResult, int]:
+    """Recompute these customers' next due under the running pack (a published pack changed
+    a timer): states and index entries whose due moved, and how many moved. Nothing fires
+    here; an entry now due fires at the next tick. A stale entry never fires under the old
+    pack's terms meanwhile: a tick evaluates the running pack, which finds nothing due and
+    moves the entry."""
+    result = PartitionResult()
+    moved = 0
+    for key, state in _load(list(keys), load).items():
+        if state is None:
+            continue
+        due = next_due(ctx.engine.pack, state)
+        if due == state.next_due:
+            continue
+        result.writes.update(due_index.moves(key, state.next_due, due))
+        state.next_due = due
+        result.writes[key] = state.to_bytes()
+        moved += 1
+    return result, moved
 
 
 def _load(

@@ -10,6 +10,14 @@ import struct
 # Customer ids cannot start with a NUL byte (schemas.events.Id), so no state key collides.
 PREFIX = b"\x00due\x00"
 ENTRY = b"1"
+# The re-index's progress (agents/reindex.py), in the same key space, written with the
+# states it re-indexed: {"version": pack version, "after": last customer key (hex) or null,
+# "done": bool}.
+REINDEX_CURSOR = b"\x00reindex\x00"
+# Every customer key sorts in [FIRST_CUSTOMER, AFTER_CUSTOMERS) (ids are UTF-8 without
+# control characters; 0xFF never occurs in UTF-8).
+FIRST_CUSTOMER = b"\x01"
+AFTER_CUSTOMERS = b"\xff"
 
 
 def due_key(due: float, customer: bytes) -> bytes:

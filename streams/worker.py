@@ -29,6 +29,7 @@ from faust.types import TP
 
 from agents.fire_timers import FireTimers
 from agents.locks import PartitionLocks
+from agents.reindex import Reindex
 from agents.score_events import ScoreEvents
 from churnguard.batch import BatchContext
 from churnguard.clocks import Clock, clock_for
@@ -51,6 +52,8 @@ from tables.store_lock import acquire_store_lock
 log = structlog.get_logger(__name__)
 
 STATS_INTERVAL_S = 10.0
+# One re-index chunk per interval (agents/reindex.py): ~5,000 customers a second.
+REINDEX_INTERVAL_S = 0.1
 
 
 class Worker(faust.Worker):
@@ -128,6 +131,7 @@ def build_worker_app(
 
     timers = FireTimers(ctx, writer, locks, clock, limit=settings.tick_limit,
                         watermark=watermark)
+    reindexing = Reindex(ctx, writer, locks)
 
     @app.timer(interval=settings.tick_interval_s)  # type: ignore[untyped-decorator]
     async def fire_timers() -> None:
@@ -152,6 +156,12 @@ def build_worker_app(
     else:
         log.info("rules_file_in_use", path=str(settings.rules_file),
                  note="published packs are not followed")
+
+    @app.timer(interval=REINDEX_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def reindex_due() -> None:
+        consumer = app.consumer
+        if isinstance(consumer, BatchPathConsumer):
+            await consumer.run_guarded(reindexing.step, topics=inputs)
 
     @app.timer(interval=STATS_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def log_stats() -> None:

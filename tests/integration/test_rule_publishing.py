@@ -165,3 +165,35 @@ def test_publish_history_rollback_and_export_from_the_command_line(
     assert cli.main(["rules", "publish", str(broken), "--author", "eve", *broker]) == 1
     assert "state.teir" in capsys.readouterr().err
     assert len(publishing.read_history(pipeline.settings.bootstrap, pipeline.topics.rules)) == 3
+
+
+def test_a_changed_timer_moves_every_customers_due_time(pipeline_factory: Any) -> None:
+    """Inactivity 30 → 2 days for customers already in flight: the re-index moves their due
+    entries, so the follow-up comes 2 days after their last login, not 30; it never fires
+    under the old terms (each entry is evaluated with the running pack)."""
+    t0 = time.time()
+    pipeline = pipeline_factory(t0)
+    pipeline.start()
+    events = pipeline.topics.events
+    customers = [f"r{n}" for n in range(30)]
+    for n, customer in enumerate(customers):
+        pipeline.send(events, {"type": "login", "event_id": f"l{n}", "customer_id": customer,
+                               "occurred_at": rfc3339(t0 - n * 60)})
+    pipeline.flush()
+    wait_for("every customer scored", lambda: {r["customer_id"] for r in pipeline.of(
+        pipeline.topics.scores)} >= set(customers))
+    record = _publish(pipeline, default_pack_text().replace(
+        "{on: inactivity, days: 30}", "{on: inactivity, days: 2}"))
+    wait_for("the re-index of every partition", lambda: len({
+        r["partition"] for r in _logged(pipeline, "due_index_reindexed")
+        if r["pack_version"] == record.version}) == pipeline.settings.partitions)
+    moved = sum(r["moved"] for r in _logged(pipeline, "due_index_reindexed"))
+    assert moved == len(customers)
+    pipeline.set_clock(t0 + 2 * 86_400 + 60)
+    wait_for("the follow-ups", lambda: len([a for a in pipeline.actions()
+                                            if a["rule_id"] == "inactive_30d_followup"]) == 30)
+    follow_ups = [a for a in pipeline.actions() if a["rule_id"] == "inactive_30d_followup"]
+    assert sorted(a["created_at"] for a in follow_ups) == sorted(
+        rfc3339(t0 - n * 60 + 2 * 86_400) for n in range(30))
+    assert {(a["pack_version"], a["rule_version"]) for a in follow_ups} == {(1, 2)}
+    assert {a["payload"]["details"]["silent_days"] for a in follow_ups} == {2.0}
