@@ -37,7 +37,7 @@ from churnguard.core.pack import RulePack
 from churnguard.engine import build_engine
 from churnguard.logging import install_exception_hooks, stdlib_logging_config
 from churnguard.metrics import Metrics
-from churnguard.rules.loading import load_pack
+from churnguard.rules.loading import load_pack, load_pack_file
 from churnguard.rules.publishing import Published, newest_valid, read_history
 from streams.app import Topology, create_app
 from streams.batch_path import BatchPathConsumer, install_batch_path
@@ -85,14 +85,15 @@ class Worker(faust.Worker):
 
 
 def build_worker_app(
-    settings: Settings, *, metrics: Metrics | None = None, clock: Clock | None = None
+    settings: Settings, *, metrics: Metrics | None = None, clock: Clock | None = None,
+    published: tuple[Published, RulePack] | None = None,
 ) -> Topology:
-    """The app with the hot path and the timer tick installed (tests inject a clock)."""
+    """The app with the hot path and the timer tick installed (tests inject a clock);
+    `published`: the pack to start on (startup_pack), else the configured one."""
     topology = create_app(settings)
     app = topology.app
     metrics = metrics or Metrics()
     clock = clock or clock_for(settings.clock_file)
-    published = None if settings.rules_file is not None else startup_pack(settings)
     ctx = BatchContext.create(
         build_engine(settings, None if published is None else published[1]),
         settings.topics, metrics, settings.max_future_skew_hours,
@@ -211,12 +212,15 @@ def create_worker(settings: Settings, topology: Topology) -> Worker:
 
 def run_worker(settings: Settings) -> int:
     """Run the worker until it is stopped. Raises `UserError` (before anything starts)
-    when the store directory is in use by another worker."""
+    when the store directory is in use by another worker or its rules file is invalid."""
+    if settings.rules_file is not None:
+        load_pack_file(settings.rules_file)  # every problem of the file, before the broker
     # Never released: held until the process exits, when the kernel drops it whatever the
     # way out (kill -9 too) — not earlier, while RocksDB may still be open.
     store_lock = acquire_store_lock(settings.store_dir) if settings.store == "rocksdb" else None
     ensure_all_topics(settings)
-    worker = create_worker(settings, build_worker_app(settings))
+    published = None if settings.rules_file is not None else startup_pack(settings)
+    worker = create_worker(settings, build_worker_app(settings, published=published))
     install_exception_hooks(worker.loop)
     log.info("worker_starting", app_id=settings.app_id, partitions=settings.partitions,
              store=settings.store, store_dir=str(settings.store_dir),

@@ -825,6 +825,8 @@ class _Analysis:
         self.extra = extra
         self.problems: list[Problem] = []
         self.fields: dict[str, tuple[FieldType, Getter]] = {}
+        # Why a name cannot be read, once per name (suggestions cost a difflib pass each).
+        self.unreadable: dict[str, str] = {}
 
     def walk(self, data: Any, path: Path, depth: int) -> Node | None:
         if isinstance(data, str):
@@ -882,8 +884,9 @@ class _Analysis:
             self.problem(path, problem.column, problem.message)
             return None
         name = parsed.leaf.field
-        found = self.fields.get(name) or _lookup(name, self.extra)
+        found = self.fields.get(name) or self.unreadable.get(name) or _lookup(name, self.extra)
         if isinstance(found, str):
+            self.unreadable[name] = found
             self.problem(path, parsed.field_col, found)
             return None
         self.fields[name] = found

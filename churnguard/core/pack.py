@@ -7,6 +7,7 @@ not the first, so one round of editing fixes a file."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
@@ -16,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -50,6 +52,9 @@ Metric = Literal[
     "open_tickets",
 ]
 PRIORITIES = ("urgent", "high", "normal", "low")
+MAX_RULES = 500
+# Problems reported at most (after the first ones, fixing them is the next step anyway).
+MAX_PROBLEMS = 200
 # Names of rules, segments, tags in triggers and custom events.
 _NAME = r"^[a-z][a-z0-9_]*$"
 _CUSTOM_NAME = r"^[a-z][a-z0-9_.]*$"
@@ -172,7 +177,8 @@ class CouponSpec(_Spec):
     @model_validator(mode="after")
     def _percent(self) -> CouponSpec:
         if self.kind == "percent" and self.value > 100:
-            raise ValueError("a percent coupon's value is at most 100")
+            raise ValueError(f"a percent coupon's value is at most 100 (got {self.value:g}); "
+                             "use kind: amount for a fixed amount")
         return self
 
 
@@ -221,7 +227,7 @@ class _Settings(_Spec):
     rfm: RfmSettings = RfmSettings()
     # Frequency caps, quiet hours and the global control group (core/guards.py).
     guards: PackGuards = PackGuards()
-    rules: list[Any] = Field(max_length=500)
+    rules: list[Any] = Field(max_length=MAX_RULES)
 
     @field_validator("ticket_sla_hours")
     @classmethod
@@ -382,7 +388,8 @@ def _event_fields_problem(name: str, trigger: Any) -> str | None:
     if not name.startswith("event."):
         return None
     if isinstance(trigger, TIMER_TRIGGERS):
-        return (f"{name}: a {trigger.on} rule fires with time alone and has no event; "
+        article = "an" if trigger.on[0] in "aeiou" else "a"
+        return (f"{name}: {article} {trigger.on} rule fires with time alone and has no event; "
                 "use state.* fields or the trigger's own fields")
     kind = _TRIGGER_EVENT.get(trigger.on)
     if kind is None:
@@ -403,18 +410,50 @@ def build_pack(data: Any) -> RulePack:
     raw_rules = data.get("rules") if isinstance(data, dict) else None
     # (position in the file, rule): problems name the rule by its position.
     specs: list[tuple[int, RuleSpec]] = []
+    if isinstance(raw_rules, list) and len(raw_rules) > MAX_RULES:
+        raw_rules = []  # refused as a whole by the settings' check: not worth 100,000 lines
     if isinstance(raw_rules, list):
         for index, raw in enumerate(raw_rules):
+            if len(problems) >= MAX_PROBLEMS:
+                break
             spec = _validated(RuleSpec, raw, ("rules", index), problems)
             if spec is not None:
                 specs.append((index, spec))
+            else:
+                _check_conditions_of_invalid(raw, ("rules", index), problems)
     rules = _compile_rules(specs, problems)
-    if settings is not None:
-        _check_names(settings, specs, raw_rules or [], problems)
+    _check_names(data, settings, specs, raw_rules or [], problems)
     if problems or settings is None:
+        if len(problems) > MAX_PROBLEMS:
+            problems = [*problems[:MAX_PROBLEMS],
+                        Problem((), "… and more problems; fix these first")]
         raise PackInvalid(problems)
     pack = PackSpec.model_validate({**settings.model_dump(), "rules": [s for _, s in specs]})
     return _assemble(pack, rules)
+
+
+_TRIGGER: TypeAdapter[Any] = TypeAdapter(Trigger)
+_MODELS: tuple[type[BaseModel], ...] = (
+    _Settings, RuleSpec, SignalTrigger, ThresholdTrigger, SegmentTrigger, TagTrigger,
+    CustomTrigger, AfterTrigger, AnniversaryTrigger, InactivityTrigger, TicketOverdueTrigger,
+    NotificationSpec, TaskSpec, CouponSpec, ProfileUpdateSpec, TaskQueues, RuleGuards,
+    PackGuards, ScoringSettings, RfmSettings,
+)
+
+
+def _check_conditions_of_invalid(
+    raw: Any, prefix: tuple[str | int, ...], problems: list[Problem]
+) -> None:
+    """A rule that failed validation still has its conditions checked (one round of editing
+    for two mistakes in one rule), when its trigger is valid (it says which fields exist)."""
+    if not isinstance(raw, dict) or "conditions" not in raw:
+        return
+    try:
+        trigger = _TRIGGER.validate_python(raw.get("trigger"))
+    except ValidationError:
+        return
+    _compile(raw["conditions"], trigger, trigger_fields(trigger), (*prefix, "conditions"),
+             problems)
 
 
 def _validated(
@@ -427,7 +466,7 @@ def _validated(
             loc = prefix + _data_loc(data, tuple(error["loc"]))
             if prefix == () and loc[:1] == ("rules",) and len(loc) > 2:
                 continue  # the rules are validated one by one
-            problems.append(Problem(loc, _message(error)))
+            problems.append(Problem(loc, _message(error, model)))
         return None
 
 
@@ -437,6 +476,8 @@ def _data_loc(data: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     kept: list[str | int] = []
     node = data
     for part in loc:
+        if part == "[key]":  # pydantic's marker of an invalid mapping key: the key is the place
+            continue
         if (isinstance(node, dict) and part not in node
                 and part in (node.get("on"), node.get("type"))):
             continue
@@ -450,13 +491,33 @@ def _data_loc(data: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     return tuple(kept)
 
 
-def _message(error: Mapping[str, Any]) -> str:
+def _message(error: Mapping[str, Any], model: type[BaseModel]) -> str:
+    """pydantic's message, said in the pack's terms where pydantic's are obscure."""
     message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        return "unknown field (check its spelling; see docs/rules.md for the fields)"
-    if error["type"] == "union_tag_invalid":
-        return message.replace("Input tag", "value")
+    context = error.get("ctx") or {}
+    match error["type"]:
+        case "extra_forbidden":
+            name = str(error["loc"][-1])
+            close = difflib.get_close_matches(name, _known_keys(model), n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return f"unknown field {name!r}{hint}; see docs/rules.md for the fields"
+        case "union_tag_invalid":
+            tag, key = str(context.get("tag")), str(context.get("discriminator", "")).strip("'")
+            expected = [t.strip(" '") for t in str(context.get("expected_tags", "")).split(",")]
+            close = difflib.get_close_matches(tag, expected, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return f"{key}: {tag!r} is unknown{hint}; {key} is one of {', '.join(expected)}"
+        case "union_tag_not_found":
+            key = str(context.get("discriminator", "")).strip("'")
+            return f"{key}: is missing (it says which kind this is; see docs/rules.md)"
+        case "too_short" if error["loc"][-1:] == ("actions",):
+            return "a rule needs at least one action"
     return message
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    """Every field name of the pack's models (for suggestions)."""
+    return sorted({name for m in _MODELS for name in m.model_fields} | set(model.model_fields))
 
 
 def _compile_rules(specs: list[tuple[int, RuleSpec]], problems: list[Problem]) -> list[Rule]:
@@ -521,9 +582,17 @@ def _values(
                                     "expected a string, number, boolean or a $field"))
 
 
+def _rfm_alone(data: Any) -> RfmSettings | None:
+    """The pack's RFM settings when only other settings are wrong."""
+    try:
+        return RfmSettings.model_validate(data.get("rfm", {}) if isinstance(data, dict) else {})
+    except ValidationError:
+        return None
+
+
 def _check_names(
-    settings: _Settings, specs: Sequence[tuple[int, RuleSpec]], raw_rules: Sequence[Any],
-    problems: list[Problem],
+    data: Any, settings: _Settings | None, specs: Sequence[tuple[int, RuleSpec]],
+    raw_rules: Sequence[Any], problems: list[Problem],
 ) -> None:
     """What no single rule can check: unique ids, segments the pack defines."""
     first: dict[str, int] = {}
@@ -537,8 +606,10 @@ def _check_names(
                 f"duplicate rule id {rule_id!r} (first at rules[{first[rule_id]}])"))
         else:
             first[rule_id] = index
-    segments = {PROSPECT, settings.rfm.fallback_segment} | {
-        s.segment for s in settings.rfm.segments}
+    rfm = settings.rfm if settings is not None else _rfm_alone(data)
+    if rfm is None:
+        return  # the segments are the settings' (their problems are reported)
+    segments = {PROSPECT, rfm.fallback_segment} | {s.segment for s in rfm.segments}
     for index, spec in specs:
         trigger = spec.trigger
         if isinstance(trigger, SegmentTrigger) and trigger.segment not in segments:
