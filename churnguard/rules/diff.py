@@ -68,17 +68,26 @@ def _changes(old: Any, new: Any, path: str = "") -> Iterator[tuple[str, Any, Any
                 yield sub, None, new[key]
             else:
                 yield from _changes(old[key], new[key], sub)
-    elif (isinstance(old, list) and isinstance(new, list) and len(old) == len(new)
-          and any(isinstance(item, dict) for item in old)):
-        for index, (a, b) in enumerate(zip(old, new, strict=True)):
+    elif (isinstance(old, list) and isinstance(new, list)
+          and any(isinstance(item, dict) for item in [*old, *new])):
+        for index, (a, b) in enumerate(zip(old, new, strict=False)):
             yield from _changes(a, b, f"{path}[{index}]")
+        for index in range(len(new), len(old)):
+            yield f"{path}[{index}]", old[index], None
+        for index in range(len(old), len(new)):
+            yield f"{path}[{index}]", None, new[index]
     elif old != new:
         yield path, old, new
 
 
 def _show(value: Any) -> str:
+    """Values as the pack writes them: true, 10000, [a, b]."""
     if value is None:
         return "(none)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):

@@ -141,7 +141,7 @@ def test_publish_history_rollback_and_export_from_the_command_line(
                      "--message", "softer win-back", *broker]) == 0
     out = capsys.readouterr().out
     assert "health_winback:" in out
-    assert "trigger.below: 60.0 → 55.0" in out
+    assert "trigger.below: 60 → 55" in out
     assert "published version 2" in out
     assert cli.main(["rules", "rollback", "1", "--author", "alice", *broker]) == 0
     assert "published version 3" in capsys.readouterr().out

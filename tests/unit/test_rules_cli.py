@@ -535,3 +535,19 @@ def test_the_worker_refuses_a_broken_rules_file_before_anything_starts(
     # Locking the local store first is harmless; talking to the broker is not.
     assert "topics on the broker" not in started
     assert "faust worker" not in started
+
+
+def test_diff_shows_an_added_action_and_values_as_the_pack_writes_them():
+    from churnguard.rules.diff import diff_packs
+    from tests.unit.packs import make_pack, pack_data
+
+    data = pack_data()
+    winback = next(r for r in data["rules"] if r["id"] == "health_winback")
+    winback["actions"].append({"type": "coupon", "value": 5})
+    winback["enabled"] = False
+    lines = diff_packs(make_pack().spec, make_pack(
+        changes={"rules.health_winback.actions": winback["actions"],
+                 "rules.health_winback.enabled": False}).spec)
+    assert "      enabled: true → false" in lines
+    assert any(line.startswith("      actions[4]: (none) → {type: coupon, value: 5")
+               for line in lines), lines
