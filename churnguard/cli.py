@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -16,6 +16,10 @@ from pydantic_settings import SettingsError
 from churnguard.errors import UserError
 from churnguard.logging import configure_logging
 from churnguard.rules.loading import PackFileInvalid
+
+if TYPE_CHECKING:
+    from churnguard.core.processor import Engine
+    from streams.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--out", type=Path, help="write actions here (default: stdout)")
     replay.add_argument("--rules", type=Path, metavar="PACK",
                         help="a rule pack file (default: CHURNGUARD_RULES_FILE or the shipped one)")
+    _add_report_commands(commands, replay)
 
     rules = commands.add_parser("rules", help="rule packs: export, validate, diff")
     rule_commands = rules.add_subparsers(dest="rules_command", required=True)
@@ -102,6 +107,37 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
 
 
+def _add_report_options(parser: argparse.ArgumentParser, *, implied: str = "") -> None:
+    """--compare and --json (replay and backtest)."""
+    parser.add_argument("--compare", type=Path, metavar="OTHER",
+                        help="also run this rule pack over the same events: the difference "
+                        f"per rule and the customers whose actions differ{implied}")
+    parser.add_argument("--json", action="store_true",
+                        help=f"the report or comparison as JSON on stdout{implied}")
+
+
+def _add_report_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    replay: argparse.ArgumentParser,
+) -> None:
+    """replay's report options and the backtest command (churnguard.backtest)."""
+    replay.add_argument("--report", action="store_true",
+                        help="print a report instead of the actions: per rule fired, by type, "
+                        "suppressed, held out; segments and score bands at the end")
+    _add_report_options(replay, implied=" (implies --report)")
+    backtest = commands.add_parser(
+        "backtest", help="the report of a rule pack over the input topics' retained history "
+        "(reads only: no consumer group, no commits, writes nothing)")
+    backtest.add_argument("--rules", type=Path, metavar="PACK",
+                          help="a rule pack file (default: CHURNGUARD_RULES_FILE or the "
+                          "shipped one)")
+    backtest.add_argument("--since", default="30d",
+                          help="records from then on (by record timestamp): 30d, 12h, 90m or "
+                          "an RFC 3339 timestamp (default 30d)")
+    backtest.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
+    _add_report_options(backtest)
+
+
 def _fail(message: str) -> int:
     """A mistake of the user's: one line on stderr, exit code 2, no traceback."""
     print(f"churnguard: {' '.join(message.split())}", file=sys.stderr)
@@ -150,6 +186,8 @@ def _run(args: argparse.Namespace) -> int:
             return _topics(args)
         case "replay":
             return _replay(args)
+        case "backtest":
+            return _backtest(args)
         case "rules":
             from churnguard.rules.commands import run_rules_command
 
@@ -227,6 +265,8 @@ def _replay(args: argparse.Namespace) -> int:
     from churnguard.rules.loading import load_pack_file
 
     engine = build_engine(settings, None if args.rules is None else load_pack_file(args.rules))
+    if args.report or args.compare is not None or args.json:
+        return _replay_report(args, settings, engine, until)
     with contextlib.ExitStack() as files:
         source = sys.stdin.buffer if str(args.events) == "-" else files.enter_context(
             _open(args.events, "rb", "read EVENTS",
@@ -240,6 +280,75 @@ def _replay(args: argparse.Namespace) -> int:
         )
     print(f"replay: {written} actions, {bad} bad lines", file=sys.stderr)
     return 0
+
+
+def _replay_report(
+    args: argparse.Namespace, settings: Settings, engine: Engine, until: float | None
+) -> int:
+    """`replay --report/--compare/--json`: churnguard.backtest's figures, not the actions."""
+    import math
+
+    from churnguard.backtest import compare, render, report
+    from churnguard.engine import build_engine
+    from churnguard.replay import read_events
+    from churnguard.rules.loading import load_pack_file
+
+    if args.out is not None:
+        raise UserError("replay: --out writes the actions and --report/--compare/--json print "
+                        "a report instead; run replay once for each")
+    other = None if args.compare is None else build_engine(settings,
+                                                           load_pack_file(args.compare))
+    with contextlib.ExitStack() as files:
+        source = sys.stdin.buffer if str(args.events) == "-" else files.enter_context(
+            _open(args.events, "rb", "read EVENTS",
+                  "give a JSON-lines file of combined-topic events, or '-' for stdin"))
+        # As run_replay: "too far in the future" is judged against --until, not the clock.
+        events, bad = read_events(source, now=math.inf if until is None else until,
+                                  max_future_hours=settings.max_future_skew_hours)
+    for line in bad:
+        print(f"line {line.line_number}: {line.kind}: {line.reason}", file=sys.stderr)
+    result = (report(events, engine, until=until, bad_lines=len(bad))[0] if other is None
+              else compare(events, engine, other, until=until, bad_lines=len(bad)))
+    sys.stdout.write(render(result, as_json=args.json,
+                            base_label=_pack_label(args.rules, settings),
+                            other_label=str(args.compare)))
+    return 0
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    import time
+
+    from churnguard.backtest import compare, parse_since, read_history, render, report
+    from churnguard.core.clock import rfc3339
+    from churnguard.engine import build_engine
+    from churnguard.rules.loading import load_pack_file
+    from streams.settings import Settings
+
+    settings = Settings(**({"broker": args.broker} if args.broker else {}))
+    configure_logging(settings.log_level)
+    now = time.time()
+    since = parse_since(args.since, now)
+    # Both packs are checked before the broker is read.
+    engine = build_engine(settings, None if args.rules is None else load_pack_file(args.rules))
+    other = None if args.compare is None else build_engine(settings,
+                                                           load_pack_file(args.compare))
+    events, bad = read_history(settings, since, now=now)
+    print(f"backtest: {len(events)} events and {bad} bad records on {settings.bootstrap} "
+          f"since {rfc3339(since)}; customers start with no state there, so lifetime figures "
+          "(spend, orders) count only what came since", file=sys.stderr)
+    # Timers fire up to now, as a worker running all along would have fired them.
+    result = (report(events, engine, until=now, bad_lines=bad)[0] if other is None
+              else compare(events, engine, other, until=now, bad_lines=bad))
+    sys.stdout.write(render(result, as_json=args.json,
+                            base_label=_pack_label(args.rules, settings),
+                            other_label=str(args.compare)))
+    return 0
+
+
+def _pack_label(path: Path | None, settings: Settings) -> str:
+    if path is not None:
+        return str(path)
+    return "default pack" if settings.rules_file is None else str(settings.rules_file)
 
 
 def _open(path: Path, mode: str, what: str, fix: str) -> IO[bytes]:
