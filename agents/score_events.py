@@ -67,9 +67,13 @@ class ScoreEvents:
             if isinstance(failure, BaseException):
                 raise failure
         metrics = self.ctx.metrics
+        size = sum(len(r) for r in batch.values())
+        seconds = time.perf_counter() - started
         metrics.batches += 1
-        metrics.batch_events += sum(len(r) for r in batch.values())
-        metrics.batch_seconds += time.perf_counter() - started
+        metrics.batch_events += size
+        metrics.batch_seconds += seconds
+        metrics.batch_size.observe(size)
+        metrics.batch_duration.observe(seconds)
 
     async def _partition(
         self, partition: int, per_topic: list[Sequence[SourceRecord]], now: float
@@ -85,3 +89,8 @@ class ScoreEvents:
             # Outputs are co-partitioned with the inputs: same partition, no key hashing.
             outputs = [OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs]
             await self.writer.write(partition, result.writes, outputs=outputs)
+        if result.sources:
+            # Record timestamps are the broker's (or the producer's) wall clock.
+            produced = time.time()
+            for rule_id, started in result.sources:
+                self.ctx.metrics.observe_latency(rule_id, produced - started)

@@ -92,6 +92,7 @@ class Deployment:
             session_timeout_s=6.0,
             rebalance_timeout_s=6.0,
             log_level="info",
+            web_port=0,
         )
         # Input records carry their event time as timestamp (weeks old): on Apache Kafka the
         # default 7-day retention would delete them, so the inputs keep everything.

@@ -78,7 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, embedded_broker() as broker:
         settings = Settings(broker=broker.url, partitions=args.partitions, embedded_broker=True,
                             store_dir=Path(tmp) / "store", app_id="churnguard-bench",
-                            log_level="info", commit_interval_s=0.2)
+                            log_level="info", commit_interval_s=0.2, web_port=0)
         ensure_all_topics(settings)
         started = time.perf_counter()
         ends = produce(broker.bootstrap, settings, args.events, args.customers,

@@ -10,7 +10,7 @@ from typing import Protocol
 import structlog
 
 from churnguard import due_index
-from churnguard.core.clock import rfc3339
+from churnguard.core.clock import parse_rfc3339, rfc3339
 from churnguard.core.processor import Engine, Outcome, advance, apply_event
 from churnguard.core.rules import next_due
 from churnguard.core.state import MAX_OPEN_TICKETS, CustomerState
@@ -42,6 +42,8 @@ class RawRecord(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def timestamp_ms(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,9 @@ class PartitionResult:
     # Table writes: states and due-index entries; None deletes the key.
     writes: dict[bytes, bytes | None] = field(default_factory=dict)
     outputs: list[Output] = field(default_factory=list)
+    # (rule id, when it started: the triggering record's timestamp or the timer's due time,
+    # epoch seconds) per action sent: the shell observes the latency once the write is done.
+    sources: list[tuple[str, float]] = field(default_factory=list)
 
 
 # Kafka's per-record framing on top of key and value (aiokafka estimates up to 82 bytes
@@ -150,6 +155,7 @@ def process_partition(
     ctx.metrics.merge(applied.metrics)
     result.outputs += applied.outputs
     result.writes.update(applied.writes)
+    result.sources += applied.sources
     _log_bounds(applied)
     return result
 
@@ -167,6 +173,7 @@ class _Applied:
     metrics: Metrics
     outputs: list[Output] = field(default_factory=list)
     writes: dict[bytes, bytes | None] = field(default_factory=dict)
+    sources: list[tuple[str, float]] = field(default_factory=list)
     # Customer -> open tickets evicted in this batch (for the one summary line).
     evicted: dict[bytes, int] = field(default_factory=dict)
 
@@ -230,9 +237,12 @@ def _apply_all(
         if outcome.duplicate:
             metrics.duplicates += 1
             continue
-        metrics.events_applied[event.type] += 1
+        metrics.events_applied[(record.topic, event.type)] += 1
         _count(outcome, metrics)
         applied.outputs += outputs
+        if outcome.actions:
+            started = record.timestamp_ms / 1000.0
+            applied.sources += [(action.rule_id, started) for action in outcome.actions]
         if outcome.evicted_tickets:
             applied.evicted[key] = applied.evicted.get(key, 0) + len(outcome.evicted_tickets)
     # A state over the limit (seen here first) is found per event by the isolate pass.
@@ -275,6 +285,10 @@ def process_due(
             result.outputs.append(_timer_dead_letter(key, due, exc.detail, ctx, noticed_at))
             continue
         _count(outcome, ctx.metrics)
+        ctx.metrics.timers_fired += len(outcome.actions)
+        # A time-driven action is created at its due time (released deferrals: at the end
+        # of their quiet hours).
+        result.sources += [(a.rule_id, parse_rfc3339(a.created_at)) for a in outcome.actions]
         result.outputs += outputs
         result.writes[key] = encoded
         result.writes.update(due_index.moves(key, due_before[key], state.next_due))

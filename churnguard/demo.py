@@ -52,7 +52,7 @@ def run_demo(*, timeout_s: float) -> int:
             broker=broker.url, partitions=PARTITIONS, app_id="churnguard-demo",
             embedded_broker=True, store_dir=Path(tmp) / "store", clock_file=clock_file,
             tick_interval_s=0.1, session_timeout_s=6.0, rebalance_timeout_s=6.0,
-            log_level="info",
+            log_level="info", web_port=0,  # the worker's endpoints on a free port
         )
         parsed, _ = read_events(lines, now=end, max_future_hours=24)
         expected = {a.action_id: a for a in replay(parsed, build_engine(settings), until=end)}

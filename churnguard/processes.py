@@ -32,6 +32,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CHURNGUARD_REBALANCE_TIMEOUT_S": str(settings.rebalance_timeout_s),
         "CHURNGUARD_TOPICS": settings.topics.model_dump_json(),
         "CHURNGUARD_COMMIT_INTERVAL_S": str(settings.commit_interval_s),
+        "CHURNGUARD_WEB_ENABLED": str(settings.web_enabled).lower(),
+        "CHURNGUARD_WEB_HOST": settings.web_host,
+        "CHURNGUARD_WEB_PORT": str(settings.web_port),
     }
     if settings.clock_file is not None:
         env["CHURNGUARD_CLOCK_FILE"] = str(settings.clock_file)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import faust
 from faust.types import TableT
@@ -21,6 +22,8 @@ class Topology:
     # Whether the broker answered the worker's last probe (streams/worker.py): what a
     # readiness endpoint reads.
     health: BrokerHealth = field(default_factory=BrokerHealth)
+    # The worker's own HTTP endpoints (streams/web.py), when enabled.
+    web: Any = None
 
 
 def create_app(settings: Settings) -> Topology:
@@ -43,8 +46,8 @@ def create_app(settings: Settings) -> Topology:
         producer_max_request_size=settings.max_record_bytes,
         broker_commit_interval=settings.commit_interval_s,
         broker_max_poll_records=settings.max_poll_records,
-        web_enabled=settings.web_enabled,
-        web_port=settings.web_port,
+        # The worker serves its own endpoints (streams/web.py), up during recovery too.
+        web_enabled=False,
         autodiscover=False,
     )
     # Every input is keyed by customer_id with the same partition count, so partition p of

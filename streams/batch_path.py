@@ -191,6 +191,24 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
         position, highwater = state._position, state.highwater
         return position is not None and highwater is not None and position >= highwater
 
+    def offsets(self, topics: Iterable[str]) -> list[tuple[TP, int | None, int | None]]:
+        """(partition, committed offset, high-water mark of the last fetch response) of every
+        partition of `topics` this worker owns: what lag is computed from. The high-water
+        mark comes from fetch responses because the embedded broker's ListOffsets is wrong."""
+        names = set(topics)
+        try:
+            assignment = self._thread._ensure_consumer()._subscription.subscription.assignment
+        except Exception:  # not started or not subscribed: nothing owned
+            return []
+        found = []
+        for tp in sorted(self.assignment()):
+            if tp.topic not in names:
+                continue
+            state = assignment.state_value(tp)
+            highwater = None if state is None else state.highwater
+            found.append((tp, self._committed_offset.get(tp), highwater))
+        return found
+
     def _arriving(self, tp: TP) -> bool:
         """Whether aiokafka's fetcher holds fetched records of `tp` not yet handed out."""
         try:

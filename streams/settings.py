@@ -71,8 +71,10 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
     store_dir: Path = Path("data")
     store: Literal["rocksdb", "memory"] = "rocksdb"
-    web_port: int = 6066
-    web_enabled: bool = False
+    # /metrics, /health, /ready (streams/web.py); port 0 takes a free one (logged).
+    web_enabled: bool = True
+    web_host: str = "0.0.0.0"
+    web_port: int = Field(6066, ge=0, le=65535)
     topics: TopicNames = TopicNames()
     # A rule pack file for local use (development, a single worker): used instead of the
     # shipped default (churnguard/rules/default.yaml).

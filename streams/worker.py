@@ -18,9 +18,11 @@ Lifecycle:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+import time
 from typing import Any
 
 import faust
@@ -31,6 +33,7 @@ from agents.fire_timers import FireTimers
 from agents.locks import PartitionLocks
 from agents.reindex import Reindex
 from agents.score_events import ScoreEvents
+from churnguard import __version__
 from churnguard.batch import BatchContext
 from churnguard.clocks import Clock, clock_for
 from churnguard.core.pack import RulePack
@@ -41,11 +44,20 @@ from churnguard.rules.loading import load_pack, load_pack_file
 from churnguard.rules.publishing import Published, newest_valid, read_history
 from streams.app import Topology, create_app
 from streams.batch_path import BatchPathConsumer, install_batch_path
+from streams.codecs import CONTRACT_VERSION
 from streams.health import BROKER_PROBE_INTERVAL_S, probe_broker
+from streams.metrics_export import (
+    LagClock,
+    PartitionOffsets,
+    WorkerCollector,
+    WorkerView,
+    registry_for,
+)
 from streams.rules_feed import PackSwitch, follow
 from streams.settings import Settings
 from streams.shutdown import ShutdownWatchdog
 from streams.topology import ensure_all_topics
+from streams.web import Heartbeat, Readiness, WorkerWeb
 from tables.state_store import TableBatchWriter
 from tables.store_lock import acquire_store_lock
 
@@ -58,10 +70,23 @@ REINDEX_INTERVAL_S = 0.1
 
 class Worker(faust.Worker):
     def __init__(
-        self, *args: Any, watchdog: ShutdownWatchdog | None = None, **kwargs: Any
+        self, *args: Any, watchdog: ShutdownWatchdog | None = None,
+        web: WorkerWeb | None = None, **kwargs: Any
     ) -> None:
         self.watchdog = watchdog or ShutdownWatchdog()
+        self.web = web
         super().__init__(*args, **kwargs)
+
+    async def on_first_start(self) -> None:
+        # Before the app starts: probes and /metrics answer during table recovery too.
+        if self.web is not None:
+            await self.web.start()
+        await super().on_first_start()
+
+    async def on_stop(self) -> None:
+        if self.web is not None:
+            await self.web.stop()
+        await super().on_stop()
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
@@ -164,6 +189,8 @@ def build_worker_app(
         if isinstance(consumer, BatchPathConsumer):
             await consumer.run_guarded(reindexing.step, topics=inputs)
 
+    web = _observability(topology, settings, metrics, inputs)
+
     @app.timer(interval=STATS_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def log_stats() -> None:
         # One canonical line per interval, never one per event.
@@ -173,7 +200,67 @@ def build_worker_app(
     async def broker_probe() -> None:
         await probe_broker(app, topology.health)
 
-    return topology
+    return dataclasses.replace(topology, web=web)
+
+
+def _observability(
+    topology: Topology, settings: Settings, metrics: Metrics, inputs: set[str]
+) -> WorkerWeb | None:
+    """/metrics, /health and /ready: what they read, and the timers that keep it fresh."""
+    app = topology.app
+    lag_clock = LagClock()
+    heartbeat = Heartbeat()
+
+    def offsets() -> list[PartitionOffsets]:
+        consumer = app.consumer
+        if not isinstance(consumer, BatchPathConsumer):
+            return []
+        now = time.time()
+        found = []
+        for tp, committed, highwater in consumer.offsets(inputs):
+            if highwater is not None:
+                lag_clock.sample(tp.topic, tp.partition, highwater, now)
+            found.append(PartitionOffsets(
+                tp.topic, tp.partition, committed, highwater,
+                lag_clock.lag_seconds(tp.topic, tp.partition, committed, now)))
+        lag_clock.forget({(o.topic, o.partition) for o in found})
+        return found
+
+    def view() -> WorkerView:
+        recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+        remaining = recovery.active_remaining() if recovery.in_recovery else {}
+        return WorkerView(offsets=offsets(), timers_pending={},
+                          recovery_remaining={tp.partition: n for tp, n in remaining.items()},
+                          store_bytes={}, customers={}, customers_by_band={})
+
+    def readiness() -> Readiness:
+        consumer = app.consumer
+        owned = [tp for tp in consumer.assignment() if tp.topic in inputs]
+        recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+        recovering = bool(recovery.in_recovery) or not recovery.completed.is_set()
+        consuming = isinstance(consumer, BatchPathConsumer) and bool(consumer.flow_active)
+        reachable = topology.health.reachable is True
+        return Readiness(ready=bool(owned) and not recovering and consuming and reachable,
+                         partitions=len(owned), recovering=recovering, consuming=consuming,
+                         broker_reachable=reachable)
+
+    collector = WorkerCollector(metrics, view, version=__version__,
+                                contract_version=str(CONTRACT_VERSION))
+    web = None if not settings.web_enabled else WorkerWeb(
+        registry_for(collector), heartbeat, readiness, host=settings.web_host,
+        port=settings.web_port)
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def sample_offsets() -> None:
+        # The lag clock needs high-water marks over time, scraped or not.
+        heartbeat.beat()
+        offsets()
+
+    @app.on_partitions_assigned.connect
+    async def count_rebalance(*args: Any, **kwargs: Any) -> None:
+        metrics.rebalances += 1
+
+    return web
 
 
 def startup_pack(settings: Settings) -> tuple[Published, RulePack] | None:
@@ -198,6 +285,7 @@ def create_worker(settings: Settings, topology: Topology) -> Worker:
     level = settings.log_level.upper()
     worker = Worker(
         topology.app,
+        web=topology.web,
         loglevel=level,
         quiet=True,
         logging_config=stdlib_logging_config(level),

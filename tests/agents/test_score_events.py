@@ -71,7 +71,7 @@ async def test_one_write_per_partition_with_its_states_and_co_partitioned_output
     assert metrics.batch_events == 4
     assert metrics.batch_seconds > 0
     assert metrics.events_in == {TOPICS.purchases: 2, TOPICS.tickets: 1, TOPICS.logins: 1}
-    assert metrics.events_applied == {"purchase": 2, "ticket": 1, "login": 1}
+    assert metrics.applied_by_type() == {"purchase": 2, "ticket": 1, "login": 1}
 
 
 async def test_metrics_accumulate_over_batches(score_events, rec, metrics):

@@ -52,6 +52,7 @@ class Pipeline:
             tick_interval_s=0.1,
             session_timeout_s=6.0,
             rebalance_timeout_s=6.0,
+            web_port=0,  # each worker's endpoints on a free port (logged: http_listening)
         )
         self.topics = self.settings.topics
         ensure_all_topics(self.settings)

@@ -17,3 +17,4 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int = 0

@@ -92,7 +92,7 @@ def test_an_event_whose_action_is_too_large_is_dead_lettered_and_not_applied(
     state = CustomerState.from_bytes(store[b"c1"])
     assert len(state.seen) == 2  # the purchase and the short receipt
     assert metrics.dead_letters == {"output_too_large": 1}
-    assert metrics.events_applied == {"purchase": 2, "custom": 1}
+    assert metrics.applied_by_type() == {"purchase": 2, "custom": 1}
 
 
 @pytest.fixture

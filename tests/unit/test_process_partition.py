@@ -123,7 +123,7 @@ def test_bad_record_is_dead_lettered_and_later_good_events_still_apply(
     assert state.spend_e4 == 300_000
     assert metrics.dead_letters == {"malformed_json": 1}
     assert metrics.events_in == {TOPICS.purchases: 3}
-    assert metrics.events_applied == {"purchase": 2}
+    assert metrics.applied_by_type() == {"purchase": 2}
 
 
 @pytest.mark.parametrize(
@@ -214,7 +214,7 @@ def test_duplicate_event_id_in_one_batch(records, store, ctx, now, metrics):
     )
     result = run(recs, store, ctx, now)
     assert metrics.duplicates == 1
-    assert metrics.events_applied == {"purchase": 1}
+    assert metrics.applied_by_type() == {"purchase": 1}
     state = CustomerState.from_bytes(result.writes[b"c1"])
     assert state.order_count == 1
     assert state.offsets == {TOPICS.purchases: 1}
@@ -300,7 +300,7 @@ def test_score_records_and_counters(records, store, ctx, now, metrics):
     assert [s["segment"] for s in scores] == ["new", "new"]
     assert metrics.score_changes == 2
     assert metrics.events_in == {TOPICS.purchases: 1, TOPICS.profiles: 1, TOPICS.logins: 1}
-    assert metrics.events_applied == {"purchase": 1, "profile": 1, "login": 1}
+    assert metrics.applied_by_type() == {"purchase": 1, "profile": 1, "login": 1}
     assert metrics.duplicates == 0
     assert metrics.dead_letters == {}
     snapshot = metrics.snapshot()
@@ -353,7 +353,7 @@ def test_a_record_the_core_fails_on_is_dead_lettered_and_the_partition_goes_on(
     assert state.order_count == 2
     assert state.lifetime_spend == 400
     assert state.seen == ["before", "after"]
-    assert metrics.events_applied == {"purchase": 2}
+    assert metrics.applied_by_type() == {"purchase": 2}
     assert metrics.dead_letters == {"processing_error": 1}
     # The retry after the failure counted nothing twice.
     assert sum(metrics.actions.values()) == sum(

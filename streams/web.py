@@ -1,0 +1,101 @@
+"""The worker's HTTP endpoints for SREs and probes: `/metrics` (Prometheus), `/health`
+(alive, event loop responsive) and `/ready` (partitions assigned, table recovered,
+consuming). Its own small aiohttp server, started with the worker and up during table
+recovery too (faust's web server only starts after recovery: a liveness probe would then
+kill a worker that is restoring a large table)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = structlog.get_logger(__name__)
+
+# The loop is unresponsive when its heartbeat (a 1 s timer) is older than this.
+STALE_LOOP_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    ready: bool
+    partitions: int
+    recovering: bool
+    consuming: bool
+    broker_reachable: bool
+
+
+class Heartbeat:
+    """Beaten by a 1 s timer on the worker's loop: /health reads how fresh it is."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def age(self) -> float:
+        return time.monotonic() - self.last
+
+
+class WorkerWeb:
+    def __init__(self, registry: CollectorRegistry, heartbeat: Heartbeat,
+                 readiness: Callable[[], Readiness], *, host: str, port: int) -> None:
+        self.registry = registry
+        self.heartbeat = heartbeat
+        self.readiness = readiness
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/ready", self._ready)
+        self.app = app
+
+    async def start(self) -> int:
+        """Listen; returns the port (0 asks the system for a free one)."""
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        await site.start()
+        self._runner = runner
+        server: Any = site._server  # aiohttp keeps the asyncio server: its sockets say the port
+        sockets = list(server.sockets) if server is not None else []
+        port = sockets[0].getsockname()[1] if sockets else self.port
+        log.info("http_listening", host=self.host, port=port,
+                 endpoints=["/metrics", "/health", "/ready"])
+        return int(port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        age = self.heartbeat.age()
+        healthy = age < STALE_LOOP_S
+        return _json({"status": "ok" if healthy else "event loop stalled",
+                      "heartbeat_age_s": round(age, 3)}, 200 if healthy else 503)
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        state = self.readiness()
+        return _json({"ready": state.ready, "partitions": state.partitions,
+                      "recovering": state.recovering, "consuming": state.consuming,
+                      "broker_reachable": state.broker_reachable},
+                     200 if state.ready else 503)
+
+
+def _json(body: dict[str, object], status: int) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status,
+                        content_type="application/json")

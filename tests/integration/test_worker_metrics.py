@@ -1,0 +1,105 @@
+"""The worker's /metrics, /health and /ready against a real worker on the embedded broker:
+the series exist and move with the events, and lag is exact per partition (high-water marks
+from fetch responses: the embedded broker's ListOffsets answer is wrong for multi-record
+batches)."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from churnguard.core.clock import rfc3339
+from tests.integration.pipeline_support import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _port(pipeline: Any) -> int:
+    for line in pipeline.log().splitlines():
+        if '"http_listening"' in line:
+            return int(orjson.loads(line)["port"])
+    raise AssertionError("the worker logged no http_listening")
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _samples(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    status, body = _get(port, "/metrics")
+    assert status == 200
+    found: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            found[sample.name].append((sample.labels, sample.value))
+    return found
+
+
+def test_metrics_health_and_ready_of_a_running_worker(pipeline_factory: Any) -> None:
+    now = time.time()
+    pipeline = pipeline_factory(now)
+    pipeline.start()
+    port = _port(pipeline)
+    assert _get(port, "/health")[0] == 200
+    wait_for("ready", lambda: _get(port, "/ready")[0] == 200)
+    ready = orjson.loads(_get(port, "/ready")[1])
+    assert ready == {"ready": True, "partitions": 4 * 5, "recovering": False,
+                     "consuming": True, "broker_reachable": True}
+
+    # Records in multi-record batches (linger): where ListOffsets would be wrong.
+    events = pipeline.topics.events
+    ends: dict[int, int] = {}
+    futures = []
+    for n in range(200):
+        value = {"type": "ticket", "event_id": f"t{n}", "customer_id": f"c{n % 13}",
+                 "occurred_at": rfc3339(now + n), "ticket_id": f"T{n}", "status": "opened"}
+        futures.append(pipeline.producer.send(events, key=value["customer_id"].encode(),
+                                              value=orjson.dumps(value)))
+    pipeline.flush()
+    for future in futures:
+        meta = future.get(timeout=10)
+        ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+
+    def lag_of(name: str) -> dict[int, float]:
+        return {int(labels["partition"]): value for labels, value in _samples(port)[name]
+                if labels["topic"] == events}
+
+    wait_for("every record committed", lambda: lag_of("churnguard_consumer_committed_offset")
+             == {p: float(e) for p, e in ends.items()} | {
+                 p: 0.0 for p in range(4) if p not in ends})
+    assert lag_of("churnguard_partition_high_watermark") == {
+        p: float(ends.get(p, 0)) for p in range(4)}
+    assert set(lag_of("churnguard_consumer_lag_records").values()) == {0.0}
+    assert set(lag_of("churnguard_consumer_lag_seconds").values()) == {0.0}
+
+    samples = _samples(port)
+    consumed = {labels["event_type"]: value for labels, value
+                in samples["churnguard_events_consumed_total"] if labels["topic"] == events}
+    assert consumed == {"ticket": 200.0}
+    acks = {labels["rule_id"]: value for labels, value
+            in samples["churnguard_actions_emitted_total"]}
+    assert acks["ticket_opened_ack"] == 200.0
+    [(_, count)] = [(labels, value) for labels, value
+                    in samples["churnguard_event_to_action_latency_seconds_count"]
+                    if labels["rule_id"] == "ticket_opened_ack"]
+    assert count == 200.0
+    [(_, batches)] = samples["churnguard_batch_size_count"]
+    assert batches >= 1
+    assert samples["churnguard_rebalances_total"][0][1] >= 1
+    [(build, _)] = samples["churnguard_build_info"]
+    assert build["contract_version"] == "1"
+    assert samples["churnguard_ruleset_info"][0][0] == {"version": "0"}
+    # No customer id anywhere in the labels.
+    assert not any("c1" in value for series in samples.values()
+                   for labels, _ in series for value in labels.values())
