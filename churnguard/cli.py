@@ -56,34 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a rule pack file (default: CHURNGUARD_RULES_FILE or the shipped one)")
     _add_report_commands(commands, replay)
 
-    rules = commands.add_parser("rules", help="rule packs: export, validate, diff")
-    rule_commands = rules.add_subparsers(dest="rules_command", required=True)
-    export = rule_commands.add_parser(
-        "export", help="print the active rule pack (start a pack from it)")
-    export.add_argument("--published", nargs="?", type=int, const=0, metavar="VERSION",
-                        help="the newest published pack (or VERSION), read from the broker")
-    export.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
-    validate = rule_commands.add_parser(
-        "validate", help="check a rule pack file; every problem as FILE:LINE:COL, exit 1")
-    validate.add_argument("file", type=Path)
-    diff = rule_commands.add_parser("diff", help="what changes, rule by rule, from OLD to NEW")
-    diff.add_argument("old", type=Path)
-    diff.add_argument("new", type=Path)
-    publish = rule_commands.add_parser(
-        "publish", help="validate a pack and publish it as the next version; workers switch "
-        "to it within seconds")
-    publish.add_argument("file", type=Path)
-    publish.add_argument("--author", required=True, help="who publishes (kept in the history)")
-    publish.add_argument("--message", default="", help="why (kept in the history)")
-    publish.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
-    history = rule_commands.add_parser("history", help="every published version")
-    history.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
-    rollback = rule_commands.add_parser(
-        "rollback", help="publish an earlier version's pack again, as the next version")
-    rollback.add_argument("version", type=int)
-    rollback.add_argument("--author", required=True)
-    rollback.add_argument("--message", default="")
-    rollback.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
+    _add_rules_commands(commands)
+    _add_lag_command(commands)
 
     args = parser.parse_args(argv)
     try:
@@ -136,6 +110,49 @@ def _add_report_commands(
                           "an RFC 3339 timestamp (default 30d)")
     backtest.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
     _add_report_options(backtest)
+
+
+def _add_rules_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rules = commands.add_parser("rules", help="rule packs: export, validate, diff")
+    rule_commands = rules.add_subparsers(dest="rules_command", required=True)
+    export = rule_commands.add_parser(
+        "export", help="print the active rule pack (start a pack from it)")
+    export.add_argument("--published", nargs="?", type=int, const=0, metavar="VERSION",
+                        help="the newest published pack (or VERSION), read from the broker")
+    export.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
+    validate = rule_commands.add_parser(
+        "validate", help="check a rule pack file; every problem as FILE:LINE:COL, exit 1")
+    validate.add_argument("file", type=Path)
+    diff = rule_commands.add_parser("diff", help="what changes, rule by rule, from OLD to NEW")
+    diff.add_argument("old", type=Path)
+    diff.add_argument("new", type=Path)
+    publish = rule_commands.add_parser(
+        "publish", help="validate a pack and publish it as the next version; workers switch "
+        "to it within seconds")
+    publish.add_argument("file", type=Path)
+    publish.add_argument("--author", required=True, help="who publishes (kept in the history)")
+    publish.add_argument("--message", default="", help="why (kept in the history)")
+    publish.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
+    history = rule_commands.add_parser("history", help="every published version")
+    history.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
+    rollback = rule_commands.add_parser(
+        "rollback", help="publish an earlier version's pack again, as the next version")
+    rollback.add_argument("version", type=int)
+    rollback.add_argument("--author", required=True)
+    rollback.add_argument("--message", default="")
+    rollback.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
+
+
+def _add_lag_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lag = commands.add_parser(
+        "lag", help="consumer lag of every churnguard consumer group per topic-partition, "
+        "in records and seconds, read from the broker (works while workers are down)")
+    lag.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
+    lag.add_argument("--group", action="append", metavar="GROUP",
+                     help="only this consumer group (repeatable; default: every group with "
+                     "committed offsets on the input topics)")
+    lag.add_argument("--watch", type=float, metavar="SECONDS",
+                     help="refresh in place every SECONDS until Ctrl-C")
 
 
 def _fail(message: str) -> int:
@@ -192,6 +209,10 @@ def _run(args: argparse.Namespace) -> int:
             from churnguard.rules.commands import run_rules_command
 
             return run_rules_command(args)
+        case "lag":
+            from churnguard.lag_view import run_lag_command
+
+            return run_lag_command(args)
     return 2
 
 
