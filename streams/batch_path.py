@@ -97,6 +97,8 @@ class _Outcome(enum.Enum):
 class BatchPathConsumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer with the source topics routed to a batch handler."""
 
+    last_commit_attempt: float | None = None
+
     def __init__(self, *args: Any, batch_route: _Route, **kwargs: Any) -> None:
         self._route = batch_route
         # Next offset to commit per partition, recorded only after a batch is durable.
@@ -126,6 +128,9 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
         return thread
 
     async def commit(self, *args: Any, **kwargs: Any) -> bool:
+        # Commit attempts, successful or with nothing new: what tells a stalled consumer
+        # (commits continue, offset stuck) from a stopped one (streams/partition_status.py).
+        self.last_commit_attempt = time.time()
         commit = super().commit
         if not self.app.should_stop:
             done: bool = await commit(*args, **kwargs)

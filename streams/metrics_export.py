@@ -7,7 +7,7 @@ never a customer id."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from churnguard.metrics import Histogram, Metrics
+from streams.partition_status import STATUSES
 
 PREFIX = "churnguard"
 
@@ -45,6 +46,9 @@ class WorkerView:
     store_bytes: Mapping[int, int]
     customers: Mapping[int, int]
     customers_by_band: Mapping[str, int]
+    # Burrow-style status per (topic, partition) (streams/partition_status.py).
+    statuses: Mapping[tuple[str, int], str] = field(default_factory=dict)
+    ready: bool = False
 
 
 class LagClock:
@@ -146,6 +150,15 @@ class WorkerCollector(Collector):
         yield _gauge("customers_by_band", "Customers by health band (good >= 80, average "
                      "60-80, poor < 60)", ["band"],
                      {(b,): n for b, n in view.customers_by_band.items()})
+        status = GaugeMetricFamily(
+            f"{PREFIX}_partition_status", "1 for the partition's current Burrow-style status "
+            "(OK, WARN, STALL, STOP, REWIND)", labels=["topic", "partition", "status"])
+        for (topic, partition), current in sorted(view.statuses.items()):
+            for name in STATUSES:
+                status.add_metric([topic, str(partition), name], 1 if name == current else 0)
+        yield status
+        yield _gauge("ready", "1 when the worker is ready (as /ready)", [],
+                     {(): 1 if view.ready else 0})
         build = InfoMetricFamily(f"{PREFIX}_build", "churnguard build")
         build.add_metric([], {"version": self.version, "contract_version": self.contract_version})
         yield build

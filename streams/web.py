@@ -1,8 +1,8 @@
 """The worker's HTTP endpoints for SREs and probes: `/metrics` (Prometheus), `/health`
-(alive, event loop responsive) and `/ready` (partitions assigned, table recovered,
-consuming). Its own small aiohttp server, started with the worker and up during table
-recovery too (faust's web server only starts after recovery: a liveness probe would then
-kill a worker that is restoring a large table)."""
+(alive, event loop responsive), `/ready` (partitions assigned, table recovered,
+consuming) and `/status` (each owned partition, Burrow-style). Its own small aiohttp
+server, started with the worker and up during table recovery too (faust's web server only
+starts after recovery: a liveness probe would then kill a worker restoring a large table)."""
 
 from __future__ import annotations
 
@@ -46,10 +46,12 @@ class Heartbeat:
 
 class WorkerWeb:
     def __init__(self, registry: CollectorRegistry, heartbeat: Heartbeat,
-                 readiness: Callable[[], Readiness], *, host: str, port: int) -> None:
+                 readiness: Callable[[], Readiness],
+                 status: Callable[[], dict[str, Any]], *, host: str, port: int) -> None:
         self.registry = registry
         self.heartbeat = heartbeat
         self.readiness = readiness
+        self.status = status
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
@@ -57,6 +59,7 @@ class WorkerWeb:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._ready)
+        app.router.add_get("/status", self._status)
         self.app = app
 
     async def start(self) -> int:
@@ -70,7 +73,7 @@ class WorkerWeb:
         sockets = list(server.sockets) if server is not None else []
         port = sockets[0].getsockname()[1] if sockets else self.port
         log.info("http_listening", host=self.host, port=port,
-                 endpoints=["/metrics", "/health", "/ready"])
+                 endpoints=["/metrics", "/health", "/ready", "/status"])
         return int(port)
 
     async def stop(self) -> None:
@@ -94,6 +97,10 @@ class WorkerWeb:
                       "recovering": state.recovering, "consuming": state.consuming,
                       "broker_reachable": state.broker_reachable},
                      200 if state.ready else 503)
+
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return _json(self.status(), 200)
 
 
 def _json(body: dict[str, object], status: int) -> web.Response:

@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import math
 import os
-import time
 from typing import Any
 
 import faust
@@ -46,18 +45,13 @@ from streams.app import Topology, create_app
 from streams.batch_path import BatchPathConsumer, install_batch_path
 from streams.codecs import CONTRACT_VERSION
 from streams.health import BROKER_PROBE_INTERVAL_S, probe_broker
-from streams.metrics_export import (
-    LagClock,
-    PartitionOffsets,
-    WorkerCollector,
-    WorkerView,
-    registry_for,
-)
+from streams.metrics_export import WorkerCollector, registry_for
+from streams.observability import Observability
 from streams.rules_feed import PackSwitch, follow
 from streams.settings import Settings
 from streams.shutdown import ShutdownWatchdog
 from streams.topology import ensure_all_topics
-from streams.web import Heartbeat, Readiness, WorkerWeb
+from streams.web import WorkerWeb
 from tables.state_store import TableBatchWriter
 from tables.store_lock import acquire_store_lock
 
@@ -206,61 +200,24 @@ def build_worker_app(
 def _observability(
     topology: Topology, settings: Settings, metrics: Metrics, inputs: set[str]
 ) -> WorkerWeb | None:
-    """/metrics, /health and /ready: what they read, and the timers that keep it fresh."""
+    """/metrics, /health, /ready and /status, and the 1 s sampling that keeps them fresh."""
     app = topology.app
-    lag_clock = LagClock()
-    heartbeat = Heartbeat()
-
-    def offsets() -> list[PartitionOffsets]:
-        consumer = app.consumer
-        if not isinstance(consumer, BatchPathConsumer):
-            return []
-        now = time.time()
-        found = []
-        for tp, committed, highwater in consumer.offsets(inputs):
-            if highwater is not None:
-                lag_clock.sample(tp.topic, tp.partition, highwater, now)
-            found.append(PartitionOffsets(
-                tp.topic, tp.partition, committed, highwater,
-                lag_clock.lag_seconds(tp.topic, tp.partition, committed, now)))
-        lag_clock.forget({(o.topic, o.partition) for o in found})
-        return found
-
-    def view() -> WorkerView:
-        recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
-        remaining = recovery.active_remaining() if recovery.in_recovery else {}
-        return WorkerView(offsets=offsets(), timers_pending={},
-                          recovery_remaining={tp.partition: n for tp, n in remaining.items()},
-                          store_bytes={}, customers={}, customers_by_band={})
-
-    def readiness() -> Readiness:
-        consumer = app.consumer
-        owned = [tp for tp in consumer.assignment() if tp.topic in inputs]
-        recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
-        recovering = bool(recovery.in_recovery) or not recovery.completed.is_set()
-        consuming = isinstance(consumer, BatchPathConsumer) and bool(consumer.flow_active)
-        reachable = topology.health.reachable is True
-        return Readiness(ready=bool(owned) and not recovering and consuming and reachable,
-                         partitions=len(owned), recovering=recovering, consuming=consuming,
-                         broker_reachable=reachable)
-
-    collector = WorkerCollector(metrics, view, version=__version__,
+    seen = Observability(topology, metrics, inputs)
+    collector = WorkerCollector(metrics, seen.view, version=__version__,
                                 contract_version=str(CONTRACT_VERSION))
-    web = None if not settings.web_enabled else WorkerWeb(
-        registry_for(collector), heartbeat, readiness, host=settings.web_host,
-        port=settings.web_port)
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
-    async def sample_offsets() -> None:
-        # The lag clock needs high-water marks over time, scraped or not.
-        heartbeat.beat()
-        offsets()
+    async def sample() -> None:
+        seen.sample()
 
     @app.on_partitions_assigned.connect
     async def count_rebalance(*args: Any, **kwargs: Any) -> None:
         metrics.rebalances += 1
 
-    return web
+    if not settings.web_enabled:
+        return None
+    return WorkerWeb(registry_for(collector), seen.heartbeat, seen.readiness,
+                     seen.status_report, host=settings.web_host, port=settings.web_port)
 
 
 def startup_pack(settings: Settings) -> tuple[Published, RulePack] | None:

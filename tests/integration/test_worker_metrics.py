@@ -83,7 +83,18 @@ def test_metrics_health_and_ready_of_a_running_worker(pipeline_factory: Any) -> 
     assert set(lag_of("churnguard_consumer_lag_records").values()) == {0.0}
     assert set(lag_of("churnguard_consumer_lag_seconds").values()) == {0.0}
 
+    status, body = _get(port, "/status")
+    report = orjson.loads(body)
+    assert status == 200
+    assert report["status"] == "OK"
+    assert len(report["partitions"]) == 20
+    assert {(r["status"], r["lag"]) for r in report["partitions"]} == {("OK", 0)}
+
     samples = _samples(port)
+    assert samples["churnguard_ready"] == [({}, 1.0)]
+    current = {(labels["topic"], labels["partition"]) for labels, value
+               in samples["churnguard_partition_status"] if labels["status"] == "OK" and value}
+    assert len(current) == 20
     consumed = {labels["event_type"]: value for labels, value
                 in samples["churnguard_events_consumed_total"] if labels["topic"] == events}
     assert consumed == {"ticket": 200.0}

@@ -1,0 +1,100 @@
+"""What the worker's endpoints read (/metrics, /health, /ready, /status): offsets and lag
+of the owned input partitions, their Burrow-style status, readiness. Sampled once a second
+by the worker (so lag in seconds and the status windows have history whether or not anyone
+scrapes), read at request time; nothing here runs per event."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from churnguard.metrics import Metrics
+from streams.app import Topology
+from streams.batch_path import BatchPathConsumer
+from streams.metrics_export import LagClock, PartitionOffsets, WorkerView
+from streams.partition_status import STATUSES, PartitionStatuses, Status
+from streams.web import Heartbeat, Readiness
+
+
+class Observability:
+    def __init__(self, topology: Topology, metrics: Metrics, inputs: set[str]) -> None:
+        self.topology = topology
+        self.metrics = metrics
+        self.inputs = inputs
+        self.heartbeat = Heartbeat()
+        self.lag_clock = LagClock()
+        self.statuses = PartitionStatuses()
+        self._seen_attempt: float | None = None
+
+    def sample(self) -> None:
+        """Once a second: the loop is alive; high-water marks and commits seen over time."""
+        self.heartbeat.beat()
+        found = self.offsets()
+        consumer = self.topology.app.consumer
+        attempt = getattr(consumer, "last_commit_attempt", None)
+        if attempt is not None and attempt != self._seen_attempt:
+            self._seen_attempt = attempt
+            for o in found:
+                lag = _lag(o)
+                self.statuses.window(o.topic, o.partition).commit(attempt, o.committed, lag)
+        self.statuses.forget({(o.topic, o.partition) for o in found})
+
+    def offsets(self) -> list[PartitionOffsets]:
+        consumer = self.topology.app.consumer
+        if not isinstance(consumer, BatchPathConsumer):
+            return []
+        now = time.time()
+        found = []
+        for tp, committed, highwater in consumer.offsets(self.inputs):
+            if highwater is not None:
+                self.lag_clock.sample(tp.topic, tp.partition, highwater, now)
+            found.append(PartitionOffsets(
+                tp.topic, tp.partition, committed, highwater,
+                self.lag_clock.lag_seconds(tp.topic, tp.partition, committed, now)))
+        self.lag_clock.forget({(o.topic, o.partition) for o in found})
+        return found
+
+    def status_of(self, offsets: list[PartitionOffsets]) -> dict[tuple[str, int], Status]:
+        now = time.time()
+        return {(o.topic, o.partition): self.statuses.window(o.topic, o.partition).status(
+            now, _lag(o)) for o in offsets}
+
+    def view(self) -> WorkerView:
+        recovery: Any = self.topology.app.tables.recovery  # type: ignore[attr-defined]
+        remaining = recovery.active_remaining() if recovery.in_recovery else {}
+        offsets = self.offsets()
+        return WorkerView(offsets=offsets, timers_pending={},
+                          recovery_remaining={tp.partition: n for tp, n in remaining.items()},
+                          store_bytes={}, customers={}, customers_by_band={},
+                          statuses=self.status_of(offsets), ready=self.readiness().ready)
+
+    def readiness(self) -> Readiness:
+        app = self.topology.app
+        consumer = app.consumer
+        owned = [tp for tp in consumer.assignment() if tp.topic in self.inputs]
+        recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+        recovering = bool(recovery.in_recovery) or not recovery.completed.is_set()
+        consuming = isinstance(consumer, BatchPathConsumer) and bool(consumer.flow_active)
+        reachable = self.topology.health.reachable is True
+        return Readiness(ready=bool(owned) and not recovering and consuming and reachable,
+                         partitions=len(owned), recovering=recovering, consuming=consuming,
+                         broker_reachable=reachable)
+
+    def status_report(self) -> dict[str, Any]:
+        """/status: per owned input partition, Burrow-style, worst first."""
+        offsets = self.offsets()
+        statuses = self.status_of(offsets)
+        rows = [{"topic": o.topic, "partition": o.partition,
+                 "status": statuses[(o.topic, o.partition)], "lag": _lag(o),
+                 "lag_seconds": round(o.lag_seconds, 3), "committed": o.committed,
+                 "high_watermark": o.highwater} for o in offsets]
+        rows.sort(key=lambda r: (-STATUSES.index(r["status"]), r["topic"], r["partition"]))
+        worst = rows[0]["status"] if rows else "OK"
+        return {"status": worst, "partitions": rows}
+
+
+def _lag(offsets: PartitionOffsets) -> int:
+    if offsets.highwater is None:
+        return 0
+    return max(0, offsets.highwater - (offsets.committed or 0))
+
