@@ -114,3 +114,55 @@ def test_metrics_health_and_ready_of_a_running_worker(pipeline_factory: Any) -> 
     # No customer id anywhere in the labels.
     assert not any("c1" in value for series in samples.values()
                    for labels, _ in series for value in labels.values())
+
+
+def test_lag_rises_while_the_worker_is_paused_and_returns_to_zero(pipeline_factory: Any) -> None:
+    """SIGSTOP the worker while events keep coming: the broker's side (`churnguard lag`)
+    sees exactly the records produced meanwhile; after SIGCONT the worker's own /metrics
+    and /status see the lag drain back to 0 and OK."""
+    import os
+    import signal
+
+    from connectors.lag import UnknownGroupError, read_lag
+
+    now = time.time()
+    pipeline = pipeline_factory(now)
+    pipeline.start()
+    port = _port(pipeline)
+    wait_for("ready", lambda: _get(port, "/ready")[0] == 200)
+    events = pipeline.topics.events
+    group = pipeline.settings.app_id
+    inputs = list(pipeline.topics.inputs())
+
+    def send(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            pipeline.send(events, {"type": "login", "event_id": f"l{n}",
+                                   "customer_id": f"c{n % 11}", "occurred_at": rfc3339(now)})
+        pipeline.flush()
+
+    def broker_lag() -> int:
+        try:
+            snapshot = read_lag(pipeline.settings.bootstrap, groups=[group],
+                                topics_of_group=lambda _: inputs)
+        except UnknownGroupError:
+            return -1  # the embedded broker lists a group only after its first commit
+        return sum(row.lag for row in snapshot.rows(group, events))
+
+    send(0, 50)
+    wait_for("caught up (broker side)", lambda: broker_lag() == 0)
+    assert pipeline.worker is not None
+    os.killpg(pipeline.worker.pid, signal.SIGSTOP)
+    try:
+        send(50, 70)
+        wait_for("the paused worker's lag", lambda: broker_lag() == 70, timeout=30)
+    finally:
+        os.killpg(pipeline.worker.pid, signal.SIGCONT)
+
+    def worker_lag() -> float:
+        return sum(value for labels, value in _samples(port)["churnguard_consumer_lag_records"]
+                   if labels["topic"] == events)
+
+    wait_for("lag back to 0 on /metrics", lambda: worker_lag() == 0.0)
+    wait_for("/status OK", lambda: orjson.loads(_get(port, "/status")[1])["status"] == "OK")
+    # The broker's answer follows within about a commit interval.
+    wait_for("lag back to 0 on the broker", lambda: broker_lag() == 0)
