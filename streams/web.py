@@ -16,6 +16,8 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from streams.dashboard import Dashboard
+
 log = structlog.get_logger(__name__)
 
 # The loop is unresponsive when its heartbeat (a 1 s timer) is older than this.
@@ -47,7 +49,8 @@ class Heartbeat:
 class WorkerWeb:
     def __init__(self, registry: CollectorRegistry, heartbeat: Heartbeat,
                  readiness: Callable[[], Readiness],
-                 status: Callable[[], dict[str, Any]], *, host: str, port: int) -> None:
+                 status: Callable[[], dict[str, Any]], *, host: str, port: int,
+                 dashboard: Dashboard | None = None) -> None:
         self.registry = registry
         self.heartbeat = heartbeat
         self.readiness = readiness
@@ -60,6 +63,11 @@ class WorkerWeb:
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/status", self._status)
+        self.endpoints = ["/metrics", "/health", "/ready", "/status"]
+        if dashboard is not None:
+            app.router.add_get("/dashboard", dashboard.page)
+            app.router.add_get("/dashboard/data", dashboard.data)
+            self.endpoints += ["/dashboard", "/dashboard/data"]
         self.app = app
 
     async def start(self) -> int:
@@ -73,7 +81,7 @@ class WorkerWeb:
         sockets = list(server.sockets) if server is not None else []
         port = sockets[0].getsockname()[1] if sockets else self.port
         log.info("http_listening", host=self.host, port=port,
-                 endpoints=["/metrics", "/health", "/ready", "/status"])
+                 endpoints=self.endpoints)
         return int(port)
 
     async def stop(self) -> None:

@@ -44,6 +44,7 @@ from churnguard.rules.publishing import Published, newest_valid, read_history
 from streams.app import Topology, create_app
 from streams.batch_path import BatchPathConsumer, install_batch_path
 from streams.codecs import CONTRACT_VERSION
+from streams.dashboard import Dashboard
 from streams.health import BROKER_PROBE_INTERVAL_S, probe_broker
 from streams.metrics_export import WorkerCollector, registry_for
 from streams.observability import Observability
@@ -200,15 +201,19 @@ def build_worker_app(
 def _observability(
     topology: Topology, settings: Settings, metrics: Metrics, inputs: set[str]
 ) -> WorkerWeb | None:
-    """/metrics, /health, /ready and /status, and the 1 s sampling that keeps them fresh."""
+    """/metrics, /health, /ready, /status and /dashboard, and the 1 s sampling that keeps
+    them fresh."""
     app = topology.app
     seen = Observability(topology, metrics, inputs)
     collector = WorkerCollector(metrics, seen.view, version=__version__,
                                 contract_version=str(CONTRACT_VERSION))
+    dashboard = Dashboard(metrics, seen.view) if settings.web_enabled else None
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def sample() -> None:
         seen.sample()
+        if dashboard is not None:
+            dashboard.sample()
 
     @app.on_partitions_assigned.connect
     async def count_rebalance(*args: Any, **kwargs: Any) -> None:
@@ -217,7 +222,8 @@ def _observability(
     if not settings.web_enabled:
         return None
     return WorkerWeb(registry_for(collector), seen.heartbeat, seen.readiness,
-                     seen.status_report, host=settings.web_host, port=settings.web_port)
+                     seen.status_report, host=settings.web_host, port=settings.web_port,
+                     dashboard=dashboard)
 
 
 def startup_pack(settings: Settings) -> tuple[Published, RulePack] | None:
