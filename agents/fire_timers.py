@@ -41,6 +41,8 @@ class FireTimers:
         self.clock = clock
         self.limit = limit
         self.watermark = watermark
+        # Partitions whose pending timers were counted (once, when first ticked).
+        self._counted: set[int] = set()
 
     async def tick(self, partitions: Iterable[int]) -> int:
         """Fire what is due on these (actively owned) partitions; returns the due-index
@@ -49,6 +51,16 @@ class FireTimers:
         started = time.perf_counter()
         self.ctx.metrics.timer_ticks += 1
         advanced = 0
+        owned = set(partitions)
+        pending = self.ctx.metrics.timers_pending
+        for gone in self._counted - owned:
+            self._counted.discard(gone)
+            pending.pop(gone, None)
+        for partition in sorted(owned - self._counted):
+            async with self.locks[partition]:
+                pending[partition] = self.writer.count_keys(
+                    partition, due_index.PREFIX, due_index.PREFIX_END)
+            self._counted.add(partition)
         for partition in sorted(partitions):
             try:
                 # Never ahead of the events: with a backlog, only up to what was applied.
@@ -82,6 +94,7 @@ class FireTimers:
             # Outputs are co-partitioned with the inputs: same partition, no key hashing.
             outputs = [OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs]
             await self.writer.write(partition, result.writes, outputs=outputs)
+            self.ctx.metrics.timers_pending[partition] += due_index.entries_delta(result.writes)
         # Due times are on the worker's clock (the demo's and the tests' clock file).
         fired_at = self.clock.now()
         metrics = self.ctx.metrics

@@ -69,6 +69,7 @@ class Reindex:
         result.writes[due_index.REINDEX_CURSOR] = orjson.dumps({
             "version": version, "after": keys[-1].hex() if keys else after, "done": done})
         await self.writer.write(partition, result.writes)
+        self.ctx.metrics.timers_pending[partition] += due_index.entries_delta(result.writes)
         if done:
             self._done[partition] = version
             self._started.pop(partition, None)

@@ -17,6 +17,7 @@ import structlog
 from faust.types import TP
 
 from agents.locks import PartitionLocks
+from churnguard import due_index
 from churnguard.batch import BatchContext, process_partition
 from churnguard.clocks import Clock
 from streams.batch_path import SourceRecord
@@ -89,6 +90,7 @@ class ScoreEvents:
             # Outputs are co-partitioned with the inputs: same partition, no key hashing.
             outputs = [OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs]
             await self.writer.write(partition, result.writes, outputs=outputs)
+            self.ctx.metrics.timers_pending[partition] += due_index.entries_delta(result.writes)
         if result.sources:
             # Record timestamps are the broker's (or the producer's) wall clock.
             produced = time.time()

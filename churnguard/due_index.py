@@ -6,9 +6,12 @@ same changelog), so after a restart or rebalance the index is exactly the states
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 
 # Customer ids cannot start with a NUL byte (schemas.events.Id), so no state key collides.
 PREFIX = b"\x00due\x00"
+# Every entry sorts in [PREFIX, PREFIX_END).
+PREFIX_END = b"\x00due\x01"
 ENTRY = b"1"
 # The re-index's progress (agents/reindex.py), in the same key space, written with the
 # states it re-indexed: {"version": pack version, "after": last customer key (hex) or null,
@@ -36,11 +39,23 @@ def customer_of(key: bytes) -> bytes:
 
 def moves(customer: bytes, old: float | None, new: float | None) -> dict[bytes, bytes | None]:
     """Index writes for a customer whose next due went from `old` to `new` (None deletes)."""
-    if old == new:
-        return {}
+    if old == new or (old is not None and new is not None
+                       and due_key(old, customer) == due_key(new, customer)):
+        return {}  # the same entry (dues within the same millisecond)
     writes: dict[bytes, bytes | None] = {}
     if old is not None:
         writes[due_key(old, customer)] = None
     if new is not None:
         writes[due_key(new, customer)] = ENTRY
     return writes
+
+
+def entries_delta(writes: Mapping[bytes, bytes | None]) -> int:
+    """How many index entries a write adds (negative: removes). Every delete in a batch's
+    writes is of an existing entry and every put a new one (moves() keeps that true), so
+    the worker keeps a count of pending timers without scanning."""
+    delta = 0
+    for key, value in writes.items():
+        if key.startswith(PREFIX):
+            delta += 1 if value is not None else -1
+    return delta

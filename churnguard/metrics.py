@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Values, not counts: a batch's metrics never add to them.
-GAUGES = frozenset({"pack_version"})
+GAUGES = frozenset({"pack_version", "timers_pending"})
 
 # Upper bounds (seconds / records) of the histograms' buckets; +Inf is implied.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -84,6 +84,9 @@ class Metrics:
     timers_expired: int = 0  # occurrences noticed past their grace (backfills): not fired
     tickets_evicted: int = 0  # oldest open tickets dropped beyond MAX_OPEN_TICKETS a customer
     pack_version: int = 0  # the published rule pack running (0: the shipped default)
+    # Due-index entries (customers with a pending timer) per owned partition: counted once
+    # when the partition is first ticked, then kept by every write's delta.
+    timers_pending: Counter[int] = field(default_factory=Counter)
     rule_packs_refused: int = 0  # published versions that failed validation here
     rebalances: int = 0
     batches: int = 0

@@ -63,7 +63,7 @@ class Observability:
         recovery: Any = self.topology.app.tables.recovery  # type: ignore[attr-defined]
         remaining = recovery.active_remaining() if recovery.in_recovery else {}
         offsets = self.offsets()
-        return WorkerView(offsets=offsets, timers_pending={},
+        return WorkerView(offsets=offsets, timers_pending=dict(self.metrics.timers_pending),
                           recovery_remaining={tp.partition: n for tp, n in remaining.items()},
                           store_bytes={}, customers={}, customers_by_band={},
                           statuses=self.status_of(offsets), ready=self.readiness().ready)

@@ -163,6 +163,23 @@ class TableBatchWriter:
             )[:limit]
         raise TypeError(f"unsupported table store {type(store).__name__}")
 
+    def count_keys(self, partition: int, lower: bytes, upper: bytes) -> int:
+        """How many keys `lower <= key < upper` the partition holds (a one-off count of an
+        index kept in the table, e.g. the pending timers when a partition is taken over)."""
+        store = self._table.data
+        if isinstance(store, faust_rocksdb.Store):
+            count = 0
+            for key in store._db_for_partition(partition).keys(from_key=lower):
+                if key >= upper:
+                    break
+                count += 1
+            return count
+        if isinstance(store, faust_memory.Store):
+            in_partition = store._key_partition
+            return sum(1 for key in store.data
+                       if lower <= key < upper and in_partition.get(key) == partition)
+        raise TypeError(f"unsupported table store {type(store).__name__}")
+
     # -- writes ---------------------------------------------------------------------------
 
     async def write(

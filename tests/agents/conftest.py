@@ -34,6 +34,7 @@ def writer(fake: FakeWriter) -> MagicMock:
     mock = create_autospec(TableBatchWriter, instance=True)
     mock.get_many.side_effect = fake.get_many
     mock.scan.side_effect = fake.scan
+    mock.count_keys.side_effect = fake.count_keys
     mock.write.side_effect = fake.write
     return mock
 

@@ -80,6 +80,9 @@ class FakeWriter:
             return []
         return sorted(key for key in self.data[partition] if lower <= key < upper)[:limit]
 
+    def count_keys(self, partition: int, lower: bytes, upper: bytes) -> int:
+        return sum(1 for key in self.data[partition] if lower <= key < upper)
+
     async def write(
         self,
         partition: int,

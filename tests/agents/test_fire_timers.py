@@ -124,7 +124,7 @@ async def test_a_redone_tick_does_not_fire_again(open_urgent, fire_timers, fake,
 
 
 async def test_a_tick_reads_only_the_partitions_it_is_given(
-    open_urgent, fire_timers, fake, clock
+    open_urgent, fire_timers, fake, clock, metrics
 ):
     for partition, customer in [(0, "a"), (1, "b"), (2, "c")]:
         await open_urgent(partition, customer, "T")
@@ -133,6 +133,8 @@ async def test_a_tick_reads_only_the_partitions_it_is_given(
 
     assert await fire_timers.tick([2, 0]) == 2
     assert [s[0] for s in fake.scans[scans_before:]] == [0, 2]
+    # Counted 1 each, and the fired SLA breach left no pending timer behind.
+    assert metrics.timers_pending == {0: 0, 1: 1, 2: 0}  # 1: counted by its writes
     written = fake.writes[writes_before:]
     assert [w.partition for w in written] == [0, 2]
     assert [[(o.key, o.partition) for o in w.outputs] for w in written] == [
@@ -143,6 +145,7 @@ async def test_a_tick_reads_only_the_partitions_it_is_given(
 
     assert await fire_timers.tick([1]) == 1
     assert [(o.key, o.partition) for o in fake.writes[-1].outputs] == [(b"b", 1)]
+    assert metrics.timers_pending == {1: 0}  # 0 and 2 are not owned any more
     assert await fire_timers.tick([]) == 0
     assert await fire_timers.tick([0, 1, 2]) == 0
 
