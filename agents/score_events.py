@@ -66,6 +66,8 @@ class ScoreEvents:
                 self.applied_until[tp] = records[-1].timestamp_ms / 1000.0
         for failure in results:
             if isinstance(failure, BaseException):
+                # The batch path reads it again from the committed offsets.
+                self.ctx.metrics.failed_batches += 1
                 raise failure
         metrics = self.ctx.metrics
         size = sum(len(r) for r in batch.values())
