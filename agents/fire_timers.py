@@ -52,14 +52,18 @@ class FireTimers:
         self.ctx.metrics.timer_ticks += 1
         advanced = 0
         owned = set(partitions)
-        pending = self.ctx.metrics.timers_pending
+        metrics = self.ctx.metrics
         for gone in self._counted - owned:
             self._counted.discard(gone)
-            pending.pop(gone, None)
+            metrics.timers_pending.pop(gone, None)
+            metrics.customers.pop(gone, None)
         for partition in sorted(owned - self._counted):
+            # Once per partition taken over; from then on each write's delta keeps them.
             async with self.locks[partition]:
-                pending[partition] = self.writer.count_keys(
+                metrics.timers_pending[partition] = self.writer.count_keys(
                     partition, due_index.PREFIX, due_index.PREFIX_END)
+                metrics.customers[partition] = self.writer.count_keys(
+                    partition, due_index.FIRST_CUSTOMER, due_index.AFTER_CUSTOMERS)
             self._counted.add(partition)
         for partition in sorted(partitions):
             try:

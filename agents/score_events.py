@@ -92,7 +92,9 @@ class ScoreEvents:
             # Outputs are co-partitioned with the inputs: same partition, no key hashing.
             outputs = [OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs]
             await self.writer.write(partition, result.writes, outputs=outputs)
-            self.ctx.metrics.timers_pending[partition] += due_index.entries_delta(result.writes)
+            metrics = self.ctx.metrics
+            metrics.timers_pending[partition] += due_index.entries_delta(result.writes)
+            metrics.customers[partition] += result.new_customers
         if result.sources:
             # Record timestamps are the broker's (or the producer's) wall clock.
             produced = time.time()

@@ -61,6 +61,8 @@ class PartitionResult:
     # (rule id, when it started: the triggering record's timestamp or the timer's due time,
     # epoch seconds) per action sent: the shell observes the latency once the write is done.
     sources: list[tuple[str, float]] = field(default_factory=list)
+    # Customers whose first state this write stores (the worker's customer count).
+    new_customers: int = 0
 
 
 # Kafka's per-record framing on top of key and value (aiokafka estimates up to 82 bytes
@@ -156,6 +158,8 @@ def process_partition(
     result.outputs += applied.outputs
     result.writes.update(applied.writes)
     result.sources += applied.sources
+    result.new_customers += sum(1 for key, value in applied.writes.items()
+                                if value is not None and stored.get(key, b"") is None)
     _log_bounds(applied)
     return result
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Values, not counts: a batch's metrics never add to them.
-GAUGES = frozenset({"pack_version", "timers_pending"})
+GAUGES = frozenset({"pack_version", "timers_pending", "customers"})
 
 # Upper bounds (seconds / records) of the histograms' buckets; +Inf is implied.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -87,6 +87,8 @@ class Metrics:
     # Due-index entries (customers with a pending timer) per owned partition: counted once
     # when the partition is first ticked, then kept by every write's delta.
     timers_pending: Counter[int] = field(default_factory=Counter)
+    # Customers with a state per owned partition: counted and kept the same way.
+    customers: Counter[int] = field(default_factory=Counter)
     rule_packs_refused: int = 0  # published versions that failed validation here
     rebalances: int = 0
     batches: int = 0

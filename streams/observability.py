@@ -14,11 +14,14 @@ from streams.batch_path import BatchPathConsumer
 from streams.metrics_export import LagClock, PartitionOffsets, WorkerView
 from streams.partition_status import STATUSES, PartitionStatuses, Status
 from streams.web import Heartbeat, Readiness
+from tables.state_store import TableBatchWriter
 
 
 class Observability:
-    def __init__(self, topology: Topology, metrics: Metrics, inputs: set[str]) -> None:
+    def __init__(self, topology: Topology, metrics: Metrics, inputs: set[str],
+                 writer: TableBatchWriter | None = None) -> None:
         self.topology = topology
+        self.writer = writer
         self.metrics = metrics
         self.inputs = inputs
         self.heartbeat = Heartbeat()
@@ -63,9 +66,16 @@ class Observability:
         recovery: Any = self.topology.app.tables.recovery  # type: ignore[attr-defined]
         remaining = recovery.active_remaining() if recovery.in_recovery else {}
         offsets = self.offsets()
-        return WorkerView(offsets=offsets, timers_pending=dict(self.metrics.timers_pending),
+        pending = dict(self.metrics.timers_pending)
+        store_bytes = {}
+        for partition in sorted({o.partition for o in offsets}):
+            stats = None if self.writer is None else self.writer.store_stats(partition)
+            if stats is not None:
+                store_bytes[partition] = stats[1]
+        customers = dict(self.metrics.customers)
+        return WorkerView(offsets=offsets, timers_pending=pending,
                           recovery_remaining={tp.partition: n for tp, n in remaining.items()},
-                          store_bytes={}, customers={}, customers_by_band={},
+                          store_bytes=store_bytes, customers=customers, customers_by_band={},
                           statuses=self.status_of(offsets), ready=self.readiness().ready)
 
     def readiness(self) -> Readiness:

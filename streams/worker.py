@@ -184,7 +184,7 @@ def build_worker_app(
         if isinstance(consumer, BatchPathConsumer):
             await consumer.run_guarded(reindexing.step, topics=inputs)
 
-    web = _observability(topology, settings, metrics, inputs)
+    web = _observability(topology, settings, metrics, inputs, writer)
 
     @app.timer(interval=STATS_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def log_stats() -> None:
@@ -199,12 +199,13 @@ def build_worker_app(
 
 
 def _observability(
-    topology: Topology, settings: Settings, metrics: Metrics, inputs: set[str]
+    topology: Topology, settings: Settings, metrics: Metrics, inputs: set[str],
+    writer: TableBatchWriter,
 ) -> WorkerWeb | None:
     """/metrics, /health, /ready, /status and /dashboard, and the 1 s sampling that keeps
     them fresh."""
     app = topology.app
-    seen = Observability(topology, metrics, inputs)
+    seen = Observability(topology, metrics, inputs, writer)
     collector = WorkerCollector(metrics, seen.view, version=__version__,
                                 contract_version=str(CONTRACT_VERSION))
     dashboard = Dashboard(metrics, seen.view) if settings.web_enabled else None

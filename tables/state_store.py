@@ -169,16 +169,31 @@ class TableBatchWriter:
         store = self._table.data
         if isinstance(store, faust_rocksdb.Store):
             count = 0
+            offset_key = store.offset_key  # faust's own bookkeeping key, in the same space
             for key in store._db_for_partition(partition).keys(from_key=lower):
                 if key >= upper:
                     break
-                count += 1
+                count += key != offset_key
             return count
         if isinstance(store, faust_memory.Store):
             in_partition = store._key_partition
             return sum(1 for key in store.data
                        if lower <= key < upper and in_partition.get(key) == partition)
         raise TypeError(f"unsupported table store {type(store).__name__}")
+
+    def store_stats(self, partition: int) -> tuple[int, int] | None:
+        """(estimated keys, bytes on disk and in memtables) of the partition's RocksDB, from
+        its properties (no scan); None when not open here or not RocksDB."""
+        store = self._table.data
+        if not isinstance(store, faust_rocksdb.Store):
+            return None
+        db = store._dbs.get(partition)
+        if db is None:
+            return None
+        keys = db.property_int_value("rocksdb.estimate-num-keys") or 0
+        size = (db.property_int_value("rocksdb.total-sst-files-size") or 0) + (
+            db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0)
+        return int(keys), int(size)
 
     # -- writes ---------------------------------------------------------------------------
 

@@ -93,6 +93,8 @@ def test_metrics_health_and_ready_of_a_running_worker(pipeline_factory: Any) -> 
     samples = _samples(port)
     # Every one of the 13 customers has open tickets: one pending timer (the SLA) each.
     assert sum(value for _, value in samples["churnguard_timers_pending"]) == 13.0
+    assert sum(value for _, value in samples["churnguard_state_store_bytes"]) > 0
+    assert sum(value for _, value in samples["churnguard_customers"]) == 13.0
     assert samples["churnguard_ready"] == [({}, 1.0)]
     current = {(labels["topic"], labels["partition"]) for labels, value
                in samples["churnguard_partition_status"] if labels["status"] == "OK" and value}
