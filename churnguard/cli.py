@@ -117,8 +117,9 @@ def _add_rules_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     rule_commands = rules.add_subparsers(dest="rules_command", required=True)
     export = rule_commands.add_parser(
         "export", help="print the active rule pack (start a pack from it)")
-    export.add_argument("--published", nargs="?", type=int, const=0, metavar="VERSION",
-                        help="the newest published pack (or VERSION), read from the broker")
+    export.add_argument("--published", nargs="?", type=int, const=-1, metavar="VERSION",
+                        help="the newest published pack (or VERSION; 0 is the shipped "
+                        "default), read from the broker")
     export.add_argument("--broker", help="bootstrap URL (default: CHURNGUARD_BROKER)")
     validate = rule_commands.add_parser(
         "validate", help="check a rule pack file; every problem as FILE:LINE:COL, exit 1")

@@ -63,7 +63,8 @@ async def follow(bootstrap: str, topic: str, switch: PackSwitch, *,
         while not partitions:
             partitions = consumer.partitions_for_topic(topic)
             if not partitions:
-                await consumer.force_metadata_update()
+                # Created later (or not yet in the metadata): ask the cluster again.
+                await consumer._client.force_metadata_update()
                 await asyncio.sleep(1.0)
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)

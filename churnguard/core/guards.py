@@ -9,6 +9,7 @@ window ends."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,7 +17,7 @@ from datetime import time as clock_time
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from churnguard.core.clock import DAY, HOUR
 from churnguard.core.state import CustomerState
@@ -28,6 +29,8 @@ Reason = Literal[
 ActionType = Literal["notification", "task", "coupon", "profile_update"]
 # Deferred actions a customer may have waiting for the end of quiet hours (state stays small).
 MAX_DEFERRED = 20
+# The global control group's hash namespace: a hyphen, which no rule id can contain.
+CONTROL_GROUP = "global-control"
 
 
 class _Spec(BaseModel):
@@ -56,6 +59,13 @@ class FrequencyCap(_Spec):
     channel: Literal["any", "email", "sms", "push"] = "any"
     max: int = Field(ge=0, le=10_000)
     days: float = Field(gt=0, le=366)
+
+    @model_validator(mode="after")
+    def _channel_of_notifications(self) -> FrequencyCap:
+        if self.channel != "any" and self.type != "notification":
+            raise ValueError(f"only notifications have a channel; a {self.type} cap counts "
+                             "every one (leave channel out)")
+        return self
 
 
 class QuietHours(_Spec):
@@ -127,7 +137,7 @@ def rule_verdict(
 ) -> Reason | None:
     """Whether a firing of the rule is stopped, and why; counts it (held out or not: the
     control customers live the same timeline of cooldowns as the treated ones)."""
-    if not guards.transactional and in_share(pack.global_control_percent, "global",
+    if not guards.transactional and in_share(pack.global_control_percent, CONTROL_GROUP,
                                              state.customer_id):
         reason: Reason | None = "global_control"
     elif in_share(guards.holdout_percent, rule_id, state.customer_id):
@@ -160,8 +170,12 @@ def capped(pack: PackGuards, action_type: str, channel: str | None, state: Custo
         if sent >= cap.max:
             return True
     state.sent.append((now, action_type, channel or ""))
-    window = max(cap.days for cap in pack.frequency_caps) * DAY
-    state.sent[:] = [entry for entry in state.sent if entry[0] > now - window]
+    # Each send is kept only as long as the caps of its own type can count it.
+    windows: dict[str, float] = {
+        kind: max(c.days for c in pack.frequency_caps if c.type == kind) * DAY
+        for kind in {c.type for c in pack.frequency_caps}}
+    state.sent[:] = [entry for entry in state.sent
+                     if entry[0] > now - windows.get(entry[1], 0.0)]
     return False
 
 
@@ -172,15 +186,32 @@ def quiet_until(pack: PackGuards, action_type: str, state: CustomerState, now: f
     if quiet is None or action_type not in quiet.types:
         return None
     if state.timezone is not None:
-        zone = ZoneInfo(state.timezone)
-    local = datetime.fromtimestamp(now, zone)
-    moment = local.time()
+        # A zone this worker's tz database does not know (an older state): the pack's zone.
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            zone = ZoneInfo(state.timezone)
     start, end = quiet.start, quiet.end
-    inside = (start <= moment < end) if start < end else (moment >= start or moment < end)
-    if not inside:
+
+    def inside(at: float) -> bool:
+        moment = datetime.fromtimestamp(at, zone).time()
+        return (start <= moment < end) if start < end else (moment >= start or moment < end)
+
+    if not inside(now):
         return None
-    day = local.date() if moment < end else local.date() + timedelta(days=1)
-    return datetime.combine(day, end, tzinfo=zone).timestamp()
+    local = datetime.fromtimestamp(now, zone)
+    day = local.date() if local.time() < end else local.date() + timedelta(days=1)
+    first = datetime.combine(day, end, tzinfo=zone).timestamp()
+    second = datetime.combine(day, end, tzinfo=zone).replace(fold=1).timestamp()
+    if first == second:
+        return max(first, now)
+    # A DST change around `end` (a wall time that happens twice, or never): the first whole
+    # minute at which the wall clock is out of the window (at most the hour around it).
+    latest = max(first, second)
+    at = now - now % 60 + 60
+    while at < latest:
+        if not inside(at):
+            return at
+        at += 60
+    return latest
 
 
 def release_time(deferred: list[tuple[float, dict[str, Any]]]) -> float | None:

@@ -172,15 +172,14 @@ def _guarded(
     if rule.spec.guards.transactional or not pack.guarded:
         return _build(pack, rule, template, subject, firing, trigger_key)
     channel = _channel(spec.channel, state) if isinstance(spec, NotificationSpec) else None
-    if capped(pack.guards, spec.type, channel, state, firing.now):
+    release = quiet_until(pack.guards, spec.type, state, firing.now, pack.tz)
+    if (release is not None and len(state.deferred) >= MAX_DEFERRED) or capped(
+            pack.guards, spec.type, channel, state, firing.now):
+        # (A deferral beyond MAX_DEFERRED is stopped before it counts against the caps.)
         _suppress(pack, rule, template, state, firing, trigger_key, "frequency_cap")
         return None
-    release = quiet_until(pack.guards, spec.type, state, firing.now, pack.tz)
     if release is None:
         return _build(pack, rule, template, subject, firing, trigger_key)
-    if len(state.deferred) >= MAX_DEFERRED:
-        _suppress(pack, rule, template, state, firing, trigger_key, "frequency_cap")
-        return None
     # Built now (its variables are what the customer looked like when it fired), sent at the
     # end of the window with the same id; a profile update applies at once either way.
     action = _build(pack, rule, template, subject, firing, trigger_key)

@@ -89,7 +89,12 @@ def pending(
             text = getattr(state, trigger.date)
             if text is None:
                 return []
-            year = int(marks.get(rule_id, "0")) + 1
+            if rule_id not in marks:
+                # A rule that came with a published pack after the date was set: its first
+                # occurrence is the next one from the customer's clock, as for a new date.
+                marks[rule_id] = str(_last_passed_year(
+                    date.fromisoformat(text), trigger, state.clock, tz))
+            year = int(marks[rule_id]) + 1
             due = anniversary(date.fromisoformat(text), year, trigger.at, tz)
             return [Occurrence(due, f"{rule_id}:{year}", {"anniversary.year": year})]
         case InactivityTrigger():
@@ -177,10 +182,15 @@ def begin_anniversaries(
     if text is None:
         state.marks.pop(rule_id, None)
         return
-    day = date.fromisoformat(text)
-    year = datetime.fromtimestamp(state.clock, tz).year
-    while year > day.year and anniversary(day, year, trigger.at, tz) >= state.clock:
-        year -= 1
+    year = _last_passed_year(date.fromisoformat(text), trigger, state.clock, tz)
     # Once a year even when the date is corrected after this year's coupon went out.
     already = int(state.marks.get(rule_id, "0"))
-    state.marks[rule_id] = str(max(year, day.year, already))
+    state.marks[rule_id] = str(max(year, already))
+
+
+def _last_passed_year(day: date, trigger: AnniversaryTrigger, clock: float, tz: ZoneInfo) -> int:
+    """The year of the last anniversary before `clock` (the date's own year at the least)."""
+    year = datetime.fromtimestamp(clock, tz).year
+    while year > day.year and anniversary(day, year, trigger.at, tz) >= clock:
+        year -= 1
+    return max(year, day.year)

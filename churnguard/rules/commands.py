@@ -39,12 +39,15 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _export(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if args.published is not None:
+    if args.published == 0:
+        sys.stdout.write(default_pack_text())  # version 0 is the shipped default
+    elif args.published is not None:
         history = publishing.read_history(settings.bootstrap, settings.topics.rules)
-        wanted = [p for p in history if p.version == args.published] if args.published else [
+        wanted = [p for p in history if p.version == args.published] if args.published > 0 else [
             p for p in [publishing.newest_valid(history)] if p is not None]
         if not wanted:
-            raise UserError(f"rules export: no published version {args.published or ''} on "
+            raise UserError(f"rules export: no published version "
+                            f"{args.published if args.published > 0 else ''} on "
                             f"{settings.bootstrap}; see `churnguard rules history`")
         sys.stdout.write(wanted[0].pack)
     elif settings.rules_file is None:

@@ -9,6 +9,8 @@ from typing import Any
 import yaml
 
 from churnguard.core.pack import PackSpec
+from churnguard.errors import UserError
+from churnguard.rules.yaml_file import MAX_BYTES
 
 # Plain scalars that YAML 1.2's core schema (the pack reader's) resolves to something other
 # than a string; PyYAML's dumper follows YAML 1.1 and would leave e.g. "08002" or "1e3" plain.
@@ -47,6 +49,10 @@ def export_pack(spec: PackSpec) -> str:
     data = spec.model_dump(mode="json")
     text: str = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True,
                           default_flow_style=False, width=100)
+    size = len(text.encode())
+    if size > MAX_BYTES:
+        raise UserError(f"the pack is {size:,} bytes once written out (escapes, defaults), "
+                        f"over the {MAX_BYTES:,} a pack may have; make it smaller")
     if load_pack(text, "the export").spec != spec:  # a bug of this module, never the user's
         raise RuntimeError("the exported rule pack does not read back to the same pack")
     return text

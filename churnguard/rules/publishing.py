@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from churnguard.core.clock import rfc3339
 from churnguard.core.pack import PackSpec, RuleSpec
@@ -26,6 +27,8 @@ from churnguard.rules.loading import PackFileInvalid, default_pack, load_pack
 
 MAX_MESSAGE_CHARS = 500
 MAX_AUTHOR_CHARS = 100
+# Apache Kafka's default message.max.bytes (1,048,588) less the record's own framing.
+MAX_RECORD_BYTES = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +89,13 @@ def prepare(
     now: float, rollback_of: int | None = None,
 ) -> Published:
     """The record publishing `text` would write: validated (PackFileInvalid), versioned."""
-    author, message = author.strip(), " ".join(message.split())
-    if not author or len(author) > MAX_AUTHOR_CHARS:
-        raise UserError(f"rules publish: --author must be 1–{MAX_AUTHOR_CHARS} characters "
-                        "(who publishes, e.g. --author alice)")
+    author = author.strip()
+    # No control characters: `rules history` prints both (no forged lines, no escapes).
+    message = "".join(c for c in " ".join(message.split()) if c.isprintable())
+    if (not author or len(author) > MAX_AUTHOR_CHARS
+            or not all(c.isprintable() for c in author)):
+        raise UserError(f"rules publish: --author must be 1–{MAX_AUTHOR_CHARS} printable "
+                        "characters (who publishes, e.g. --author alice)")
     if len(message) > MAX_MESSAGE_CHARS:
         raise UserError(f"rules publish: --message is {len(message)} characters; at most "
                         f"{MAX_MESSAGE_CHARS}")
@@ -118,13 +124,22 @@ def newest_valid(history: Iterable[Published]) -> Published | None:
     return None
 
 
+def _broker_error(bootstrap: str, exc: Exception) -> UserError:
+    return UserError(f"rules: the broker at {bootstrap} did not answer ({type(exc).__name__}); "
+                     "check that it runs and --broker / CHURNGUARD_BROKER")
+
+
 def read_history(
     bootstrap: str, topic: str, *, timeout_s: float = 10.0, missing_ok: bool = False
 ) -> list[Published]:
     """Every version on the topic, oldest first (records that do not parse are skipped);
     `missing_ok`: no topic is no history."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             group_id=None, consumer_timeout_ms=int(timeout_s * 1000))
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                 group_id=None, consumer_timeout_ms=int(timeout_s * 1000),
+                                 request_timeout_ms=int(timeout_s * 1000))
+    except KafkaError as exc:
+        raise _broker_error(bootstrap, exc) from None
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
@@ -154,16 +169,27 @@ def read_history(
                         continue
                     found[published.version] = published
         return [found[v] for v in sorted(found)]
+    except KafkaError as exc:
+        raise _broker_error(bootstrap, exc) from None
     finally:
         consumer.close()
 
 
 def write(bootstrap: str, topic: str, published: Published) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                             max_request_size=2_000_000)
+    value = published.to_value()
+    if len(value) > MAX_RECORD_BYTES:
+        raise UserError(f"rules publish: the published record would be {len(value):,} bytes, "
+                        f"over the {MAX_RECORD_BYTES:,} a Kafka broker takes by default; "
+                        "make the pack smaller (fewer or shorter rules)")
     try:
-        producer.send(topic, key=record_key(published.version),
-                      value=published.to_value()).get(timeout=30)
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                 max_request_size=MAX_RECORD_BYTES + 10_000)
+    except KafkaError as exc:
+        raise _broker_error(bootstrap, exc) from None
+    try:
+        producer.send(topic, key=record_key(published.version), value=value).get(timeout=30)
         producer.flush()
+    except KafkaError as exc:
+        raise _broker_error(bootstrap, exc) from None
     finally:
         producer.close()

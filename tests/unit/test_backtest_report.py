@@ -23,7 +23,7 @@ from churnguard.backtest import (
     to_json,
 )
 from churnguard.core.clock import DAY, HOUR, rfc3339
-from churnguard.core.guards import in_share
+from churnguard.core.guards import CONTROL_GROUP, in_share
 from churnguard.core.pack import build_pack
 from churnguard.core.processor import Engine
 from churnguard.errors import UserError
@@ -129,16 +129,16 @@ def test_global_control_is_counted_once_per_firing_and_spares_transactional_rule
                "guards": {"transactional": True},
                "actions": [{"type": "notification", "template": "receipt"}]}
     customers = [f"c{n}" for n in range(1, 9)]
-    control = [c for c in customers if in_share(50, "global", c)]
-    assert control == ["c1", "c2", "c3", "c7", "c8"]
+    control = [c for c in customers if in_share(50, CONTROL_GROUP, c)]
+    assert control == ["c2", "c6", "c7"]
     events = [event_factory("purchase", customer_id=c, day=n * 0.1)
               for n, c in enumerate(customers)]
     result, _ = report(events, engine_of(two_actions, receipt,
                                          guards={"global_control_percent": 50}), until=None)
     welcome = result.rules["welcome_pack"]
-    assert (welcome.fired, welcome.customers, welcome.held_out) == (6, 3, 5)
-    assert welcome.suppressed == {"global_control": 10}  # two actions per firing
-    assert welcome.by_type == {"coupon": 3, "notification": 3}
+    assert (welcome.fired, welcome.customers, welcome.held_out) == (10, 5, 3)
+    assert welcome.suppressed == {"global_control": 6}  # two actions per firing
+    assert welcome.by_type == {"coupon": 5, "notification": 5}
     assert (result.rules["receipt"].fired, result.rules["receipt"].held_out) == (8, 0)
 
 

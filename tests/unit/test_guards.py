@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from churnguard.core.clock import DAY, rfc3339
-from churnguard.core.guards import in_share
+from churnguard.core.guards import CONTROL_GROUP, in_share
 from churnguard.core.pack import PackInvalid, build_pack
 from churnguard.core.processor import Engine, advance, apply_event
 from churnguard.core.state import CustomerState
@@ -189,7 +189,7 @@ def test_holdout_membership_is_stable_and_near_the_share(event_factory):
 
 
 def test_global_control_spares_transactional_rules(event_factory):
-    control = next(c for c in (f"c{n}" for n in range(1000)) if in_share(5, "global", c))
+    control = next(c for c in (f"c{n}" for n in range(1000)) if in_share(5, CONTROL_GROUP, c))
     engine = _engine(_login_rule("promo"), _login_rule("ack", guards={"transactional": True}),
                      global_control_percent=5)
     run = Run(engine)(event_factory("login", customer_id=control))
