@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,13 @@ class Pipeline:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def http_port(self) -> int:
+        """The port of the worker's endpoints (it listens on a free one: web_port=0)."""
+        for line in self.log().splitlines():
+            if '"http_listening"' in line:
+                return int(orjson.loads(line)["port"])
+        raise AssertionError("the worker logged no http_listening")
+
     # -- input and output --------------------------------------------------------------
 
     def send(self, topic: str, value: dict[str, Any] | bytes, key: bytes | None = None) -> None:
@@ -127,3 +136,12 @@ class Pipeline:
             stop_process_group(process)
         self.producer.close(timeout=5)
         self.reader.close()
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """GET one of a worker's endpoints: (status, body), error statuses included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()

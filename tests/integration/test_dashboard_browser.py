@@ -9,8 +9,6 @@ import importlib.util
 import shutil
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from churnguard.core.clock import rfc3339
-from tests.integration.pipeline_support import wait_for
+from tests.integration.pipeline_support import http_get, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,18 +31,10 @@ CHARTS = ("lag", "events", "latency", "actions", "dead-letters", "timers")
 
 
 def _port(pipeline: Any) -> int:
-    for line in pipeline.log().splitlines():
-        if '"http_listening"' in line:
-            return int(orjson.loads(line)["port"])
-    raise AssertionError("the worker logged no http_listening")
+    return int(pipeline.http_port())
 
 
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
-            return answer.status, answer.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+_get = http_get
 
 
 def _timers_reported(port: int) -> bool:

@@ -6,8 +6,6 @@ batches)."""
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from typing import Any
 
@@ -16,24 +14,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from churnguard.core.clock import rfc3339
-from tests.integration.pipeline_support import wait_for
+from tests.integration.pipeline_support import http_get, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def _port(pipeline: Any) -> int:
-    for line in pipeline.log().splitlines():
-        if '"http_listening"' in line:
-            return int(orjson.loads(line)["port"])
-    raise AssertionError("the worker logged no http_listening")
+    return int(pipeline.http_port())
 
 
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
-            return answer.status, answer.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+_get = http_get
 
 
 def _samples(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
