@@ -43,6 +43,13 @@ class PackSwitch:
             log.error("rule_pack_refused", version=published.version, running=self.version,
                       problems=len(exc.lines), first_problem=exc.lines[0])
             return False
+        if pack.version != published.version:
+            # Not written by `rules publish` (a copied record): its actions would carry
+            # another pack_version than the one running.
+            self.metrics.rule_packs_refused += 1
+            log.error("rule_pack_refused", version=published.version, running=self.version,
+                      problems=1, first_problem=f"the pack says version {pack.version}")
+            return False
         previous, self.version = self.version, published.version
         self._activate(pack)
         self.metrics.pack_version = published.version
@@ -55,8 +62,10 @@ class PackSwitch:
 async def follow(bootstrap: str, topic: str, switch: PackSwitch, *,
                  poll_timeout_ms: int = 500) -> None:
     """Read the topic from its start for as long as the worker runs (a cancelled task)."""
+    # An out-of-range position (a topic recreated, a broker that lost its log) reads from the
+    # start again: versions already seen are ignored.
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                group_id=None)
+                                group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     try:
         partitions: set[int] | None = None

@@ -114,13 +114,15 @@ def prepare(
 
 
 def newest_valid(history: Iterable[Published]) -> Published | None:
-    """The newest version that validates here (a worker refuses the others)."""
+    """The newest version that validates here and is what its record says (a worker
+    refuses the others)."""
     for published in sorted(history, key=lambda p: p.version, reverse=True):
         try:
-            load_pack(published.pack, f"version {published.version}")
+            pack = load_pack(published.pack, f"version {published.version}")
         except PackFileInvalid:
             continue
-        return published
+        if pack.version == published.version:
+            return published
     return None
 
 
