@@ -212,7 +212,3 @@ def quiet_until(pack: PackGuards, action_type: str, state: CustomerState, now: f
             return at
         at += 60
     return latest
-
-
-def release_time(deferred: list[tuple[float, dict[str, Any]]]) -> float | None:
-    return min((due for due, _ in deferred), default=None)

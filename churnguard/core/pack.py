@@ -288,9 +288,6 @@ class Rule:
     def version(self) -> int:
         return self.spec.version
 
-    @property
-    def trigger(self) -> Any:
-        return self.spec.trigger
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,9 +336,6 @@ class RulePack:
     def supervisor_queue(self) -> str:
         return self.spec.task_queues.supervisor
 
-    def segments(self) -> frozenset[str]:
-        return frozenset({PROSPECT, self.rfm.fallback_segment}
-                         | {s.segment for s in self.rfm.segments})
 
 
 # Trigger context fields (see rules._trigger_context), beyond the global catalogue.
