@@ -8,10 +8,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from functools import partial
 
 import structlog
 
+from agents import census
 from agents.locks import PartitionLocks
 from churnguard import due_index
 from churnguard.batch import BatchContext, process_due
@@ -91,14 +91,16 @@ class FireTimers:
             )
             if not entries:
                 return 0
-            result = process_due(
-                entries, partial(self.writer.get_many, partition), self.ctx,
-                until=until, noticed_at=now,
-            )
+            loaded = census.StatesAndCensus(self.writer, partition)
+            result = process_due(entries, loaded, self.ctx, until=until, noticed_at=now)
             # Outputs are co-partitioned with the inputs: same partition, no key hashing.
             outputs = [OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs]
+            # Scores decayed or segments aged: the census record goes in the same write.
+            counted = census.stage(loaded, result)
             await self.writer.write(partition, result.writes, outputs=outputs)
             self.ctx.metrics.timers_pending[partition] += due_index.entries_delta(result.writes)
+            if counted is not None:
+                self.ctx.metrics.census[partition] = counted
         # Due times are on the worker's clock (the demo's and the tests' clock file).
         fired_at = self.clock.now()
         metrics = self.ctx.metrics

@@ -11,11 +11,11 @@ import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from functools import partial
 
 import structlog
 from faust.types import TP
 
+from agents import census
 from agents.locks import PartitionLocks
 from churnguard import due_index
 from churnguard.batch import BatchContext, process_partition
@@ -86,15 +86,18 @@ class ScoreEvents:
         # timestamp is the partition group's stream-time order.
         records = merge(per_topic)
         async with self.locks[partition]:
-            result = process_partition(
-                records, partial(self.writer.get_many, partition), self.ctx, now=now
-            )
+            loaded = census.StatesAndCensus(self.writer, partition)
+            result = process_partition(records, loaded, self.ctx, now=now)
             # Outputs are co-partitioned with the inputs: same partition, no key hashing.
             outputs = [OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs]
+            # The census record, when bands or segments changed, goes in the same write.
+            counted = census.stage(loaded, result)
             await self.writer.write(partition, result.writes, outputs=outputs)
             metrics = self.ctx.metrics
             metrics.timers_pending[partition] += due_index.entries_delta(result.writes)
             metrics.customers[partition] += result.new_customers
+            if counted is not None:
+                metrics.census[partition] = counted
         if result.sources:
             # Record timestamps are the broker's (or the producer's) wall clock.
             produced = time.time()

@@ -25,7 +25,7 @@ from churnguard.core.guards import Suppressed
 from churnguard.core.pack import RulePack
 from churnguard.core.processor import Engine
 from churnguard.core.rfm import PROSPECT, rfm_scores, segment_of
-from churnguard.core.scoring import health
+from churnguard.core.scoring import AVERAGE_AT_LEAST, BANDS, GOOD_AT_LEAST, band_of, health
 from churnguard.core.state import CustomerState
 from churnguard.core.validation import Rejected, parse_event
 from churnguard.errors import UserError
@@ -33,11 +33,7 @@ from churnguard.replay import replay
 from schemas.events import Event
 from streams.settings import Settings
 
-# Score bands of the health score at the end of the history (a customer never scored is
-# "unscored").
-GOOD_AT_LEAST = 80.0
-AVERAGE_AT_LEAST = 60.0
-BANDS = ("good", "average", "poor", "unscored")
+# Score bands of the health score at the end of the history (churnguard.core.scoring).
 BAND_LABELS = {
     "good": f"good (≥ {GOOD_AT_LEAST:g})",
     "average": f"average ({AVERAGE_AT_LEAST:g}–{GOOD_AT_LEAST:g})",
@@ -169,14 +165,6 @@ def report(
         last_event=None if last is None else rfc3339(last),
         at=None if at is None else rfc3339(at),
     ), {customer: sorted(found) for customer, found in sorted(signatures.items())}
-
-
-def band_of(score: float | None) -> str:
-    if score is None:
-        return "unscored"
-    if score >= GOOD_AT_LEAST:
-        return "good"
-    return "average" if score >= AVERAGE_AT_LEAST else "poor"
 
 
 def _standing(

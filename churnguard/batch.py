@@ -10,6 +10,7 @@ from typing import Protocol
 import structlog
 
 from churnguard import due_index
+from churnguard.census import Change, change, standing
 from churnguard.core.clock import parse_rfc3339, rfc3339
 from churnguard.core.processor import Engine, Outcome, advance, apply_event
 from churnguard.core.rules import next_due
@@ -23,7 +24,7 @@ from streams.codecs import (
     REDACTED,
     encode_action,
     encode_dead_letter,
-    encode_score,
+    encode_record,
     encode_suppressed,
 )
 from streams.settings import TopicNames
@@ -63,6 +64,10 @@ class PartitionResult:
     sources: list[tuple[str, float]] = field(default_factory=list)
     # Customers whose first state this write stores (the worker's customer count).
     new_customers: int = 0
+    # Customer key -> (band, segment) before and after, for the customers whose standing
+    # this write changes (new customers included): the census's deltas (churnguard/census.py).
+    # Per key because a census still being counted applies only those behind its cursor.
+    census: dict[bytes, Change] = field(default_factory=dict)
 
 
 # Kafka's per-record framing on top of key and value (aiokafka estimates up to 82 bytes
@@ -158,6 +163,7 @@ def process_partition(
     result.outputs += applied.outputs
     result.writes.update(applied.writes)
     result.sources += applied.sources
+    result.census = applied.census
     result.new_customers += sum(1 for key, value in applied.writes.items()
                                 if value is not None and stored.get(key, b"") is None)
     _log_bounds(applied)
@@ -180,6 +186,7 @@ class _Applied:
     sources: list[tuple[str, float]] = field(default_factory=list)
     # Customer -> open tickets evicted in this batch (for the one summary line).
     evicted: dict[bytes, int] = field(default_factory=dict)
+    census: dict[bytes, Change] = field(default_factory=dict)
 
 
 def _log_bounds(applied: _Applied) -> None:
@@ -212,6 +219,8 @@ def _apply_all(
               for key, raw in stored.items()}
     good = dict(stored)
     due_before = {key: None if state is None else state.next_due for key, state in states.items()}
+    # Before any event: apply_event changes the loaded states in place.
+    standing_before = {key: standing(state) for key, state in states.items()}
     dirty: set[bytes] = set()
     for record, event in valid:
         key = event.customer_id.encode()
@@ -251,6 +260,10 @@ def _apply_all(
             applied.evicted[key] = applied.evicted.get(key, 0) + len(outcome.evicted_tickets)
     # A state over the limit (seen here first) is found per event by the isolate pass.
     applied.writes = _store(dirty, states, due_before, ctx)
+    for key in dirty:
+        moved = change(standing_before[key], standing(states[key]))
+        if moved is not None:
+            applied.census[key] = moved
     return applied
 
 
@@ -273,6 +286,7 @@ def process_due(
         if state is None:
             continue
         due = state.next_due
+        before = standing(state)  # advance changes the state in place
         outcome = advance(state, until, ctx.engine, noticed_at=noticed_at)
         outputs = _encode(outcome, key, ctx)
         try:
@@ -296,6 +310,9 @@ def process_due(
         result.outputs += outputs
         result.writes[key] = encoded
         result.writes.update(due_index.moves(key, due_before[key], state.next_due))
+        moved = change(before, standing(state))  # the score decayed, the segment aged
+        if moved is not None:
+            result.census[key] = moved
     # An entry that is not the state's current one (or has no state) is stale: drop it, or a
     # tick would read it forever.
     current = {
@@ -320,7 +337,7 @@ def reindex(
     a timer): states and index entries whose due moved, and how many moved. Nothing fires
     here; an entry now due fires at the next tick. A stale entry never fires under the old
     pack's terms meanwhile: a tick evaluates the running pack, which finds nothing due and
-    moves the entry."""
+    moves the entry. Scores and segments stay as they are: no census change."""
     result = PartitionResult()
     moved = 0
     for key, state in _load(list(keys), load).items():
@@ -352,7 +369,9 @@ def _encode(outcome: Outcome, key: bytes, ctx: BatchContext) -> list[Output]:
     ]
     outputs += [Output(ctx.topics.suppressed, key, encode_suppressed(s))
                 for s in outcome.suppressed]
-    outputs += [Output(ctx.topics.scores, key, encode_score(s)) for s in outcome.score_records]
+    outputs += [Output(ctx.topics.scores, key, encode_record(s)) for s in outcome.score_records]
+    outputs += [Output(ctx.topics.outcomes, key, encode_record(r))
+                for r in outcome.outcome_records]
     return outputs
 
 
@@ -362,6 +381,9 @@ def _count(outcome: Outcome, metrics: Metrics) -> None:
     for suppressed in outcome.suppressed:
         metrics.suppressed[suppressed.reason] += 1
     metrics.score_changes += len(outcome.score_records)
+    for record in outcome.outcome_records:
+        metrics.outcomes[record["kind"]] += 1
+    metrics.feedback_unmatched += outcome.unmatched_feedback
     metrics.timers_expired += len(outcome.expired)
     metrics.tickets_evicted += len(outcome.evicted_tickets)
 

@@ -13,12 +13,14 @@ from typing import IO, TYPE_CHECKING
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from churnguard.core.kpis import GROUP_BY
 from churnguard.errors import UserError
 from churnguard.logging import configure_logging
 from churnguard.rules.loading import PackFileInvalid
 
 if TYPE_CHECKING:
     from churnguard.core.processor import Engine
+    from schemas.events import Event
     from streams.settings import Settings
 
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{exc}; lists and maps are JSON, e.g. "
             "CHURNGUARD_TOPICS='{\"events\": \"shop.events\"}' — fix the environment variable"
         )
-    except PackFileInvalid as exc:
+    except PackFileInvalid as exc:  # a UserError too, but every problem on its own line
         for line in exc.lines:
             print(line, file=sys.stderr)
         print(f"churnguard: the rule pack is invalid ({len(exc.lines)} problem"
@@ -99,6 +101,12 @@ def _add_report_commands(
                         help="print a report instead of the actions: per rule fired, by type, "
                         "suppressed, held out; segments and score bands at the end")
     _add_report_options(replay, implied=" (implies --report)")
+    replay.add_argument("--kpis", action="store_true",
+                        help="print the retention KPIs and the feedback figures instead of the "
+                        "actions (docs/kpis.md); with --json, as JSON")
+    replay.add_argument("--group-by", choices=GROUP_BY, metavar="DIMENSION",
+                        help="with --kpis: one row per " + ", ".join(GROUP_BY))
+    replay.add_argument("--rule-id", metavar="RULE", help="with --kpis: only this rule's KPIs")
     backtest = commands.add_parser(
         "backtest", help="the report of a rule pack over the input topics' retained history "
         "(reads only: no consumer group, no commits, writes nothing)")
@@ -218,14 +226,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from streams.settings import Settings
+    from streams.settings import command_settings
 
-    overrides: dict[str, object] = {}
-    if args.broker:
-        overrides["broker"] = args.broker
-    if args.embedded:
-        overrides["embedded_broker"] = True
-    settings = Settings(**overrides)  # type: ignore[arg-type]  # validated by pydantic
+    settings = command_settings(args.broker, embedded_broker=args.embedded)
     configure_logging(settings.log_level)
     from streams.worker import run_worker  # faust: only once the settings are known good
 
@@ -233,10 +236,10 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _topics(args: argparse.Namespace) -> int:
-    from streams.settings import Settings
+    from streams.settings import command_settings
     from streams.topology import all_topics, ensure_all_topics
 
-    settings = Settings(**({"broker": args.broker} if args.broker else {}))
+    settings = command_settings(args.broker)
     configure_logging(settings.log_level)
     ensure_all_topics(settings)
     print(f"{len(all_topics(settings))} topics ready on {settings.bootstrap} "
@@ -287,6 +290,10 @@ def _replay(args: argparse.Namespace) -> int:
     from churnguard.rules.loading import load_pack_file
 
     engine = build_engine(settings, None if args.rules is None else load_pack_file(args.rules))
+    if args.kpis:
+        return _replay_kpis(args, settings, engine, until)
+    if args.group_by is not None or args.rule_id is not None:
+        raise UserError("replay: --group-by and --rule-id go with --kpis")
     if args.report or args.compare is not None or args.json:
         return _replay_report(args, settings, engine, until)
     with contextlib.ExitStack() as files:
@@ -304,22 +311,13 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replay_report(
-    args: argparse.Namespace, settings: Settings, engine: Engine, until: float | None
-) -> int:
-    """`replay --report/--compare/--json`: churnguard.backtest's figures, not the actions."""
+def _read_replay_events(args: argparse.Namespace, settings: Settings,
+                        until: float | None) -> tuple[list[Event], int]:
+    """The EVENTS file in event-time order, and how many bad lines (reported on stderr)."""
     import math
 
-    from churnguard.backtest import compare, render, report
-    from churnguard.engine import build_engine
     from churnguard.replay import read_events
-    from churnguard.rules.loading import load_pack_file
 
-    if args.out is not None:
-        raise UserError("replay: --out writes the actions and --report/--compare/--json print "
-                        "a report instead; run replay once for each")
-    other = None if args.compare is None else build_engine(settings,
-                                                           load_pack_file(args.compare))
     with contextlib.ExitStack() as files:
         source = sys.stdin.buffer if str(args.events) == "-" else files.enter_context(
             _open(args.events, "rb", "read EVENTS",
@@ -329,8 +327,40 @@ def _replay_report(
                                   max_future_hours=settings.max_future_skew_hours)
     for line in bad:
         print(f"line {line.line_number}: {line.kind}: {line.reason}", file=sys.stderr)
-    result = (report(events, engine, until=until, bad_lines=len(bad))[0] if other is None
-              else compare(events, engine, other, until=until, bad_lines=len(bad)))
+    return events, len(bad)
+
+
+def _replay_kpis(
+    args: argparse.Namespace, settings: Settings, engine: Engine, until: float | None
+) -> int:
+    """`replay --kpis`: the KPIs the worker computes, from a file (churnguard.kpi_report)."""
+    from churnguard.kpi_report import kpis_of, render_kpis
+
+    if args.out is not None or args.report or args.compare is not None:
+        raise UserError("replay: --kpis prints the KPIs; --out, --report and --compare are "
+                        "other outputs: run replay once for each")
+    events, _ = _read_replay_events(args, settings, until)
+    result = kpis_of(events, engine, until=until, group_by=args.group_by, rule=args.rule_id)
+    sys.stdout.write(render_kpis(result, as_json=args.json))
+    return 0
+
+
+def _replay_report(
+    args: argparse.Namespace, settings: Settings, engine: Engine, until: float | None
+) -> int:
+    """`replay --report/--compare/--json`: churnguard.backtest's figures, not the actions."""
+    from churnguard.backtest import compare, render, report
+    from churnguard.engine import build_engine
+    from churnguard.rules.loading import load_pack_file
+
+    if args.out is not None:
+        raise UserError("replay: --out writes the actions and --report/--compare/--json print "
+                        "a report instead; run replay once for each")
+    other = None if args.compare is None else build_engine(settings,
+                                                           load_pack_file(args.compare))
+    events, bad = _read_replay_events(args, settings, until)
+    result = (report(events, engine, until=until, bad_lines=bad)[0] if other is None
+              else compare(events, engine, other, until=until, bad_lines=bad))
     sys.stdout.write(render(result, as_json=args.json,
                             base_label=_pack_label(args.rules, settings),
                             other_label=str(args.compare)))
@@ -344,9 +374,9 @@ def _backtest(args: argparse.Namespace) -> int:
     from churnguard.core.clock import rfc3339
     from churnguard.engine import build_engine
     from churnguard.rules.loading import load_pack_file
-    from streams.settings import Settings
+    from streams.settings import command_settings
 
-    settings = Settings(**({"broker": args.broker} if args.broker else {}))
+    settings = command_settings(args.broker)
     configure_logging(settings.log_level)
     now = time.time()
     since = parse_since(args.since, now)

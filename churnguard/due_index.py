@@ -17,6 +17,10 @@ ENTRY = b"1"
 # states it re-indexed: {"version": pack version, "after": last customer key (hex) or null,
 # "done": bool}.
 REINDEX_CURSOR = b"\x00reindex\x00"
+# The partition's census (churnguard/census.py: customers per score band and per RFM
+# segment, and how far the baseline scan got), in the same key space, written with the
+# states whose band or segment changed, so a restored partition has exact counts unscanned.
+CENSUS = b"\x00census\x00"
 # Every customer key sorts in [FIRST_CUSTOMER, AFTER_CUSTOMERS) (ids are UTF-8 without
 # control characters; 0xFF never occurs in UTF-8).
 FIRST_CUSTOMER = b"\x01"

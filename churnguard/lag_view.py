@@ -27,9 +27,9 @@ ALL_TOPICS = "*"  # the topic column of a group's total
 def run_lag_command(args: argparse.Namespace) -> int:
     """The command: `args.broker`, `args.group` (a list or None), `args.watch` (seconds or
     None)."""
-    from streams.settings import Settings
+    from streams.settings import command_settings
 
-    settings = Settings(**({"broker": args.broker} if args.broker else {}))
+    settings = command_settings(args.broker)
     interval: float | None = args.watch
     if interval is not None and not (math.isfinite(interval) and interval > 0):
         raise UserError(f"lag: --watch {interval:g}: give the seconds between refreshes, "

@@ -10,8 +10,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from churnguard.census import Census
+
 # Values, not counts: a batch's metrics never add to them.
-GAUGES = frozenset({"pack_version", "timers_pending", "customers"})
+GAUGES = frozenset({"pack_version", "timers_pending", "customers", "census"})
 
 # Upper bounds (seconds / records) of the histograms' buckets; +Inf is implied.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -78,6 +80,8 @@ class Metrics:
     actions: Counter[tuple[str, str]] = field(default_factory=Counter)  # by (rule, type)
     suppressed: Counter[str] = field(default_factory=Counter)  # by guard reason
     score_changes: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)  # outcome records by kind
+    feedback_unmatched: int = 0  # feedback on an action not among the customer's latest
     timer_ticks: int = 0
     due_customers: int = 0  # customers advanced by ticks
     timers_fired: int = 0  # actions of time-driven firings
@@ -89,6 +93,10 @@ class Metrics:
     timers_pending: Counter[int] = field(default_factory=Counter)
     # Customers with a state per owned partition: counted and kept the same way.
     customers: Counter[int] = field(default_factory=Counter)
+    # Per owned partition, its census (customers per score band and RFM segment) as last
+    # read or written under the partition's lock (agents/census.py); only a `done` one is
+    # a figure. Dropped when the partition is revoked.
+    census: dict[int, Census] = field(default_factory=dict)
     rule_packs_refused: int = 0  # published versions that failed validation here
     rebalances: int = 0
     batches: int = 0
@@ -144,6 +152,8 @@ class Metrics:
             "actions": {f"{rule}/{kind}": n for (rule, kind), n in sorted(self.actions.items())},
             "suppressed": dict(self.suppressed),
             "score_changes": self.score_changes,
+            "outcomes": dict(self.outcomes),
+            "feedback_unmatched": self.feedback_unmatched,
             "timer_ticks": self.timer_ticks,
             "due_customers": self.due_customers,
             "timers_fired": self.timers_fired,

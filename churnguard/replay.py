@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import IO
 
 from churnguard.clocks import EventClock
+from churnguard.core.feedback import CommentTerms
 from churnguard.core.guards import Suppressed
+from churnguard.core.outcomes import OutcomeRecord
 from churnguard.core.processor import Engine, advance, apply_event
 from churnguard.core.rules import Action
 from churnguard.core.state import CustomerState
@@ -52,13 +54,17 @@ def replay(
     noticed_at: float | None = None,
     states: dict[str, CustomerState] | None = None,
     suppressed: list[Suppressed] | None = None,
+    outcomes: list[OutcomeRecord] | None = None,
+    comments: list[CommentTerms] | None = None,
 ) -> Iterator[Action]:
     """Events in event-time order; the clock advances with them, so every timer fires at
     its due time, in due order, exactly as the worker's ticks would fire it. With `until`,
     events after it are ignored and the clock runs on to it. `noticed_at` plays a live
     worker that only now receives this history (timers past their grace expire, see
-    apply_event); `states`, when given, is filled with every customer's final state, and
-    `suppressed` with what the guards stopped, in order."""
+    apply_event); `states`, when given, is filled with every customer's final state,
+    `suppressed` with what the guards stopped, `outcomes` with the outcome records KPIs
+    are computed from (core/outcomes.py) and `comments` with the ticket comments' terms
+    (core/feedback.py), in order."""
     states = {} if states is None else states
     # (due, customer) of every customer with a pending timer; stale entries are skipped.
     dues: list[tuple[float, str]] = []
@@ -73,6 +79,8 @@ def replay(
             outcome = advance(state, due, engine, noticed_at=noticed_at)
             if suppressed is not None:
                 suppressed.extend(outcome.suppressed)
+            if outcomes is not None:
+                outcomes.extend(outcome.outcome_records)
             yield from outcome.actions
             if state.next_due is not None:
                 heapq.heappush(dues, (state.next_due, customer))
@@ -88,6 +96,10 @@ def replay(
         states[event.customer_id] = state = outcome.state
         if suppressed is not None:
             suppressed.extend(outcome.suppressed)
+        if outcomes is not None:
+            outcomes.extend(outcome.outcome_records)
+        if comments is not None:
+            comments.extend(outcome.comments)
         yield from outcome.actions
         if state.next_due is not None:
             heapq.heappush(dues, (state.next_due, event.customer_id))

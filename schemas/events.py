@@ -1,6 +1,6 @@
 """Input events (contract v1). Each per-type topic carries one model; the combined topic
 `churnguard.events` carries the same models tagged with `type`, and `custom` events, which
-have no per-type topic."""
+have no per-type topic. `action_feedback` has its own topic and the combined one."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ MAX_CUSTOM_NAME = 64
 MAX_PROPERTY_KEY = 64
 MAX_PROPERTY_STRING = 1_000
 MAX_PROPERTIES_BYTES = 4 * 1024
+MAX_CATEGORY = 40
+MAX_REGION = 64
+MAX_COMMENT = 2_000
 # Integers every JSON reader reads exactly: beyond 2**53 a double (JavaScript, jq, many
 # JSON libraries) rounds them, so consumers of an action carrying one would disagree.
 MAX_PROPERTY_INT = 2**53
@@ -200,6 +203,8 @@ class Purchase(_Event):
     ]
     currency: Currency
     items: Annotated[list[dict[str, object]], Field(max_length=MAX_ITEMS)] | None = None
+    # A coupon code churnguard issued (a coupon action's payload.code): its redemption.
+    coupon_code: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
 
 
 class Login(_Event):
@@ -213,6 +218,11 @@ class Ticket(_Event):
     status: Literal["opened", "closed"]
     priority: TicketPriority | None = None
     satisfaction: Annotated[int, Field(ge=1, le=5)] | None = None
+    # What the ticket is about (billing, delivery, quality, …): the feedback's breakdown.
+    category: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CATEGORY)] | None = None
+    # The customer's own words, on any status: analysed into term counts, never stored,
+    # logged or copied to an output topic (it may hold personal data).
+    comment: Annotated[str, StringConstraints(max_length=MAX_COMMENT)] | None = None
 
 
 class Profile(_Event):
@@ -228,6 +238,8 @@ class Profile(_Event):
     tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] | None = None
     # The customer's IANA time zone (additive in contract v1), for quiet hours.
     timezone: TimeZone | None = None
+    # A free business region (KPI drill-down), e.g. "north" or "FR-IDF".
+    region: Annotated[str, StringConstraints(min_length=1, max_length=MAX_REGION)] | None = None
     name: str | None = None
     email: str | None = None
     phone: str | None = None
@@ -245,20 +257,38 @@ class Custom(_Event):
     properties: Properties = Field(default_factory=dict)
 
 
-# Never stored, copied into rule contexts or actions, or logged.
-PERSONAL_FIELDS = frozenset({"name", "email", "phone"})
+FeedbackStatus = Literal["delivered", "opened", "clicked", "completed", "failed"]
+FEEDBACK_STATUSES: tuple[FeedbackStatus, ...] = (
+    "delivered", "opened", "clicked", "completed", "failed")
 
-Event = Purchase | Login | Ticket | Profile | Custom
+
+class ActionFeedback(_Event):
+    """What the notification service or the CRM reports back about an action churnguard
+    emitted (delivered, a message opened, a task completed). `note` is free text: accepted,
+    never stored, logged or copied anywhere."""
+
+    type: Literal["action_feedback"] = "action_feedback"
+    action_id: Id
+    status: FeedbackStatus
+    note: Annotated[str, StringConstraints(max_length=MAX_COMMENT)] | None = None
+
+
+# Never stored, copied into rule contexts or actions, or logged: contact data, and free
+# text a person wrote (ticket comments, feedback notes).
+PERSONAL_FIELDS = frozenset({"name", "email", "phone", "comment", "note"})
+
+Event = Purchase | Login | Ticket | Profile | Custom | ActionFeedback
 
 # The combined topic: one ordered stream per customer, discriminated by `type`.
 TaggedEvent = Annotated[Event, Field(discriminator="type")]
 
 # Every type the combined topic carries. The per-type topics (streams.settings.TopicNames
-# .inputs) carry purchase, login, ticket and profile; `custom` has none.
+# .inputs) carry purchase, login, ticket, profile and action_feedback; `custom` has none.
 MODEL_BY_TYPE: dict[str, type[_Event]] = {
     "purchase": Purchase,
     "login": Login,
     "ticket": Ticket,
     "profile": Profile,
     "custom": Custom,
+    "action_feedback": ActionFeedback,
 }

@@ -24,7 +24,8 @@ def encode_suppressed(suppressed: Suppressed) -> bytes:
     return orjson.dumps(suppressed.to_record())
 
 
-def encode_score(record: dict[str, Any]) -> bytes:
+def encode_record(record: dict[str, Any]) -> bytes:
+    """A plain record: a score change (scores topic) or an outcome (outcomes topic)."""
     return orjson.dumps(record)
 
 
@@ -39,7 +40,7 @@ REDACTED = "[redacted]"
 # free text, tags, ids of other systems or unknown fields — wherever personal data may hide.
 DLQ_KEPT_FIELDS = frozenset({
     "type", "event_id", "customer_id", "occurred_at", "amount", "currency", "status",
-    "priority", "satisfaction", "tier", "birthday", "signup_date",
+    "priority", "satisfaction", "tier", "birthday", "signup_date", "action_id", "category",
 })
 # A kept field's value longer than this is no code or number: replaced like any other.
 _KEPT_STRING_LIMIT = 200

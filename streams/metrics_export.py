@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -45,10 +46,13 @@ class WorkerView:
     recovery_remaining: Mapping[int, int]
     store_bytes: Mapping[int, int]
     customers: Mapping[int, int]
+    # Summed over the owned partitions, only once every one's census is done (else empty:
+    # a partial count is no figure); `census_pending`: owned partitions still counted.
     customers_by_band: Mapping[str, int]
     # Burrow-style status per (topic, partition) (streams/partition_status.py).
     statuses: Mapping[tuple[str, int], str] = field(default_factory=dict)
     ready: bool = False
+    census_pending: int = 0
 
 
 class LagClock:
@@ -118,6 +122,11 @@ class WorkerCollector(Collector):
                        {(k,): n for k, n in m.dead_letters.items()})
         yield _counter("duplicates", "Events already applied (redelivered or repeated ids)",
                        [], {(): m.duplicates})
+        yield _counter("outcomes", "Outcome records (KPIs' input), by kind", ["kind"],
+                       {(k,): n for k, n in m.outcomes.items()})
+        yield _counter("feedback_unmatched",
+                       "Feedback on an action not among the customer's latest 50 (ignored)", [],
+                       {(): m.feedback_unmatched})
         yield _counter("timers_fired", "Actions of time-driven firings", [], {(): m.timers_fired})
         yield _counter("timers_expired", "Timer occurrences noticed past their grace", [],
                        {(): m.timers_expired})
@@ -148,8 +157,12 @@ class WorkerCollector(Collector):
         yield _gauge("customers", "Customers with a state", ["partition"],
                      {(str(p),): n for p, n in view.customers.items()})
         yield _gauge("customers_by_band", "Customers by health band (good >= 80, average "
-                     "60-80, poor < 60)", ["band"],
+                     "60-80, poor < 60) of the stored states; absent while a partition's "
+                     "census is being counted", ["band"],
                      {(b,): n for b, n in view.customers_by_band.items()})
+        yield _gauge("census_partitions_pending", "Owned partitions whose census (customers "
+                     "by band and segment) is not counted yet", [],
+                     {(): view.census_pending})
         status = GaugeMetricFamily(
             f"{PREFIX}_partition_status", "1 for the partition's current Burrow-style status "
             "(OK, WARN, STALL, STOP, REWIND)", labels=["topic", "partition", "status"])
@@ -194,20 +207,18 @@ def _offsets(view: WorkerView) -> Iterator[Metric]:
     yield from (lag, seconds, committed, highwater)
 
 
-def _counter(name: str, documentation: str, labels: list[str],
-             values: Mapping[tuple[str, ...], float]) -> CounterMetricFamily:
-    family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
+def _family(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str,
+            documentation: str, labels: list[str],
+            values: Mapping[tuple[str, ...], float]) -> CounterMetricFamily | GaugeMetricFamily:
+    """A counter or gauge family with one sample per label values, in label order."""
+    family = kind(f"{PREFIX}_{name}", documentation, labels=labels)
     for key, value in sorted(values.items()):
         family.add_metric(list(key), value)
     return family
 
 
-def _gauge(name: str, documentation: str, labels: list[str],
-           values: Mapping[tuple[str, ...], float]) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
-    for key, value in sorted(values.items()):
-        family.add_metric(list(key), value)
-    return family
+_counter = partial(_family, CounterMetricFamily)
+_gauge = partial(_family, GaugeMetricFamily)
 
 
 def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:

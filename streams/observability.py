@@ -8,6 +8,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from faust.exceptions import ConsumerNotStarted
+
+from churnguard.census import CensusTotals, totals
 from churnguard.metrics import Metrics
 from streams.app import Topology
 from streams.batch_path import BatchPathConsumer
@@ -73,15 +76,34 @@ class Observability:
             if stats is not None:
                 store_bytes[partition] = stats[1]
         customers = dict(self.metrics.customers)
+        census = self.census()
+        by_band = census.band if census.complete and census.counted else {}
         return WorkerView(offsets=offsets, timers_pending=pending,
                           recovery_remaining={tp.partition: n for tp, n in remaining.items()},
-                          store_bytes=store_bytes, customers=customers, customers_by_band={},
-                          statuses=self.status_of(offsets), ready=self.readiness().ready)
+                          store_bytes=store_bytes, customers=customers,
+                          customers_by_band=by_band, statuses=self.status_of(offsets),
+                          ready=self.readiness().ready, census_pending=len(census.pending))
+
+    def census(self) -> CensusTotals:
+        """Customers per score band and per RFM segment over the owned partitions whose
+        census is done (the stored states, exact); `pending`: owned partitions not counted
+        yet (restoring, or a store being counted for the first time) — with any, the sums
+        are partial (for `/segments`)."""
+        owned = {tp.partition for tp in self._assignment() if tp.topic in self.inputs}
+        return totals(self.metrics.census, owned)
+
+    def _assignment(self) -> set[Any]:
+        # Empty, not an error, in the moment between the web server's start and the
+        # consumer's (faust raises ConsumerNotStarted then): /ready is a 503, not a 500.
+        try:
+            return set(self.topology.app.consumer.assignment())
+        except ConsumerNotStarted:
+            return set()
 
     def readiness(self) -> Readiness:
         app = self.topology.app
         consumer = app.consumer
-        owned = [tp for tp in consumer.assignment() if tp.topic in self.inputs]
+        owned = [tp for tp in self._assignment() if tp.topic in self.inputs]
         recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
         recovering = bool(recovery.in_recovery) or not recovery.completed.is_set()
         consuming = isinstance(consumer, BatchPathConsumer) and bool(consumer.flow_active)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +25,8 @@ class TopicNames(BaseModel):
     tickets: str = "churnguard.tickets"
     profiles: str = "churnguard.profiles"
     events: str = "churnguard.events"
+    # What notification services and the CRM report back about actions (action_feedback).
+    feedback: str = "churnguard.feedback"
     notifications: str = "churnguard.actions.notifications"
     tasks: str = "churnguard.actions.tasks"
     coupons: str = "churnguard.actions.coupons"
@@ -32,6 +34,8 @@ class TopicNames(BaseModel):
     # What guards stopped or deferred (holdouts, caps, cooldowns, quiet hours): for uplift.
     suppressed: str = "churnguard.actions.suppressed"
     scores: str = "churnguard.scores"
+    # Win-back episodes, coupons, feedback and purchases that KPIs are computed from.
+    outcomes: str = "churnguard.outcomes"
     dlq: str = "churnguard.dlq"
     # Published rule packs, one record per version (compacted; every worker reads it all).
     rules: str = "churnguard.rules"
@@ -43,13 +47,14 @@ class TopicNames(BaseModel):
             self.logins: "login",
             self.tickets: "ticket",
             self.profiles: "profile",
+            self.feedback: "action_feedback",
             self.events: "",
         }
 
     def outputs(self) -> list[str]:
         return [
             self.notifications, self.tasks, self.coupons, self.profile_updates,
-            self.suppressed, self.scores, self.dlq,
+            self.suppressed, self.scores, self.outcomes, self.dlq,
         ]
 
     def with_prefix(self, prefix: str) -> TopicNames:
@@ -130,3 +135,14 @@ class Settings(BaseSettings):
         return ",".join(
             server.removeprefix("kafka://") for server in self.broker.split(";")
         )
+
+
+def command_settings(broker: str | None = None, *, embedded_broker: bool = False) -> Settings:
+    """The environment's settings with a command's `--broker` (when given) and `--embedded`
+    on top: what every command that talks to a broker starts from."""
+    overrides: dict[str, Any] = {}
+    if broker:
+        overrides["broker"] = broker
+    if embedded_broker:
+        overrides["embedded_broker"] = True
+    return Settings(**overrides)

@@ -28,6 +28,7 @@ import faust
 import structlog
 from faust.types import TP
 
+from agents.census import CensusScan
 from agents.fire_timers import FireTimers
 from agents.locks import PartitionLocks
 from agents.reindex import Reindex
@@ -61,6 +62,8 @@ log = structlog.get_logger(__name__)
 STATS_INTERVAL_S = 10.0
 # One re-index chunk per interval (agents/reindex.py): ~5,000 customers a second.
 REINDEX_INTERVAL_S = 0.1
+# One census chunk per interval (agents/census.py), for stores without a census record.
+CENSUS_INTERVAL_S = 0.1
 
 
 class Worker(faust.Worker):
@@ -153,6 +156,7 @@ def build_worker_app(
     timers = FireTimers(ctx, writer, locks, clock, limit=settings.tick_limit,
                         watermark=watermark)
     reindexing = Reindex(ctx, writer, locks)
+    census = CensusScan(writer, locks, metrics)
 
     @app.timer(interval=settings.tick_interval_s)  # type: ignore[untyped-decorator]
     async def fire_timers() -> None:
@@ -183,6 +187,18 @@ def build_worker_app(
         consumer = app.consumer
         if isinstance(consumer, BatchPathConsumer):
             await consumer.run_guarded(reindexing.step, topics=inputs)
+
+    @app.timer(interval=CENSUS_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def count_census() -> None:
+        consumer = app.consumer
+        if isinstance(consumer, BatchPathConsumer):
+            await consumer.run_guarded(census.step, topics=inputs)
+
+    @app.on_partitions_revoked.connect
+    async def forget_census(*args: Any, **kwargs: Any) -> None:
+        # After the batch and tick in flight ended: read again once owned (another worker
+        # may write the partition meanwhile).
+        census.forget()
 
     web = _observability(topology, settings, metrics, inputs, writer)
 

@@ -34,6 +34,7 @@ from churnguard.core.conditions import (
     compile_variable,
 )
 from churnguard.core.guards import PackGuards, RuleGuards
+from churnguard.core.outcomes import ActionCosts, KpiSettings
 from churnguard.core.rfm import PROSPECT, RfmSettings
 from churnguard.core.scoring import ScoringSettings
 from churnguard.core.triggers import (
@@ -205,6 +206,9 @@ class RuleSpec(_Spec):
     conditions: ConditionData = Field(default_factory=list)
     actions: list[ActionSpec] = Field(min_length=1, max_length=20)
     guards: RuleGuards = RuleGuards()
+    # `winback`: its firings start win-back episodes (docs/kpis.md). Unset, the rule with
+    # the id `health_winback` is one and no other; `other` opts that one out.
+    kind: Literal["winback", "other"] | None = None
 
 
 class TaskQueues(_Spec):
@@ -227,6 +231,8 @@ class _Settings(_Spec):
     rfm: RfmSettings = RfmSettings()
     # Frequency caps, quiet hours and the global control group (core/guards.py).
     guards: PackGuards = PackGuards()
+    # Recovery window, margin and action costs of the KPIs (core/outcomes.py).
+    kpis: KpiSettings = KpiSettings()
     rules: list[Any] = Field(max_length=MAX_RULES)
 
     @field_validator("ticket_sla_hours")
@@ -288,6 +294,14 @@ class Rule:
     def version(self) -> int:
         return self.spec.version
 
+    @property
+    def winback(self) -> bool:
+        kind = self.spec.kind
+        return kind == "winback" or (kind is None and self.spec.id == WINBACK_RULE)
+
+
+# The shipped win-back rule: its firings are episodes unless its `kind` says otherwise.
+WINBACK_RULE = "health_winback"
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +314,7 @@ class RulePack:
     rfm: RfmSettings
     ticket_sla_hours: Mapping[str, float]
     guards: PackGuards
+    kpis: KpiSettings
     # Any frequency cap or quiet hours: else actions skip those checks.
     guarded: bool
     # Rules by the signal that fires them, and the ones time or metrics fire: evaluate
@@ -327,6 +342,15 @@ class RulePack:
     @property
     def version(self) -> int:
         return self.spec.version
+
+    def recovery_threshold(self, rule: Rule) -> float:
+        """The health score at which a win-back episode of `rule` has recovered: the score
+        the rule watches falling below, else the pack's `kpis.recovery_score`."""
+        trigger = rule.spec.trigger
+        if (isinstance(trigger, ThresholdTrigger) and trigger.metric == "health_score"
+                and trigger.below is not None):
+            return trigger.below
+        return self.kpis.recovery_score
 
     @property
     def default_task_queue(self) -> str:
@@ -431,7 +455,7 @@ _MODELS: tuple[type[BaseModel], ...] = (
     _Settings, RuleSpec, SignalTrigger, ThresholdTrigger, SegmentTrigger, TagTrigger,
     CustomTrigger, AfterTrigger, AnniversaryTrigger, InactivityTrigger, TicketOverdueTrigger,
     NotificationSpec, TaskSpec, CouponSpec, ProfileUpdateSpec, TaskQueues, RuleGuards,
-    PackGuards, ScoringSettings, RfmSettings,
+    PackGuards, ScoringSettings, RfmSettings, KpiSettings, ActionCosts,
 )
 
 
@@ -628,6 +652,7 @@ def _assemble(spec: PackSpec, rules: list[Rule]) -> RulePack:
         rfm=spec.rfm,
         ticket_sla_hours={str(k): v for k, v in spec.ticket_sla_hours.items()},
         guards=spec.guards,
+        kpis=spec.kpis,
         guarded=bool(spec.guards.frequency_caps) or spec.guards.quiet_hours is not None,
         by_signal={signal: tuple(group) for signal, group in by_signal.items()},
         thresholds=tuple((r, r.spec.trigger) for r in enabled

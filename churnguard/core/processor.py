@@ -8,7 +8,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from churnguard.core.clock import day_number, rfc3339
+from churnguard.core.feedback import (
+    LOW_RATING,
+    CommentTerms,
+    comment_terms,
+    ticket_closed,
+    ticket_opened,
+)
 from churnguard.core.guards import Suppressed
+from churnguard.core.outcomes import (
+    OutcomeRecord,
+    expire_episodes,
+    log_actions,
+    on_feedback,
+    on_purchase,
+    recover_by_score,
+    start_episode,
+)
 from churnguard.core.pack import RulePack
 from churnguard.core.rfm import rfm_scores, segment_of
 from churnguard.core.rules import (
@@ -33,7 +49,7 @@ from churnguard.core.state import (
     prune,
     remember,
 )
-from schemas.events import Custom, Event, Login, Profile, Purchase, Ticket
+from schemas.events import ActionFeedback, Custom, Event, Login, Profile, Purchase, Ticket
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +75,12 @@ class Outcome:
     evicted_tickets: list[str] = field(default_factory=list)
     # Firings and actions the guards stopped or deferred, for the suppressed topic.
     suppressed: list[Suppressed] = field(default_factory=list)
+    # What KPIs are computed from (core/outcomes.py), for the outcomes topic.
+    outcome_records: list[OutcomeRecord] = field(default_factory=list)
+    # Feedback on an action this customer was not sent lately (or never): not counted.
+    unmatched_feedback: int = 0
+    # Ticket comments as the terms that may be counted (core/feedback.py): never encoded.
+    comments: list[CommentTerms] = field(default_factory=list)
 
     @property
     def score_record(self) -> dict[str, Any] | None:
@@ -101,6 +123,8 @@ def apply_event(
     if record is not None:
         outcome.score_records.append(record)
         signals = _segment_signals(signals, previous, state.segment)
+        if state.episodes:
+            outcome.outcome_records += recover_by_score(state, state.clock)
     firing = Firing(
         signals=signals,
         now=state.clock,
@@ -110,9 +134,7 @@ def apply_event(
         noticed_at=noticed_at,
         previous_segment=previous,
     )
-    outcome.actions += evaluate(engine.pack, state, firing)
-    outcome.expired += firing.expired
-    outcome.suppressed += firing.suppressed
+    _settle(engine.pack, state, firing, evaluate(engine.pack, state, firing), outcome)
     state.next_due = next_due(engine.pack, state)
     return outcome
 
@@ -135,18 +157,37 @@ def advance(
         if record is not None:
             outcome.score_records.append(record)
             signals = _segment_signals(signals, previous, state.segment)
+        if state.episodes:
+            outcome.outcome_records += recover_by_score(state, state.clock)
+            outcome.outcome_records += expire_episodes(state, state.clock)
         firing = Firing(signals=signals, now=state.clock, trigger_key=f"at:{due!r}",
                         caused_by=(), noticed_at=noticed_at, time_driven=True,
                         previous_segment=previous)
-        if state.deferred:
-            outcome.actions += release_deferred(state, state.clock)
-        outcome.actions += evaluate(engine.pack, state, firing)
-        outcome.expired += firing.expired
-        outcome.suppressed += firing.suppressed
+        released = release_deferred(state, state.clock) if state.deferred else []
+        _settle(engine.pack, state, firing, released + evaluate(engine.pack, state, firing),
+                outcome)
         following = state.next_due = next_due(engine.pack, state)
         # Progress guard: a due that fired nothing and stays due would loop forever.
         due = None if following is not None and following <= due else following
     return outcome
+
+
+def _settle(
+    pack: RulePack, state: CustomerState, firing: Firing, actions: list[Action],
+    outcome: Outcome,
+) -> None:
+    """An evaluation's results into the outcome: its actions (remembered for feedback and
+    redemptions) and the win-back episodes it started."""
+    outcome.actions += actions
+    outcome.expired += firing.expired
+    outcome.suppressed += firing.suppressed
+    if actions:
+        outcome.outcome_records += log_actions(state, actions, pack.kpis)
+    for rule, arm, ids in firing.winbacks:
+        record = start_episode(state, rule.id, arm, pack.recovery_threshold(rule), ids,
+                               firing.now, pack.kpis)
+        if record is not None:
+            outcome.outcome_records.append(record)
 
 
 def rescore(
@@ -209,6 +250,9 @@ def _apply(
             state.last_active_at = max(state.last_active_at or occurred, occurred)
             state.purchase_days[day] = state.purchase_days.get(day, 0) + 1
             prune(state.purchase_days, today, PURCHASE_WINDOW_DAYS)
+            outcome.outcome_records += on_purchase(
+                state, occurred, float(event.amount), event.coupon_code,
+                "first_purchase" in signals, engine.pack.kpis)
             return frozenset(signals)
         case Login():
             state.last_active_at = max(state.last_active_at or occurred, occurred)
@@ -232,6 +276,13 @@ def _apply(
         case Custom():
             # Business-defined: no state of its own, only the rules listening to its name.
             return frozenset({f"custom:{event.name}"})
+        case ActionFeedback():
+            records = on_feedback(state, event.action_id, event.status, occurred)
+            if records is None:
+                outcome.unmatched_feedback += 1
+            else:
+                outcome.outcome_records += records
+            return frozenset()
 
 
 def _apply_ticket(
@@ -239,10 +290,19 @@ def _apply_ticket(
 ) -> frozenset[str]:
     ticket = event.ticket_id
     signals: set[str] = set()
+    known = state.open_tickets.get(ticket)
+    category = event.category or (known.category if known is not None else "")
+    if event.comment:
+        low = event.satisfaction is not None and event.satisfaction <= LOW_RATING
+        outcome.comments.append(CommentTerms(occurred, category, low,
+                                             comment_terms(event.comment)))
     if event.status == "opened":
         # A late "opened" for a ticket already closed must not reopen it.
         if ticket not in state.open_tickets and ticket not in state.closed_tickets:
-            state.open_tickets[ticket] = OpenTicket(occurred, event.priority or "normal")
+            priority = event.priority or "normal"
+            state.open_tickets[ticket] = OpenTicket(occurred, priority, category)
+            outcome.outcome_records.append(
+                ticket_opened(state.customer_id, occurred, category, priority))
             signals.add("ticket_opened")
             if len(state.open_tickets) > MAX_OPEN_TICKETS:
                 # The oldest by event time (the new one itself if it is older than all):
@@ -254,6 +314,10 @@ def _apply_ticket(
     else:
         if ticket in state.open_tickets or ticket not in state.closed_tickets:
             state.open_tickets.pop(ticket, None)
+            closing: str = known.priority if known is not None else event.priority or "normal"
+            outcome.outcome_records.append(ticket_closed(
+                state.customer_id, occurred, None if known is None else known.opened_at,
+                category, closing, engine.pack.ticket_sla_hours[closing], event.satisfaction))
             remember(state.closed_tickets, ticket, CLOSED_TICKETS_KEPT)
             forget_ticket_marks(engine.pack, state, ticket)
             signals.add("ticket_closed")
@@ -275,6 +339,8 @@ def _apply_profile(state: CustomerState, event: Profile) -> None:
         state.account_manager = event.account_manager
     if event.timezone is not None:
         state.timezone = event.timezone
+    if event.region is not None:
+        state.region = event.region
     if event.tags is not None:
         state.tags = list(event.tags)
     # Only whether a channel exists is kept; an explicit null removes it.

@@ -21,6 +21,7 @@ from churnguard.core.guards import (
     quiet_until,
     rule_verdict,
 )
+from churnguard.core.outcomes import Arm
 from churnguard.core.pack import (
     EVENT_TRIGGERS,
     ActionTemplate,
@@ -135,6 +136,9 @@ class Firing:
     expired: list[str] = field(default_factory=list)
     # Filled by evaluate: what the guards stopped or deferred (core/guards.py).
     suppressed: list[Suppressed] = field(default_factory=list)
+    # Filled by evaluate: win-back rules that fired or were held out, with the ids of their
+    # actions (those a held-out firing would have had): episodes start from these.
+    winbacks: list[tuple[Rule, Arm, list[str]]] = field(default_factory=list)
 
 
 def evaluate(pack: RulePack, state: CustomerState, firing: Firing) -> list[Action]:
@@ -150,16 +154,26 @@ def evaluate(pack: RulePack, state: CustomerState, firing: Firing) -> list[Actio
             if not rule.condition(subject):
                 continue
             verdict = rule_verdict(rule.spec.guards, pack.guards, rule.id, state, firing.now)
+            ids = []
             for template in rule.actions:
                 if not template.when(subject):
                     continue
+                ids.append(action_id(state.customer_id, rule.id, trigger_key, template.index))
                 if verdict is not None:
                     _suppress(pack, rule, template, state, firing, trigger_key, verdict)
                     continue
                 action = _guarded(pack, rule, template, subject, firing, trigger_key)
                 if action is not None:
                     actions.append(action)
+            if rule.winback and verdict in _EPISODE_ARMS:
+                firing.winbacks.append((rule, _EPISODE_ARMS[verdict], ids))
     return actions
+
+
+# A win-back firing is an episode when it acted, or when a holdout kept it from acting
+# (the comparison group); a cooldown or cap stopping it is no episode.
+_EPISODE_ARMS: dict[Reason | None, Arm] = {
+    None: "treated", "holdout": "held_out", "global_control": "held_out"}
 
 
 def _guarded(
@@ -225,9 +239,10 @@ def prime(pack: RulePack, state: CustomerState) -> None:
 
 
 def next_due(pack: RulePack, state: CustomerState) -> float | None:
-    """The earliest moment a rule may fire with no new event: a timer occurrence, the score
-    decaying below an armed `health_score below` threshold, or (when a rule watches
-    segments) the recency grade changing."""
+    """The earliest moment something happens with no new event: a timer occurrence, the
+    score decaying below an armed `health_score below` threshold, (when a rule watches
+    segments) the recency grade changing, a deferred action's release, or a win-back
+    episode's window ending."""
     dues: list[float] = []
     sla = pack.ticket_sla_hours
     for rule, timer in pack.timers:
@@ -246,6 +261,9 @@ def next_due(pack: RulePack, state: CustomerState) -> float | None:
             dues.append(change)
     if state.deferred:
         dues.append(min(at for at, _ in state.deferred))
+    if state.episodes:
+        # A win-back episode's window ends with time alone (KPIs: it expires).
+        dues.append(min(e.ends_at for e in state.episodes))
     return min(dues, default=None)
 
 

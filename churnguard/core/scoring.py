@@ -10,6 +10,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from churnguard.core.clock import DAY, HOUR, day_number
 from churnguard.core.state import CustomerState, count_in_window
 
+# Score bands (the backtest report, the worker's census of customers): a customer never
+# scored is "unscored".
+GOOD_AT_LEAST = 80.0
+AVERAGE_AT_LEAST = 60.0
+BANDS = ("good", "average", "poor", "unscored")
+
+
+def band_of(score: float | None) -> str:
+    if score is None:
+        return "unscored"
+    if score >= GOOD_AT_LEAST:
+        return "good"
+    return "average" if score >= AVERAGE_AT_LEAST else "poor"
+
 
 class ScoringSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -5,7 +5,7 @@ once per batch per customer."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -20,10 +20,56 @@ MAX_OPEN_TICKETS = 100
 SPEND_SCALE = 10_000
 
 
+# Actions remembered per customer (feedback and coupon redemptions are matched to them,
+# the customer 360 shows them): the oldest is forgotten first.
+MAX_LOGGED_ACTIONS = 50
+
+
 @dataclass(slots=True)
 class OpenTicket:
     opened_at: float
     priority: str
+    category: str = ""  # the opening event's (feedback figures per category)
+
+
+class LoggedAction(NamedTuple):
+    """An action sent, with what KPIs attribute to it (core/outcomes.py). A tuple: stored as
+    a JSON list, a tenth of a dict's size."""
+
+    action_id: str
+    type: str
+    rule_id: str
+    at: float
+    # The notification's channel, the task's assignee, the coupon's code; "" otherwise.
+    target: str
+    # The customer's KPI dimensions when it was sent.
+    tier: str
+    segment: str
+    account_manager: str
+    region: str
+    # Feedback statuses seen and redemption (bits: core/outcomes.FLAGS).
+    flags: int = 0
+    # Coupons: when the code expires, its value and kind ("percent" or "amount").
+    expires_at: float | None = None
+    value: float = 0.0
+    kind: str = ""
+
+
+class Episode(NamedTuple):
+    """A win-back episode still in its recovery window (core/outcomes.py)."""
+
+    rule_id: str
+    arm: str  # "treated", or "held_out" (the rule's holdout or the global control group)
+    started_at: float
+    ends_at: float  # started_at + the pack's recovery window
+    threshold: float  # health score at or above which the customer has recovered
+    tier: str
+    segment: str
+    account_manager: str
+    region: str
+    action_ids: list[str]
+    recovered_at: float | None = None
+    purchased: bool = False
 
 
 @dataclass(slots=True)
@@ -52,6 +98,7 @@ class CustomerState:
     has_phone: bool = False
     # IANA zone from the profile: quiet hours follow it (else the pack's zone).
     timezone: str | None = None
+    region: str | None = None
     score: float | None = None
     components: tuple[float, float, float] | None = None
     segment: str | None = None
@@ -68,6 +115,9 @@ class CustomerState:
     rule_fires: dict[str, tuple[int, float]] = field(default_factory=dict)
     sent: list[tuple[float, str, str]] = field(default_factory=list)
     deferred: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    # KPIs (core/outcomes.py): the latest actions sent and the open win-back episodes.
+    actions_log: list[LoggedAction] = field(default_factory=list)
+    episodes: list[Episode] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
     # Source topic -> last applied offset: a redelivered record changes nothing.
     offsets: dict[str, int] = field(default_factory=dict)
@@ -77,7 +127,7 @@ class CustomerState:
         return self.spend_e4 / SPEND_SCALE
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self, option=orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(self, option=orjson.OPT_NON_STR_KEYS, default=_as_list)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CustomerState:
@@ -95,7 +145,19 @@ class CustomerState:
             data["rule_fires"] = {k: tuple(v) for k, v in data["rule_fires"].items()}
             data["sent"] = [tuple(entry) for entry in data["sent"]]
             data["deferred"] = [tuple(entry) for entry in data["deferred"]]
+        # Absent from states written before KPIs existed.
+        if data.get("actions_log"):
+            data["actions_log"] = [LoggedAction(*entry) for entry in data["actions_log"]]
+        if data.get("episodes"):
+            data["episodes"] = [Episode(*entry) for entry in data["episodes"]]
         return cls(**data)
+
+
+def _as_list(value: object) -> list[Any]:
+    # orjson writes tuples but not their subclasses: the NamedTuples above, as lists.
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not stored in a customer state")
 
 
 def count_in_window(buckets: dict[int, int], today: int, window_days: int) -> int:

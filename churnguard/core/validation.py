@@ -12,6 +12,7 @@ from churnguard.core.clock import HOUR
 from schemas.events import (
     MAX_EVENT_BYTES,
     MODEL_BY_TYPE,
+    ActionFeedback,
     Event,
     Login,
     Profile,
@@ -29,6 +30,7 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "login": TypeAdapter(Login),
     "ticket": TypeAdapter(Ticket),
     "profile": TypeAdapter(Profile),
+    "action_feedback": TypeAdapter(ActionFeedback),
     "": TypeAdapter(TaggedEvent),  # the combined topic: `type` selects the model
 }
 _TYPES = ", ".join(MODEL_BY_TYPE)

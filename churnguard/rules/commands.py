@@ -12,7 +12,7 @@ from churnguard.rules import publishing
 from churnguard.rules.diff import diff_packs
 from churnguard.rules.export import export_pack
 from churnguard.rules.loading import default_pack_text, load_pack, load_pack_file
-from streams.settings import Settings
+from streams.settings import Settings, command_settings
 
 
 def run_rules_command(args: argparse.Namespace) -> int:
@@ -32,13 +32,8 @@ def run_rules_command(args: argparse.Namespace) -> int:
     return 2
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    broker = getattr(args, "broker", None)
-    return Settings(**({"broker": broker} if broker else {}))
-
-
 def _export(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = command_settings(args.broker)
     if args.published == 0:
         sys.stdout.write(default_pack_text())  # version 0 is the shipped default
     elif args.published is not None:
@@ -58,7 +53,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _validate(path: Path) -> int:
-    pack = load_pack_file(path)  # PackFileInvalid: every problem, exit 1 (churnguard.cli)
+    # Unreadable: one line, exit 2; invalid: every problem, exit 1 (churnguard.cli.main).
+    pack = load_pack_file(path)
     print(f"{path}: valid: {len(pack.spec.rules)} rules ({len(pack.rules)} enabled), "
           f"{len(pack.rfm.segments)} segments, time zone {pack.spec.timezone}")
     return 0
@@ -71,14 +67,14 @@ def _diff(old_path: Path, new_path: Path) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = command_settings(args.broker)
     load_pack_file(args.file)  # every problem of the file, before the broker is asked
     text = args.file.read_text("utf-8")
     return _write(settings, text, str(args.file), author=args.author, message=args.message)
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = command_settings(args.broker)
     history = publishing.read_history(settings.bootstrap, settings.topics.rules)
     old = next((p for p in history if p.version == args.version), None)
     if old is None:
@@ -110,7 +106,7 @@ def _write(
 
 
 def _history(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = command_settings(args.broker)
     history = publishing.read_history(settings.bootstrap, settings.topics.rules)
     if not history:
         print("no pack published yet: workers run the shipped default "

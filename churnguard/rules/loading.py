@@ -38,12 +38,13 @@ def load_pack(source: bytes | str, name: str) -> RulePack:
 
 
 def load_pack_file(path: Path) -> RulePack:
+    """Raises UserError (one line, exit 2) when the file cannot be read — missing, a
+    directory, no permission: there is nothing to validate —, else as load_pack."""
     try:
         raw = path.read_bytes() if path.stat().st_size <= MAX_BYTES else None
     except OSError as exc:
-        raise PackFileInvalid(
-            [f"{path}: cannot read the rule pack: {exc.strerror}; give the path of a YAML file"]
-        ) from None
+        raise UserError(f"{path}: cannot read the rule pack: {exc.strerror}; give the path "
+                        "of a readable YAML file") from None
     if raw is None:
         raise PackFileInvalid([f"{path}: the file is larger than {MAX_BYTES:,} bytes; "
                                "a rule pack is a small YAML file"])

@@ -185,8 +185,15 @@ def batch_of(*records: SourceRecord) -> dict[TP, list[SourceRecord]]:
 # --- outputs ---------------------------------------------------------------------------------
 
 def actions(outputs: Sequence[OutputRecord]) -> list[dict[str, Any]]:
-    """The decoded action records among `outputs` (not scores, not dead letters), in order."""
+    """The decoded action records among `outputs` (not scores, outcomes or dead letters), in
+    order."""
     return [
-        orjson.loads(o.value) for o in outputs if o.topic not in {TOPICS.scores, TOPICS.dlq}
+        orjson.loads(o.value) for o in outputs
+        if o.topic not in {TOPICS.scores, TOPICS.dlq, TOPICS.outcomes}
     ]
 
+
+
+def emitted(write: Any) -> list[Any]:
+    """A write's outputs but its outcome records (the KPIs' input, tested on their own)."""
+    return [o for o in write.outputs if o.topic != TOPICS.outcomes]

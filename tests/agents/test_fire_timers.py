@@ -9,7 +9,7 @@ import pytest
 from churnguard import due_index
 from churnguard.core.clock import DAY, HOUR, rfc3339
 from churnguard.core.rules import action_id
-from tests.agents.support import T0, TOPICS, batch_of
+from tests.agents.support import T0, TOPICS, batch_of, emitted
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ async def test_sla_breach_fires_once_at_its_due_time_and_moves_the_index(
     clock.advance_to(T0 + 4 * HOUR)
     assert await fire_timers.tick([0]) == 1
     [write] = fake.writes[writes_before:]
-    [task] = write.outputs
+    [task] = emitted(write)
     assert (task.topic, task.key, task.partition) == (TOPICS.tasks, b"c1", 0)
     assert orjson.loads(task.value) == sla_breach("c1", "T1", T0)
     state = fake.state(0, "c1")
@@ -96,7 +96,7 @@ async def test_sla_breach_fires_once_at_its_due_time_and_moves_the_index(
     clock.advance_to(T0 + 5 * HOUR)
     assert await fire_timers.tick([0]) == 1
     last = fake.writes[-1]
-    assert [orjson.loads(o.value) for o in last.outputs] == [sla_breach("c1", "T2", T0 + HOUR)]
+    assert [orjson.loads(o.value) for o in emitted(last)] == [sla_breach("c1", "T2", T0 + HOUR)]
     assert last.items == {
         b"c1": fake.data[0][b"c1"],
         due_index.due_key(T0 + 5 * HOUR, b"c1"): None,  # nothing pending: no new entry
@@ -118,7 +118,7 @@ async def test_a_redone_tick_does_not_fire_again(open_urgent, fire_timers, fake,
     writes_before = len(fake.writes)
     assert await fire_timers.tick([0]) == 1
     [write] = fake.writes[writes_before:]
-    assert write.outputs == []
+    assert emitted(write) == []
     assert write.items == {b"c1": fake.data[0][b"c1"], entry: None}
     assert fake.index(0) == []
 
@@ -137,14 +137,14 @@ async def test_a_tick_reads_only_the_partitions_it_is_given(
     assert metrics.timers_pending == {0: 0, 1: 1, 2: 0}  # 1: counted by its writes
     written = fake.writes[writes_before:]
     assert [w.partition for w in written] == [0, 2]
-    assert [[(o.key, o.partition) for o in w.outputs] for w in written] == [
+    assert [[(o.key, o.partition) for o in emitted(w)] for w in written] == [
         [(b"a", 0)], [(b"c", 2)],
     ]
     assert fake.index(1) == [due_index.due_key(T0 + 4 * HOUR, b"b")]
     assert fake.state(1, "b").marks == {}
 
     assert await fire_timers.tick([1]) == 1
-    assert [(o.key, o.partition) for o in fake.writes[-1].outputs] == [(b"b", 1)]
+    assert [(o.key, o.partition) for o in emitted(fake.writes[-1])] == [(b"b", 1)]
     assert metrics.timers_pending == {1: 0}  # 0 and 2 are not owned any more
     assert await fire_timers.tick([]) == 0
     assert await fire_timers.tick([0, 1, 2]) == 0
@@ -161,14 +161,14 @@ async def test_limit_bounds_the_customers_per_partition_and_tick(
     writes_before = len(fake.writes)
 
     assert await timers.tick([0, 1]) == 2
-    assert [(w.partition, [o.key for o in w.outputs]) for w in fake.writes[writes_before:]] == [
+    assert [(w.partition, [o.key for o in emitted(w)]) for w in fake.writes[writes_before:]] == [
         (0, [b"early"]), (1, [b"other"]),
     ]
     assert {s[3] for s in fake.scans} == {1}
     assert fake.index(0) == [due_index.due_key(T0 + 5 * HOUR, b"late")]
 
     assert await timers.tick([0, 1]) == 1
-    assert [o.key for o in fake.writes[-1].outputs] == [b"late"]
+    assert [o.key for o in emitted(fake.writes[-1])] == [b"late"]
     assert fake.state(0, "late").marks == {"ticket_sla_breach:T": "done"}
     assert await timers.tick([0, 1]) == 0
     assert len(fake.writes) == writes_before + 3
@@ -181,7 +181,7 @@ async def test_an_index_entry_without_state_is_deleted(fire_timers, fake, clock,
     clock.advance_to(T0 + HOUR)
     assert await fire_timers.tick([0]) == 1
     [write] = fake.writes
-    assert (write.partition, write.items, write.outputs) == (0, {ghost: None}, [])
+    assert (write.partition, write.items, emitted(write)) == (0, {ghost: None}, [])
     assert fake.data[0] == {future: due_index.ENTRY}
     assert metrics.due_customers == 1
 
@@ -197,7 +197,7 @@ async def test_a_stale_entry_of_a_live_customer_is_deleted_and_the_current_one_k
     writes_before = len(fake.writes)
     assert await fire_timers.tick([0]) == 1
     [write] = fake.writes[writes_before:]
-    assert write.outputs == []
+    assert emitted(write) == []
     assert write.items == {b"c1": stored, stale: None}
     assert fake.index(0) == [due_index.due_key(T0 + 4 * HOUR, b"c1")]
 
@@ -210,7 +210,7 @@ async def test_a_tick_late_beyond_grace_expires_the_occurrence(
     writes_before = len(fake.writes)
     assert await fire_timers.tick([0]) == 1
     [write] = fake.writes[writes_before:]
-    assert write.outputs == []
+    assert emitted(write) == []
     assert metrics.timers_expired == 1
     assert ("ticket_sla_breach", "task") not in metrics.actions
     state = fake.state(0, "c1")
@@ -228,7 +228,7 @@ async def test_a_tick_just_within_grace_still_fires(open_urgent, fire_timers, fa
     await open_urgent(0, "c1", "T1")
     clock.advance_to(T0 + 4 * HOUR + 24 * HOUR)  # exactly the grace: not late yet
     assert await fire_timers.tick([0]) == 1
-    assert [orjson.loads(o.value) for o in fake.writes[-1].outputs] == [
+    assert [orjson.loads(o.value) for o in emitted(fake.writes[-1])] == [
         sla_breach("c1", "T1", T0),
     ]
     assert metrics.timers_expired == 0
@@ -263,6 +263,6 @@ async def test_the_tick_never_runs_ahead_of_the_events_applied(
     assert len(fake.writes) == writes
     marks[0] = float("inf")
     assert await timers.tick([0]) == 1  # caught up: the wall clock rules
-    [task] = [orjson.loads(o.value) for o in fake.writes[-1].outputs]
+    [task] = [orjson.loads(o.value) for o in emitted(fake.writes[-1])]
     assert task["rule_id"] == "ticket_sla_breach"
     assert task["created_at"] == rfc3339(T0 + 4 * HOUR)

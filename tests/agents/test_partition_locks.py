@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from churnguard.core.clock import HOUR
-from tests.agents.support import T0, TOPICS, batch_of
+from tests.agents.support import T0, TOPICS, batch_of, emitted
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ async def test_a_tick_waits_for_the_batch_writing_its_partition(
     assert sum(state.login_days.values()) == 1
     assert state.marks == {"ticket_sla_breach:t-1": "done"}
     tick_write = fake.writes[-1]
-    assert [orjson.loads(o.value)["rule_id"] for o in tick_write.outputs] == [
+    assert [orjson.loads(o.value)["rule_id"] for o in emitted(tick_write)] == [
         "ticket_sla_breach",
     ]
 
@@ -92,8 +92,8 @@ async def test_a_batch_waits_for_the_tick_writing_its_partition(
     # The close saw the fired breach (its mark is dropped with the closed ticket) and
     # fired nothing twice.
     close_write = fake.writes[-1]
-    assert [orjson.loads(o.value)["rule_id"] for o in close_write.outputs
-            if o.topic != TOPICS.scores] == ["ticket_closed_survey"]
+    assert [orjson.loads(o.value)["rule_id"] for o in emitted(close_write)
+            if o.topic not in (TOPICS.scores, TOPICS.outcomes)] == ["ticket_closed_survey"]
     state = fake.state(0, "a")
     assert state.open_tickets == {}
     assert state.marks == {}

@@ -28,7 +28,7 @@ async def test_one_write_per_partition_with_its_states_and_co_partitioned_output
     assert sorted(w.partition for w in fake.writes) == [0, 1]
     # States are read from the record's own partition, one multi-get per partition.
     assert sorted(writer.get_many.call_args_list) == [
-        call(0, [b"c1", b"c2"]), call(1, [b"c3"]),
+        call(0, [b"c1", b"c2", due_index.CENSUS]), call(1, [b"c3", due_index.CENSUS]),
     ]
     [p0] = fake.writes_to(0)
     [p1] = fake.writes_to(1)
@@ -45,15 +45,20 @@ async def test_one_write_per_partition_with_its_states_and_co_partitioned_output
     # The ticket's 72 h SLA (normal priority) is c2's first due.
     assert c2.next_due == T0 + 72 * HOUR
 
-    # Outputs: same partition as their source, keyed by customer, routed by action type.
-    assert [(o.topic, o.key, o.partition) for o in p0.outputs] == [
+    # Outputs: same partition as their source, keyed by customer, routed by action type
+    # (outcome records, the KPIs' input, too: checked apart).
+    outcomes = [o for o in [*p0.outputs, *p1.outputs] if o.topic == TOPICS.outcomes]
+    assert {(o.key, o.partition) for o in outcomes} == {(b"c1", 0), (b"c2", 0), (b"c3", 1)}
+    p0_outputs = [o for o in p0.outputs if o.topic != TOPICS.outcomes]
+    p1_outputs = [o for o in p1.outputs if o.topic != TOPICS.outcomes]
+    assert [(o.topic, o.key, o.partition) for o in p0_outputs] == [
         (TOPICS.profile_updates, b"c1", 0),
         (TOPICS.notifications, b"c1", 0),
         (TOPICS.scores, b"c1", 0),
         (TOPICS.notifications, b"c2", 0),
         (TOPICS.scores, b"c2", 0),
     ]
-    values = [orjson.loads(o.value) for o in p0.outputs]
+    values = [orjson.loads(o.value) for o in p0_outputs]
     assert [(v.get("rule_id"), v.get("type")) for v in values] == [
         ("vip_upgrade", "profile_update"),
         ("vip_upgrade", "notification"),
@@ -62,10 +67,10 @@ async def test_one_write_per_partition_with_its_states_and_co_partitioned_output
         (None, None),
     ]
     assert values[3]["payload"]["variables"]["ticket_id"] == "T-9"
-    assert [(o.topic, o.key, o.partition) for o in p1.outputs] == [
+    assert [(o.topic, o.key, o.partition) for o in p1_outputs] == [
         (TOPICS.scores, b"c3", 1), (TOPICS.scores, b"c3", 1),
     ]
-    assert [orjson.loads(o.value)["caused_by"] for o in p1.outputs] == [["e-3"], ["e-4"]]
+    assert [orjson.loads(o.value)["caused_by"] for o in p1_outputs] == [["e-3"], ["e-4"]]
 
     assert metrics.batches == 1
     assert metrics.batch_events == 4

@@ -177,6 +177,6 @@ def test_the_dashboard_charts_a_running_worker_in_a_headless_browser(
              for chart in data["charts"]}
     assert "ticket_opened_ack" in lines["actions"]
     assert any(v for v in lines["dead-letters"]["all kinds"] if v)
-    assert data["partitions"] == 4 * 5
+    assert data["partitions"] == 4 * 6  # six input topics of 4 partitions
     assert not any(f"c{n}" in label for labels in lines.values() for label in labels
                    for n in range(97))

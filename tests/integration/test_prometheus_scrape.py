@@ -275,7 +275,7 @@ def test_prometheus_scrapes_lag_and_event_rate_of_a_worker(
         assert prometheus.value(
             f'max(churnguard_consumer_lag_seconds{{topic="{events}"}})') == 0.0
         assert len(prometheus.query("churnguard_consumer_lag_records")) == \
-            5 * pipeline.settings.partitions  # the five input topics
+            6 * pipeline.settings.partitions  # the six input topics
 
         # The event rate inside the production window, against what was sent in that same
         # window. rate() over 15 s uses the first and last samples in it (~14 s apart, one

@@ -44,7 +44,7 @@ def test_metrics_health_and_ready_of_a_running_worker(pipeline_factory: Any) -> 
     assert _get(port, "/health")[0] == 200
     wait_for("ready", lambda: _get(port, "/ready")[0] == 200)
     ready = orjson.loads(_get(port, "/ready")[1])
-    assert ready == {"ready": True, "partitions": 4 * 5, "recovering": False,
+    assert ready == {"ready": True, "partitions": 4 * 6, "recovering": False,
                      "consuming": True, "broker_reachable": True}
 
     # Records in multi-record batches (linger): where ListOffsets would be wrong.
@@ -77,7 +77,7 @@ def test_metrics_health_and_ready_of_a_running_worker(pipeline_factory: Any) -> 
     report = orjson.loads(body)
     assert status == 200
     assert report["status"] == "OK"
-    assert len(report["partitions"]) == 20
+    assert len(report["partitions"]) == 24  # six input topics of 4 partitions
     assert {(r["status"], r["lag"]) for r in report["partitions"]} == {("OK", 0)}
 
     samples = _samples(port)
@@ -88,7 +88,7 @@ def test_metrics_health_and_ready_of_a_running_worker(pipeline_factory: Any) -> 
     assert samples["churnguard_ready"] == [({}, 1.0)]
     current = {(labels["topic"], labels["partition"]) for labels, value
                in samples["churnguard_partition_status"] if labels["status"] == "OK" and value}
-    assert len(current) == 20
+    assert len(current) == 24
     consumed = {labels["event_type"]: value for labels, value
                 in samples["churnguard_events_consumed_total"] if labels["topic"] == events}
     assert consumed == {"ticket": 200.0}
@@ -160,3 +160,81 @@ def test_lag_rises_while_the_worker_is_paused_and_returns_to_zero(pipeline_facto
     wait_for("/status OK", lambda: orjson.loads(_get(port, "/status")[1])["status"] == "OK")
     # The broker's answer follows within about a commit interval.
     wait_for("lag back to 0 on the broker", lambda: broker_lag() == 0)
+
+
+def test_customers_by_band_is_the_states_count_through_ticks_and_a_restore(
+        pipeline_factory: Any) -> None:
+    """churnguard_customers_by_band against the stored scores (each customer's last record
+    on the scores topic): after events, after the scores decay by timer ticks alone, and
+    after a restart on an empty store (restored from the changelog, census included: no
+    scan)."""
+    import shutil
+    from collections import Counter
+
+    from churnguard.core.clock import DAY
+    from churnguard.core.scoring import band_of
+
+    now = time.time()
+    pipeline = pipeline_factory(now)
+    pipeline.start()
+    port = _port(pipeline)
+    wait_for("ready", lambda: _get(port, "/ready")[0] == 200)
+    events = pipeline.topics.events
+    at = rfc3339(now)
+    kinds = {"g": 7, "a": 0, "p": None}  # logins after a purchase (None: one login only)
+    for kind, logins in kinds.items():
+        for n in range(4):
+            customer = f"{kind}{n}"
+            if logins is None:
+                pipeline.send(events, {"type": "login", "event_id": f"{customer}-l",
+                                       "customer_id": customer, "occurred_at": at})
+                continue
+            pipeline.send(events, {"type": "purchase", "event_id": f"{customer}-p",
+                                   "customer_id": customer, "occurred_at": at,
+                                   "order_id": f"o-{customer}", "amount": "50",
+                                   "currency": "EUR"})
+            for m in range(logins):
+                pipeline.send(events, {"type": "login", "event_id": f"{customer}-l{m}",
+                                       "customer_id": customer, "occurred_at": at})
+    pipeline.flush()
+
+    def by_band() -> dict[str, float]:
+        return {labels["band"]: value
+                for labels, value in _samples(port).get("churnguard_customers_by_band", [])}
+
+    def stored() -> dict[str, float]:
+        last = {r["customer_id"]: r["score"] for r in pipeline.of(pipeline.topics.scores)}
+        found = Counter(band_of(score) for score in last.values())
+        return {band: float(found[band]) for band in ("good", "average", "poor")} if len(
+            last) == 12 else {}
+
+    wait_for("the bands of the 12 states", lambda: by_band() == stored() != {})
+    assert by_band() == {"good": 4.0, "average": 4.0, "poor": 4.0}
+
+    # Time alone: the average ones' scores fall below 60 (timers due at the crossing).
+    pipeline.set_clock(now + 22 * DAY)
+    wait_for("the decayed bands", lambda: by_band() == stored() != {}
+             and by_band()["average"] == 0.0)
+    decayed = by_band()
+    assert decayed["poor"] >= 8.0
+    assert sum(decayed.values()) == 12.0
+
+    # A restart on an empty store: the census comes back with the changelog, exact.
+    pipeline.stop()
+    shutil.rmtree(pipeline.settings.store_dir)
+    before = len(pipeline.log())
+    pipeline.start()
+    port = _port_after(pipeline, before)
+    wait_for("the restored bands", lambda: by_band() == decayed)
+    assert '"census_counted"' not in pipeline.log()[before:]  # read, not scanned
+    samples = _samples(port)
+    assert samples["churnguard_census_partitions_pending"] == [({}, 0.0)]
+    assert sum(value for _, value in samples["churnguard_customers"]) == 12.0
+
+
+def _port_after(pipeline: Any, offset: int) -> int:
+    """The port the worker started after byte `offset` of its log listens on."""
+    for line in pipeline.log()[offset:].splitlines():
+        if '"http_listening"' in line:
+            return int(orjson.loads(line)["port"])
+    raise AssertionError("the restarted worker logged no http_listening")

@@ -13,7 +13,7 @@ from churnguard.core.pack import PackInvalid
 from churnguard.core.processor import apply_event
 from churnguard.core.scoring import ScoringSettings
 from churnguard.core.state import CustomerState, OpenTicket
-from streams.codecs import encode_action, encode_score
+from streams.codecs import encode_action, encode_record
 from tests.unit.packs import rules_only
 
 # --- state evolution -----------------------------------------------------------------------
@@ -323,7 +323,7 @@ def test_personal_fields_never_reach_the_stored_state(feed, event_factory):
     assert _pii_in(blob) == []
     assert b"Zelda" not in blob
     assert _pii_in(CustomerState.from_bytes(blob).to_bytes()) == []
-    assert all(o.score_record is None or _pii_in(encode_score(o.score_record)) == []
+    assert all(o.score_record is None or _pii_in(encode_record(o.score_record)) == []
                for o in feed.outcomes)
 
 

@@ -11,7 +11,7 @@ import base64
 import orjson
 import pytest
 
-from churnguard.core.validation import Rejected, parse_event
+from churnguard.core.validation import Rejected
 from schemas.events import (
     MAX_PROPERTIES_BYTES,
     MAX_PROPERTY_INT,
@@ -22,28 +22,9 @@ from schemas.events import (
 )
 from streams.codecs import REDACTED, encode_dead_letter, minimise_value
 from streams.settings import TopicNames
+from tests.unit.parsing import parse, reject_invalid
 
-PER_TYPE = ["purchase", "login", "ticket", "profile"]
-
-
-@pytest.fixture
-def parse(t0):
-    def run(raw, event_type=""):
-        return parse_event(raw, event_type, now=t0 + 86_400, max_future_hours=24)
-
-    return run
-
-
-@pytest.fixture
-def reject(parse):
-    def run(raw, event_type=""):
-        result = parse(raw, event_type)
-        assert isinstance(result, Rejected), result
-        assert result.kind == "invalid_event", result
-        assert "\n" not in result.reason
-        return result
-
-    return run
+PER_TYPE = ["purchase", "login", "ticket", "profile", "action_feedback"]
 
 
 @pytest.fixture
@@ -96,18 +77,18 @@ def properties_of_size(size: int, char: str = "x") -> dict[str, str]:
 
 # --- valid custom events ---------------------------------------------------------------------
 
-def test_custom_without_properties(parse, custom_raw):
+def test_custom_without_properties(custom_raw):
     event = parse(custom_raw())
     assert isinstance(event, Custom)
     assert (event.type, event.name, event.properties) == ("custom", "order_shipped", {})
     assert event.customer_id == "c1"
 
 
-def test_null_properties_are_absent(parse, custom_raw):
+def test_null_properties_are_absent(custom_raw):
     assert parse(custom_raw(properties=None)).properties == {}
 
 
-def test_properties_are_returned_intact(parse, custom_raw):
+def test_properties_are_returned_intact(custom_raw):
     properties = {
         "carrier": "dhl", "parcels": 2, "weight_kg": 1.25, "express": True, "gift": False,
         "zero": 0, "negative": -7, "tiny": 1e-300, "large": 1e300, "empty": "",
@@ -123,13 +104,13 @@ def test_properties_are_returned_intact(parse, custom_raw):
     assert list(event.properties) == list(properties)
 
 
-def test_integral_floats_stay_floats(parse, custom):
+def test_integral_floats_stay_floats(custom):
     event = parse(with_raw_properties(custom(), b'{"a":1.0,"b":2}'))
     assert event.properties == {"a": 1.0, "b": 2}
     assert (type(event.properties["a"]), type(event.properties["b"])) == (float, int)
 
 
-def test_unicode_values(parse, custom_raw, custom):
+def test_unicode_values(custom_raw, custom):
     properties = {"city": "Zürich", "greeting": "こんにちは", "snow": "☃", "emoji": "🚚📦"}
     assert parse(custom_raw(properties=properties)).properties == properties
     # \u-escapes in the record read as the characters.
@@ -140,34 +121,34 @@ def test_unicode_values(parse, custom_raw, custom):
 @pytest.mark.parametrize(
     "name", ["order_shipped", "a", "app.review_left", "x9_.y", "checkout.step.2", "a" * 64]
 )
-def test_valid_names(parse, custom_raw, name):
+def test_valid_names(custom_raw, name):
     assert parse(custom_raw(name=name)).name == name
 
 
 @pytest.mark.parametrize("key", ["a", "plan", "plan_2", "a" * 64, "x_"])
-def test_valid_property_keys(parse, custom_raw, key):
+def test_valid_property_keys(custom_raw, key):
     assert parse(custom_raw(properties={key: 1})).properties == {key: 1}
 
 
-def test_a_string_of_1000_characters(parse, custom_raw):
+def test_a_string_of_1000_characters(custom_raw):
     assert parse(custom_raw(properties={"s": "é" * 1000})).properties["s"] == "é" * 1000
 
 
 @pytest.mark.parametrize("value", [MAX_PROPERTY_INT, -MAX_PROPERTY_INT, 2**53 - 1])
-def test_integers_up_to_2_53(parse, custom_raw, value):
+def test_integers_up_to_2_53(custom_raw, value):
     assert MAX_PROPERTY_INT == 2**53
     assert parse(custom_raw(properties={"n": value})).properties == {"n": value}
 
 
 @pytest.mark.parametrize("char", ["x", "é", "☃", "🚚"])
-def test_properties_of_exactly_4096_bytes(parse, custom_raw, char):
+def test_properties_of_exactly_4096_bytes(custom_raw, char):
     properties = properties_of_size(MAX_PROPERTIES_BYTES, char)
     event = parse(custom_raw(properties=properties))
     assert isinstance(event, Custom)
     assert event.properties == properties
 
 
-def test_the_size_is_measured_on_compact_json_not_the_record(parse, custom):
+def test_the_size_is_measured_on_compact_json_not_the_record(custom):
     """Whitespace and \\u-escapes in the record do not count: the properties as compact JSON
     (UTF-8, not escaped) do."""
     properties = properties_of_size(MAX_PROPERTIES_BYTES, "☃")
@@ -180,7 +161,7 @@ def test_the_size_is_measured_on_compact_json_not_the_record(parse, custom):
     assert event.properties == properties
 
 
-def test_custom_on_the_combined_topic_is_a_custom_model(parse, raw_factory):
+def test_custom_on_the_combined_topic_is_a_custom_model(raw_factory):
     raw = raw_factory("custom", name="app.review_left", properties={"stars": 5})
     event = parse(raw, "")
     assert type(event) is Custom
@@ -203,7 +184,7 @@ def test_event_factory_builds_custom_events(event_factory):
     assert event.properties == {"n": 1}
 
 
-def test_unknown_fields_of_a_custom_event_are_ignored(parse, custom_raw):
+def test_unknown_fields_of_a_custom_event_are_ignored(custom_raw):
     event = parse(custom_raw(extra={"deep": [1, {"x": None}]}))
     assert isinstance(event, Custom)
     assert not hasattr(event, "extra")
@@ -212,24 +193,25 @@ def test_unknown_fields_of_a_custom_event_are_ignored(parse, custom_raw):
 # --- rejected custom events ------------------------------------------------------------------
 
 @pytest.mark.parametrize("event_type", PER_TYPE)
-def test_custom_on_a_per_type_topic_is_a_wrong_type(reject, custom_raw, event_type):
-    rejected = reject(custom_raw(), event_type)
+def test_custom_on_a_per_type_topic_is_a_wrong_type(custom_raw, event_type):
+    rejected = reject_invalid(custom_raw(), event_type)
     assert "type" in rejected.reason
     assert f"'{event_type}'" in rejected.reason
 
 
 @pytest.mark.parametrize("type_value", ["Custom", "CUSTOM", "customs", " custom_"])
-def test_other_spellings_of_custom_are_unknown_types(parse, custom_raw, type_value):
+def test_other_spellings_of_custom_are_unknown_types(custom_raw, type_value):
     rejected = parse(custom_raw(type=type_value))
     assert isinstance(rejected, Rejected)
     assert rejected.kind == "unknown_type"
 
 
-def test_the_unknown_type_reason_lists_custom(parse, custom_raw):
+def test_the_unknown_type_reason_lists_custom(custom_raw):
     rejected = parse(custom_raw(type="refund"))
     assert rejected.kind == "unknown_type"
     assert rejected.reason == (
-        "field 'type' must be one of purchase, login, ticket, profile, custom"
+        "field 'type' must be one of purchase, login, ticket, profile, custom, "
+        "action_feedback"
     )
 
 
@@ -255,8 +237,8 @@ def test_the_unknown_type_reason_lists_custom(parse, custom_raw):
         (..., "required"),
     ],
 )
-def test_invalid_names(reject, custom_raw, name, expected):
-    rejected = reject(custom_raw(name=name))
+def test_invalid_names(custom_raw, name, expected):
+    rejected = reject_invalid(custom_raw(name=name))
     assert rejected.reason.startswith("custom.name: ")
     assert expected in rejected.reason
     if expected == "pattern":
@@ -278,8 +260,8 @@ def test_invalid_names(reject, custom_raw, name, expected):
         ("a" * 65, "at most 64 characters"),
     ],
 )
-def test_invalid_property_keys(reject, custom_raw, key, expected):
-    rejected = reject(custom_raw(properties={"ok": 1, key: 2}))
+def test_invalid_property_keys(custom_raw, key, expected):
+    rejected = reject_invalid(custom_raw(properties={"ok": 1, key: 2}))
     assert rejected.reason.startswith("custom.properties: key #2 ")
     assert expected in rejected.reason
     if key not in {"", "a" * 65}:
@@ -297,8 +279,8 @@ def test_invalid_property_keys(reject, custom_raw, key, expected):
         (None, "not null"),
     ],
 )
-def test_properties_are_flat_and_never_null(reject, custom_raw, value, shown):
-    rejected = reject(custom_raw(properties={"ok": "yes", "bad": value}))
+def test_properties_are_flat_and_never_null(custom_raw, value, shown):
+    rejected = reject_invalid(custom_raw(properties={"ok": "yes", "bad": value}))
     assert rejected.reason == (
         f"custom.properties.bad: must be a string, a number or a boolean, {shown} "
         "(properties are flat)"
@@ -306,13 +288,13 @@ def test_properties_are_flat_and_never_null(reject, custom_raw, value, shown):
 
 
 @pytest.mark.parametrize("properties", [[], ["a"], "a=1", 5, True])
-def test_properties_must_be_an_object(reject, custom_raw, properties):
-    rejected = reject(custom_raw(properties=properties))
+def test_properties_must_be_an_object(custom_raw, properties):
+    rejected = reject_invalid(custom_raw(properties=properties))
     assert rejected.reason == "custom.properties: Input should be an object"
 
 
-def test_a_string_over_1000_characters(reject, custom_raw):
-    rejected = reject(custom_raw(properties={"s": "x" * 1001}))
+def test_a_string_over_1000_characters(custom_raw):
+    rejected = reject_invalid(custom_raw(properties={"s": "x" * 1001}))
     assert rejected.reason == "custom.properties.s: string must have at most 1,000 characters"
 
 
@@ -320,53 +302,53 @@ def test_a_string_over_1000_characters(reject, custom_raw):
     "number", [b"9007199254740993", b"-9007199254740993", b"18446744073709551616",
                b"1000000000000000000000000000000", b"-1" + b"0" * 400]
 )
-def test_integers_beyond_2_53(reject, custom, number):
-    rejected = reject(with_raw_properties(custom(), b'{"n":' + number + b"}"))
+def test_integers_beyond_2_53(custom, number):
+    rejected = reject_invalid(with_raw_properties(custom(), b'{"n":' + number + b"}"))
     assert rejected.reason.startswith("custom.properties.n: integer must be within ±2^53")
     assert "9,007,199,254,740,992" in rejected.reason
 
 
 @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e309"])
-def test_non_finite_numbers(reject, custom, number):
-    rejected = reject(with_raw_properties(custom(), b'{"x":' + number + b"}"))
+def test_non_finite_numbers(custom, number):
+    rejected = reject_invalid(with_raw_properties(custom(), b'{"x":' + number + b"}"))
     assert rejected.reason == (
         "custom.properties.x: number must be finite (no NaN, Infinity or overflow)"
     )
 
 
 @pytest.mark.parametrize("char", ["x", "é", "☃", "🚚"])
-def test_properties_of_4097_bytes(reject, custom_raw, char):
+def test_properties_of_4097_bytes(custom_raw, char):
     properties = properties_of_size(MAX_PROPERTIES_BYTES + 1, char)
-    rejected = reject(custom_raw(properties=properties))
+    rejected = reject_invalid(custom_raw(properties=properties))
     assert rejected.reason == (
         "custom.properties: 4,097 bytes as compact JSON, over the limit of 4,096 bytes (4 KiB)"
     )
 
 
-def test_the_size_reason_gives_the_size(reject, custom_raw):
+def test_the_size_reason_gives_the_size(custom_raw):
     properties = {f"k{n}": "x" * 1000 for n in range(5)}
     size = len(orjson.dumps(properties))
-    rejected = reject(custom_raw(properties=properties))
+    rejected = reject_invalid(custom_raw(properties=properties))
     assert f"{size:,} bytes" in rejected.reason
     assert "4,096" in rejected.reason
 
 
-def test_several_bad_values_are_listed(reject, custom_raw):
-    rejected = reject(custom_raw(properties={"a": None, "b": [1], "c": "ok"}))
+def test_several_bad_values_are_listed(custom_raw):
+    rejected = reject_invalid(custom_raw(properties={"a": None, "b": [1], "c": "ok"}))
     assert "custom.properties.a" in rejected.reason
     assert "custom.properties.b" in rejected.reason
     assert "custom.properties.c" not in rejected.reason
 
 
-def test_a_reason_quotes_no_property_value(reject, custom_raw):
+def test_a_reason_quotes_no_property_value(custom_raw):
     secret = "Jane Doe, jane@example.com"
     for properties in ({"note": [secret]}, {"note": {"who": secret}}, {"note": secret * 40}):
-        assert secret not in reject(custom_raw(properties=properties)).reason
+        assert secret not in reject_invalid(custom_raw(properties=properties)).reason
 
 
 @pytest.mark.parametrize("field", ["event_id", "customer_id", "occurred_at"])
-def test_the_common_fields_are_required(reject, custom_raw, field):
-    rejected = reject(custom_raw(**{field: ...}))
+def test_the_common_fields_are_required(custom_raw, field):
+    rejected = reject_invalid(custom_raw(**{field: ...}))
     assert f"custom.{field}: Field required" in rejected.reason
 
 
@@ -397,7 +379,7 @@ def test_a_profile_name_stays_redacted(record_factory):
     assert orjson.loads(kept)["name"] == REDACTED
 
 
-def test_a_rejected_custom_record_dead_letters_without_its_values(parse, custom_raw):
+def test_a_rejected_custom_record_dead_letters_without_its_values(custom_raw):
     raw = custom_raw(properties={"who": "Jane Doe", "deep": {"email": "jane@example.com"}})
     rejected = parse(raw)
     assert isinstance(rejected, Rejected)
@@ -418,13 +400,13 @@ def test_a_rejected_custom_record_dead_letters_without_its_values(parse, custom_
              "Etc/GMT+5", "Pacific/Chatham"]
 )
 @pytest.mark.parametrize("event_type", ["", "profile"])
-def test_profile_timezone(parse, raw_factory, zone, event_type):
+def test_profile_timezone(raw_factory, zone, event_type):
     event = parse(raw_factory("profile", timezone=zone), event_type)
     assert isinstance(event, Profile)
     assert event.timezone == zone
 
 
-def test_profile_timezone_is_optional(parse, raw_factory):
+def test_profile_timezone_is_optional(raw_factory):
     assert parse(raw_factory("profile")).timezone is None
     assert parse(raw_factory("profile", timezone=None)).timezone is None
 
@@ -450,16 +432,16 @@ def test_profile_timezone_is_optional(parse, raw_factory):
     ],
 )
 @pytest.mark.parametrize("event_type", ["", "profile"])
-def test_invalid_profile_timezone(reject, raw_factory, zone, event_type):
-    rejected = reject(raw_factory("profile", timezone=zone), event_type)
+def test_invalid_profile_timezone(raw_factory, zone, event_type):
+    rejected = reject_invalid(raw_factory("profile", timezone=zone), event_type)
     assert rejected.reason.endswith(
         "timezone: must be an IANA time zone name, e.g. Europe/Paris or UTC"
     )
 
 
 @pytest.mark.parametrize("zone", [5, True, ["Europe/Paris"], {"name": "UTC"}])
-def test_a_timezone_must_be_a_string(reject, raw_factory, zone):
-    rejected = reject(raw_factory("profile", timezone=zone))
+def test_a_timezone_must_be_a_string(raw_factory, zone):
+    rejected = reject_invalid(raw_factory("profile", timezone=zone))
     assert "timezone" in rejected.reason
     assert "valid string" in rejected.reason
 

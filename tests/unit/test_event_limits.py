@@ -6,27 +6,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from churnguard.core.validation import Rejected, parse_event
+from churnguard.core.validation import Rejected
 from schemas.events import CURRENCIES, MAX_EVENT_BYTES, MAX_ITEMS, MAX_TAGS, Purchase
-
-
-@pytest.fixture
-def parse(t0):
-    def run(raw, event_type=""):
-        return parse_event(raw, event_type, now=t0 + 86_400, max_future_hours=24)
-
-    return run
-
-
-@pytest.fixture
-def reject(parse):
-    def run(raw, event_type=""):
-        result = parse(raw, event_type)
-        assert isinstance(result, Rejected), result
-        return result
-
-    return run
-
+from tests.unit.parsing import parse, reject
 
 # --- timestamps: RFC 3339 only -----------------------------------------------------------------
 
@@ -38,7 +20,7 @@ def reject(parse):
     "2024-03-01T12:00:00.5Z",
     "2024-03-01T12:00:00.123456789Z",
 ])
-def test_rfc3339_timestamps_are_accepted(parse, raw_factory, text):
+def test_rfc3339_timestamps_are_accepted(raw_factory, text):
     assert not isinstance(parse(raw_factory("login", occurred_at=text)), Rejected)
 
 
@@ -58,7 +40,7 @@ def test_rfc3339_timestamps_are_accepted(parse, raw_factory, text):
     None,
 ])
 @pytest.mark.parametrize("event_type", ["", "login"])
-def test_other_timestamps_are_rejected(reject, raw_factory, value, event_type):
+def test_other_timestamps_are_rejected(raw_factory, value, event_type):
     rejected = reject(raw_factory("login", occurred_at=value), event_type)
     assert rejected.kind == "invalid_event"
     assert "occurred_at" in rejected.reason
@@ -78,14 +60,14 @@ def test_pydantic_alone_accepts_epoch_numbers():
 @pytest.mark.parametrize("value", [
     631152000, "631152000", "1990-01-01T00:00:00Z", "1990-1-1", "19900101", "1990/01/01",
 ])
-def test_dates_must_be_yyyy_mm_dd_strings(reject, raw_factory, field, value):
+def test_dates_must_be_yyyy_mm_dd_strings(raw_factory, field, value):
     rejected = reject(raw_factory("profile", **{field: value}))
     assert rejected.kind == "invalid_event"
     assert field in rejected.reason
     assert "YYYY-MM-DD" in rejected.reason
 
 
-def test_a_date_string_is_accepted(parse, raw_factory):
+def test_a_date_string_is_accepted(raw_factory):
     event = parse(raw_factory("profile", birthday="1990-04-17", signup_date="2020-02-29"))
     assert event.birthday.isoformat() == "1990-04-17"
 
@@ -99,12 +81,12 @@ def test_models_built_in_python_take_datetime_objects(event_factory):
 # --- currencies ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("code", ["EUR", "usd", "JPY", "CHF"])
-def test_iso_4217_currencies_are_accepted(parse, raw_factory, code):
+def test_iso_4217_currencies_are_accepted(raw_factory, code):
     assert parse(raw_factory("purchase", currency=code)).currency == code.upper()
 
 
 @pytest.mark.parametrize("code", ["€€€", "ABC", "EURO", "XYZ", "eu"])
-def test_other_currencies_are_rejected(reject, raw_factory, code):
+def test_other_currencies_are_rejected(raw_factory, code):
     rejected = reject(raw_factory("purchase", currency=code))
     assert rejected.kind == "invalid_event"
     assert "currency" in rejected.reason
@@ -118,7 +100,7 @@ def test_the_currency_list_is_the_maintained_one():
 
 # --- bounds ------------------------------------------------------------------------------------
 
-def test_at_most_50_tags(parse, reject, raw_factory):
+def test_at_most_50_tags(raw_factory):
     tags = [f"tag-{n}" for n in range(MAX_TAGS)]
     assert parse(raw_factory("profile", tags=tags)).tags == tags
     rejected = reject(raw_factory("profile", tags=[*tags, "one-more"]))
@@ -127,7 +109,7 @@ def test_at_most_50_tags(parse, reject, raw_factory):
     assert "at most 50" in rejected.reason
 
 
-def test_at_most_100_items(parse, reject, raw_factory):
+def test_at_most_100_items(raw_factory):
     items = [{"sku": f"s{n}"} for n in range(MAX_ITEMS)]
     assert len(parse(raw_factory("purchase", items=items)).items) == MAX_ITEMS
     rejected = reject(raw_factory("purchase", items=[*items, {"sku": "x"}]))
@@ -137,7 +119,7 @@ def test_at_most_100_items(parse, reject, raw_factory):
 
 
 @pytest.mark.parametrize("event_type", ["", "login"])
-def test_a_value_over_64_kib_is_rejected_before_parsing(parse, reject, raw_factory, event_type):
+def test_a_value_over_64_kib_is_rejected_before_parsing(raw_factory, event_type):
     small = raw_factory("login")
     pad = MAX_EVENT_BYTES - len(small) - len(',"pad":""')
     fits = orjson.dumps({**orjson.loads(small), "pad": "x" * pad})

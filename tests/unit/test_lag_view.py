@@ -309,6 +309,6 @@ def test_the_command_reads_the_broker_and_groups_given_and_prints_plain_text_to_
                                          group=["churnguard", "shadow"])) == 0
     assert calls == [("b1:9092,b2:9092", ["churnguard", "shadow"], sorted([
         "churnguard.purchases", "churnguard.logins", "churnguard.tickets",
-        "churnguard.profiles", "shop.events"]))]
+        "churnguard.profiles", "churnguard.feedback", "shop.events"]))]
     out = capsys.readouterr().out
     assert out == lag_view.render_plain(two_groups)

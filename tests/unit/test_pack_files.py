@@ -30,6 +30,7 @@ from churnguard.core.conditions import FIELDS, FieldType
 from churnguard.core.pack import PackSpec, RulePack, build_pack, trigger_fields
 from churnguard.core.processor import Engine
 from churnguard.core.triggers import AnniversaryTrigger
+from churnguard.errors import UserError
 from churnguard.replay import replay
 from churnguard.rules.export import export_pack
 from churnguard.rules.loading import (
@@ -612,9 +613,11 @@ def test_a_file_over_a_megabyte_is_refused_before_it_is_read(tmp_path: Path) -> 
 def test_a_file_that_cannot_be_read_is_one_line(tmp_path: Path, make: Any) -> None:
     path = tmp_path / "pack.yaml"
     make(path)
-    with pytest.raises(PackFileInvalid) as info:
+    # A plain UserError (one line, exit 2), not an invalid pack's list of problems.
+    with pytest.raises(UserError) as info:
         load_pack_file(path)
-    [line] = info.value.lines
+    assert not isinstance(info.value, PackFileInvalid)
+    line = str(info.value)
     assert line.startswith(f"{path}: cannot read the rule pack: ")
     assert "\n" not in line
 

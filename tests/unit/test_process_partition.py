@@ -200,7 +200,8 @@ def test_stored_state_is_continued(records, store, ctx, now):
 def test_redelivered_batch_is_applied_once(records, store, ctx, now, metrics):
     batch = records((TOPICS.purchases, {"day": 1}), (TOPICS.tickets, {"day": 1}))
     first = run(batch, store, ctx, now)
-    assert [o.topic for o in first.outputs if o.topic != TOPICS.scores] == [TOPICS.notifications]
+    assert [o.topic for o in first.outputs
+            if o.topic not in (TOPICS.scores, TOPICS.outcomes)] == [TOPICS.notifications]
     again = run(batch, store, ctx, now)
     assert metrics.duplicates == 2
     assert again.outputs == []
@@ -235,7 +236,8 @@ def test_actions_are_routed_by_type(records, store, ctx, now, metrics, t0):
     # Seen live at the login: the dues before it are on time (seen weeks later they expire).
     result = run(recs, store, ctx, t0 + 4.5 * DAY)
     grouped = by_topic(result)
-    types = {t: [r["type"] for r in out] for t, out in grouped.items() if t != TOPICS.scores}
+    types = {t: [r["type"] for r in out] for t, out in grouped.items()
+             if t not in (TOPICS.scores, TOPICS.outcomes)}
     assert types == {
         TOPICS.profile_updates: ["profile_update"],
         TOPICS.notifications: ["notification"] * 3,
@@ -283,8 +285,8 @@ def test_action_topics_follow_prefixed_topic_names(engine, metrics, raw_factory,
     result = process_partition([Record(topics.events, 0, 0, b"c1", value)],
                                Store().load, ctx, now=now)
     assert sorted(o.topic for o in result.outputs) == [
-        "t1.actions.notifications", "t1.scores",
-    ]
+        "t1.actions.notifications", "t1.outcomes", "t1.outcomes", "t1.scores",
+    ]  # outcomes: the ticket opened, the acknowledgement sent
     assert metrics.events_in == {"t1.events": 1}
 
 
@@ -316,7 +318,7 @@ def test_outputs_keep_the_order_of_the_records(records, store, ctx, now):
     )
     result = run(recs, store, ctx, now)
     kinds = [(o.topic, orjson.loads(o.value).get("rule_id")) for o in result.outputs
-             if o.topic != TOPICS.scores]
+             if o.topic not in (TOPICS.scores, TOPICS.outcomes)]
     # The DLQ record is emitted during validation, before any state is touched.
     assert kinds == [
         (TOPICS.dlq, None),
@@ -357,4 +359,4 @@ def test_a_record_the_core_fails_on_is_dead_lettered_and_the_partition_goes_on(
     assert metrics.dead_letters == {"processing_error": 1}
     # The retry after the failure counted nothing twice.
     assert sum(metrics.actions.values()) == sum(
-        1 for o in result.outputs if o.topic not in (TOPICS.dlq, TOPICS.scores))
+        1 for o in result.outputs if o.topic not in (TOPICS.dlq, TOPICS.scores, TOPICS.outcomes))

@@ -239,9 +239,15 @@ def test_winback_not_again_while_staying_below(winback_feed, event_factory, t0):
     feed(event_factory("purchase", day=0))
     first = feed(event_factory("login", day=30))
     assert [a.rule_id for a in first] == ["health_winback"] * 3
-    assert feed.state().next_due is None  # disarmed until the score is back at 60
-    for day in (31, 40, 50, 100):
+    # Disarmed until the score is back at 60: only the win-back episode's window end is due.
+    [episode] = feed.state().episodes
+    assert feed.state().next_due == episode.ends_at == episode.started_at + 30 * DAY
+    for day in (31, 40):
         assert feed(event_factory("login", day=day)) == []
+        assert feed.state().next_due == episode.ends_at
+    for day in (50, 100):  # the window (from the crossing on day 16) is over
+        assert feed(event_factory("login", day=day)) == []
+        assert feed.state().episodes == []
         assert feed.state().next_due is None
     assert feed.state().score < 60
 
@@ -252,8 +258,12 @@ def test_winback_again_after_recovering_and_dropping_again(winback_feed, event_f
     first = feed(event_factory("login", event_id="drop-1", day=30))
     assert feed(event_factory("purchase", day=32)) == []  # recovers to 67: armed again
     assert feed.state().score == 67.0
-    # Recency from day 32, the day-30 login leaving the window: below 60 on day 53.
-    assert rfc3339(feed.state().next_due) == "2024-04-24T00:50:57Z"
+    # The recovered episode collects revenue until its window ends (30 days after the
+    # crossing); then recency from day 32, the day-30 login leaving the window: below 60
+    # on day 53.
+    [episode] = feed.state().episodes
+    assert rfc3339(episode.ends_at) == rfc3339(feed.state().next_due) == "2024-04-15T19:26:57Z"
+    assert episode.recovered_at == t0 + 32 * DAY
     second = feed(event_factory("login", event_id="drop-2", day=70))
     assert feed.state().score < 60
     assert [a.rule_id for a in first] == ["health_winback"] * 3

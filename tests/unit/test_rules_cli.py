@@ -36,6 +36,12 @@ SEGMENTS = len(default_pack().rfm.segments)
 SUMMARY = "churnguard: the rule pack is invalid ({} problem{}); fix the file"
 
 
+def cannot_read(path: Path, reason: str = "No such file or directory") -> str:
+    """The one line of a rule pack file that cannot be read (exit 2, not an invalid pack)."""
+    return (f"churnguard: {path}: cannot read the rule pack: {reason}; give the path of a "
+            "readable YAML file")
+
+
 @pytest.fixture(autouse=True)
 def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
     """The commands configure structlog onto the (captured) stderr: not in-process here."""
@@ -206,13 +212,11 @@ def _billion_laughs() -> str:
     pytest.param("- a\n- b\n", "expected a YAML mapping at the top level, found a list",
                  id="a-list"),
     pytest.param(bytes(range(256)) * 4, "", id="binary-garbage"),
-    pytest.param(None, "No such file or directory", id="missing"),
 ])
 def test_validate_a_hostile_file_is_one_line_and_exit_1(
-    run: Callable[..., Ran], write: Callable[..., Path], tmp_path: Path,
-    content: str | bytes | None, says: str,
+    run: Callable[..., Ran], write: Callable[..., Path], content: str | bytes, says: str,
 ) -> None:
-    path = tmp_path / "pack.yaml" if content is None else write("pack.yaml", content)
+    path = write("pack.yaml", content)
     ran = run("rules", "validate", path)
     assert ran.code == 1
     assert ran.out == ""
@@ -465,14 +469,14 @@ def test_replay_with_an_invalid_rules_file_lists_its_problems_and_writes_nothing
     assert not any(line.startswith("replay:") for line in ran.err_lines)
 
 
-def test_replay_with_a_missing_rules_file(
+def test_replay_with_a_missing_rules_file_writes_nothing(
     run: Callable[..., Ran], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    ran, actions = _replay(run, write, tmp_path, "--rules", tmp_path / "nope.yaml")
-    assert ran.code == 1
+    missing = tmp_path / "nope.yaml"
+    ran, actions = _replay(run, write, tmp_path, "--rules", missing)
+    assert (ran.code, ran.out, ran.err_lines) == (2, "", [cannot_read(missing)])
     assert actions == []
-    assert ran.err_lines[0].startswith(f"{tmp_path / 'nope.yaml'}: cannot read the rule pack")
-    assert "No such file or directory" in ran.err_lines[0]
+    assert not (tmp_path / "actions.jsonl").exists()  # refused before anything started
 
 
 # --- a worker's CHURNGUARD_RULES_FILE ----------------------------------------------------------
@@ -492,15 +496,13 @@ def test_build_engine_refuses_a_broken_rules_file(write: Callable[..., Path]) ->
 
 
 @pytest.mark.parametrize("content", [
-    pytest.param(None, id="missing"),
     pytest.param("", id="empty"),
     pytest.param(b"\xff\xfe\x00garbage", id="binary"),
 ])
 def test_build_engine_refuses_a_rules_file_it_cannot_use(
-    write: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    content: str | bytes | None,
+    write: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, content: str | bytes,
 ) -> None:
-    pack = tmp_path / "pack.yaml" if content is None else write("pack.yaml", content)
+    pack = write("pack.yaml", content)
     monkeypatch.setenv("CHURNGUARD_RULES_FILE", str(pack))
     with pytest.raises(PackFileInvalid) as info:
         build_engine(Settings())
@@ -551,3 +553,75 @@ def test_diff_shows_an_added_action_and_values_as_the_pack_writes_them():
     assert "      enabled: true → false" in lines
     assert any(line.startswith("      actions[4]: (none) → {type: coupon, value: 5")
                for line in lines), lines
+
+
+# --- a rule pack file that cannot be read: a user's mistake, one line, exit 2 -----------------
+
+
+@pytest.mark.parametrize("argv", [
+    pytest.param(["rules", "validate", "{missing}"], id="rules-validate"),
+    pytest.param(["rules", "diff", "{missing}", "{pack}"], id="rules-diff-old"),
+    pytest.param(["rules", "diff", "{pack}", "{missing}"], id="rules-diff-new"),
+    pytest.param(["rules", "publish", "{missing}", "--author", "ana"], id="rules-publish"),
+    pytest.param(["replay", "{events}", "--rules", "{missing}"], id="replay-rules"),
+    pytest.param(["replay", "{events}", "--rules", "{pack}", "--compare", "{missing}"],
+                 id="replay-compare"),
+    pytest.param(["backtest", "--rules", "{missing}"], id="backtest-rules"),
+])
+def test_a_missing_pack_file_is_one_line_and_exit_2(
+    run: Callable[..., Ran], write: Callable[..., Path], tmp_path: Path, argv: list[str],
+) -> None:
+    files = {"missing": tmp_path / "nope.yaml", "pack": write("pack.yaml", DEFAULT),
+             "events": write("events.jsonl", EVENTS)}
+    ran = run(*(arg.format(**files) for arg in argv))
+    assert (ran.code, ran.out, ran.err_lines) == (2, "", [cannot_read(files["missing"])])
+
+
+@pytest.mark.parametrize("argv", [
+    pytest.param(["replay", "{events}"], id="replay"),
+    pytest.param(["rules", "export"], id="rules-export"),
+    pytest.param(["backtest"], id="backtest"),
+])
+def test_a_missing_rules_file_of_the_environment_is_one_line_and_exit_2(
+    run: Callable[..., Ran], write: Callable[..., Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, argv: list[str],
+) -> None:
+    missing = tmp_path / "nope.yaml"
+    monkeypatch.setenv("CHURNGUARD_RULES_FILE", str(missing))
+    ran = run(*(arg.format(events=write("events.jsonl", EVENTS)) for arg in argv))
+    assert (ran.code, ran.out, ran.err_lines) == (2, "", [cannot_read(missing)])
+
+
+def test_the_worker_refuses_a_missing_rules_file_in_one_line_before_anything_starts(
+    run: Callable[..., Ran], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import streams.worker
+
+    started: list[str] = []
+    for step in ("acquire_store_lock", "ensure_all_topics", "create_worker"):
+        monkeypatch.setattr(streams.worker, step,
+                            lambda *args, step=step, **kwargs: started.append(step))
+    missing = tmp_path / "nope.yaml"
+    monkeypatch.setenv("CHURNGUARD_RULES_FILE", str(missing))
+    ran = run("worker")
+    assert (ran.code, ran.out, ran.err_lines) == (2, "", [cannot_read(missing)])
+    assert started == []
+
+
+def test_a_directory_given_as_a_pack_is_one_line_and_exit_2(run: Callable[..., Ran],
+                                                            tmp_path: Path) -> None:
+    ran = run("rules", "validate", tmp_path)
+    assert (ran.code, ran.out, ran.err_lines) == (2, "", [cannot_read(tmp_path,
+                                                                       "Is a directory")])
+
+
+def test_the_installed_command_refuses_a_missing_pack_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHURNGUARD_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "churnguard", "rules", "validate", str(missing)],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+        cwd=Path(__file__).parents[2],
+    )
+    assert "Traceback" not in done.stderr
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", cannot_read(missing) + "\n")

@@ -6,7 +6,8 @@ import typing
 from pathlib import Path
 
 from churnguard.core.conditions import FIELDS, PROPERTY_PREFIX
-from churnguard.core.pack import ActionSpec, Trigger
+from churnguard.core.outcomes import ActionCosts, KpiSettings
+from churnguard.core.pack import ActionSpec, PackSpec, RuleSpec, Trigger
 
 DOC = (Path(__file__).parents[2] / "docs" / "rules.md").read_text()
 
@@ -28,3 +29,12 @@ def test_every_condition_field_is_documented():
 def test_every_trigger_and_action_type_is_documented():
     assert {t for t in _tags(Trigger, "on") if f"`{t}`" not in DOC} == set()
     assert {t for t in _tags(ActionSpec, "type") if f"`{t}`" not in DOC} == set()
+
+
+def test_every_pack_setting_and_rule_field_is_documented():
+    names = (set(PackSpec.model_fields) | set(RuleSpec.model_fields)
+             | set(KpiSettings.model_fields) | set(ActionCosts.model_fields))
+    # Named in the text (`name`) or shown in an example (`name:` / `task_queues.default`).
+    assert {name for name in names
+            if f"`{name}`" not in DOC and f"{name}:" not in DOC and f"`{name}." not in DOC
+            } == set()

@@ -1,0 +1,277 @@
+"""Retention KPIs from outcome records (core/outcomes.py): `KpiAggregates.fold` adds one
+record to per-day cells (cohort day × rule × dimension value), `report` sums the cells a
+question needs and computes the figures. Nothing here scans customers or topics: the worker
+keeps the cells in a table, replay in memory, and both fold the same records. Money and
+durations are summed as integers (ten-thousandths, milliseconds), so the figures are the
+same whatever order the records were folded in. Definitions: docs/kpis.md."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from churnguard.core.clock import DAY, day_number, parse_rfc3339, rfc3339
+from churnguard.core.outcomes import KpiSettings, OutcomeRecord
+from churnguard.core.state import SPEND_SCALE
+
+# The customer's dimensions every record carries (at its cohort moment); a task's assignee
+# is a dimension of task figures only.
+DIMENSIONS = ("tier", "segment", "account_manager", "region")
+GroupBy = Literal["rule", "tier", "segment", "account_manager", "region", "assignee", "day",
+                  "week", "month"]
+GROUP_BY: tuple[GroupBy, ...] = ("rule", "tier", "segment", "account_manager", "region",
+                                 "assignee", "day", "week", "month")
+NONE = "(none)"  # a dimension without a value (no account manager): still a row of its own
+# Uplift is "not enough data" below this many decided episodes in either arm.
+MIN_DECIDED_PER_ARM = 30
+Z_95 = 1.959964
+
+# (cohort day, rule id, dimension or "" for the total, value or "").
+Cell = tuple[int, str, str, str]
+TOTAL = ("", "")
+
+
+@dataclass
+class KpiAggregates:
+    cells: dict[Cell, Counter[str]] = field(default_factory=dict)
+    # Minutes to recovery of treated episodes (count per whole minute), per cell: medians.
+    recovery_minutes: dict[Cell, Counter[int]] = field(default_factory=dict)
+    as_of: float = 0.0  # the latest outcome folded (event time)
+
+    def fold(self, record: OutcomeRecord) -> None:
+        counts = _counts(record)
+        if not counts:
+            return
+        self.as_of = max(self.as_of, parse_rfc3339(record["at"]))
+        day = day_number(parse_rfc3339(record["cohort_at"]))
+        rule = record["rule_id"]
+        places = [TOTAL, *((name, record[name] or NONE) for name in DIMENSIONS)]
+        if record.get("action_type") == "task":
+            places.append(("assignee", record["target"] or NONE))
+        minutes = _recovery_minutes(record)
+        for dimension, value in places:
+            cell = (day, rule, dimension, value)
+            counter = self.cells.get(cell)
+            if counter is None:
+                counter = self.cells[cell] = Counter()
+            counter.update(counts)
+            if minutes is not None:
+                self.recovery_minutes.setdefault(cell, Counter())[minutes] += 1
+
+    def fold_all(self, records: Iterable[OutcomeRecord]) -> None:
+        for record in records:
+            self.fold(record)
+
+    def merge(self, other: KpiAggregates) -> None:
+        """Add another worker's (another partition's) aggregates."""
+        for cell, counter in other.cells.items():
+            self.cells.setdefault(cell, Counter()).update(counter)
+        for cell, minutes in other.recovery_minutes.items():
+            self.recovery_minutes.setdefault(cell, Counter()).update(minutes)
+        self.as_of = max(self.as_of, other.as_of)
+
+
+def _counts(record: OutcomeRecord) -> dict[str, int]:
+    kind = record["kind"]
+    arm = record.get("arm", "")
+    match kind:
+        case "episode_started":
+            return {f"{arm}.started": 1}
+        case "episode_recovered":
+            counts = {f"{arm}.recovered": 1}
+            if arm == "treated":
+                counts["treated.recovery_ms"] = round(record["seconds_to_recovery"] * 1000)
+            return counts
+        case "episode_expired":
+            return {f"{arm}.expired": 1}
+        case "episode_revenue":
+            counts = {f"{arm}.revenue_e4": record["amount_e4"]}
+            if record["first"]:
+                counts[f"{arm}.purchased"] = 1
+            return counts
+        case "action_issued":
+            return {f"issued.{record['action_type']}": 1, "cost_e4": record["cost_e4"]}
+        case "coupon_redeemed":
+            return {"coupons.redeemed": 1, "cost_e4": record["cost_e4"]}
+        case "action_feedback":
+            return {f"feedback.{record['action_type']}.{record['status']}": 1}
+        case "first_purchase":
+            return {"first_purchases": 1}
+        case "repeat_purchase":
+            return {"repeat_purchases": 1}
+    return {}  # a kind from a newer version: not counted here
+
+
+def _recovery_minutes(record: OutcomeRecord) -> int | None:
+    if record["kind"] != "episode_recovered" or record.get("arm") != "treated":
+        return None
+    return int(record["seconds_to_recovery"] // 60)
+
+
+def period_of(day: int, group_by: str) -> str:
+    moment = datetime.fromtimestamp(day * DAY, UTC).date()
+    if group_by == "week":
+        year, week, _ = moment.isocalendar()
+        return f"{year}-W{week:02d}"
+    if group_by == "month":
+        return f"{moment.year}-{moment.month:02d}"
+    return moment.isoformat()
+
+
+def report(
+    aggregates: KpiAggregates,
+    settings: KpiSettings,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    group_by: GroupBy | None = None,
+    rule: str | None = None,
+) -> dict[str, Any]:
+    """The KPIs of the cohorts that started in [since, until) (by day), in total and per
+    value of `group_by`, optionally of one rule only."""
+    first = None if since is None else day_number(since)
+    last = None if until is None else day_number(until - 0.001)
+    # A first purchase counts for the repeat rate once its whole window has elapsed.
+    repeat_days = math.ceil(settings.repeat_purchase_days)
+    eligible_until = day_number(aggregates.as_of) - repeat_days - 1
+    dimension = group_by if group_by in (*DIMENSIONS, "assignee") else ""
+    total: Counter[str] = Counter()
+    total_minutes: Counter[int] = Counter()
+    groups: dict[str, tuple[Counter[str], Counter[int]]] = {}
+    for cell, counter in aggregates.cells.items():
+        day, cell_rule, cell_dimension, value = cell
+        if (first is not None and day < first) or (last is not None and day > last):
+            continue
+        if rule is not None and cell_rule != rule:
+            continue
+        minutes = aggregates.recovery_minutes.get(cell)
+        counts = _with_eligibility(counter, day <= eligible_until)
+        if cell_dimension == "":
+            total.update(counts)
+            if minutes:
+                total_minutes.update(minutes)
+        if group_by is None or cell_dimension != dimension:
+            continue
+        if dimension:
+            key = value
+        elif group_by == "rule":
+            key = cell_rule or NONE
+        else:
+            key = period_of(day, group_by)
+        group, group_minutes = groups.setdefault(key, (Counter(), Counter()))
+        group.update(counts)
+        if minutes:
+            group_minutes.update(minutes)
+    return {
+        "as_of": rfc3339(aggregates.as_of) if aggregates.as_of else None,
+        "since": None if since is None else rfc3339(since),
+        "until": None if until is None else rfc3339(until),
+        "rule": rule,
+        "group_by": group_by,
+        "total": figures(total, total_minutes, settings),
+        "groups": [{"group": key, **figures(counts, minutes, settings)}
+                   for key, (counts, minutes) in sorted(groups.items())],
+    }
+
+
+def _with_eligibility(counter: Counter[str], eligible: bool) -> Counter[str]:
+    if not eligible or not (counter["first_purchases"] or counter["repeat_purchases"]):
+        return counter
+    counts = Counter(counter)
+    counts["eligible.first_purchases"] = counter["first_purchases"]
+    counts["eligible.repeat_purchases"] = counter["repeat_purchases"]
+    return counts
+
+
+def figures(counts: Mapping[str, int], recovery_minutes: Mapping[int, int],
+            settings: KpiSettings) -> dict[str, Any]:
+    """Every KPI of one group of cells (docs/kpis.md says how each is defined)."""
+    arms = {arm: _arm(counts, arm) for arm in ("treated", "held_out")}
+    treated = arms["treated"]
+    decided = treated["recovered"] + treated["expired"]
+    revenue = counts.get("treated.revenue_e4", 0) / SPEND_SCALE
+    cost = counts.get("cost_e4", 0) / SPEND_SCALE
+    mean_ms = (counts.get("treated.recovery_ms", 0) / treated["recovered"]
+               if treated["recovered"] else None)
+    median = _median(recovery_minutes)
+    return {
+        "episodes": arms,
+        "win_back_rate": _rate(treated["recovered"], decided),
+        "time_to_recovery_hours": {
+            "mean": None if mean_ms is None else round(mean_ms / 3_600_000, 3),
+            "median": None if median is None else round(median / 60, 3),
+        },
+        "win_back_purchase_rate": _rate(counts.get("treated.purchased", 0), decided),
+        **_share(counts, "repeat_purchase_rate", "repeat_purchases",
+                 ("first_purchases", "eligible.first_purchases"),
+                 ("repeated", "eligible.repeat_purchases")),
+        **_share(counts, "coupon_redemption_rate", "coupons", ("issued", "issued.coupon"),
+                 ("redeemed", "coupons.redeemed")),
+        **_share(counts, "follow_up_completion_rate", "tasks", ("issued", "issued.task"),
+                 ("completed", "feedback.task.completed")),
+        **_share(counts, "notification_open_rate", "notifications",
+                 ("issued", "issued.notification"), ("opened", "feedback.notification.opened")),
+        "recovered_revenue": round(revenue, 4),
+        "cost": round(cost, 4),
+        "roi": (round((revenue * settings.gross_margin - cost) / cost, 4) if cost else None),
+        "uplift": uplift(arms),
+    }
+
+
+def _share(counts: Mapping[str, int], rate: str, name: str, of: tuple[str, str],
+           part: tuple[str, str]) -> dict[str, Any]:
+    """A rate (part / of) and its two counts, each (name shown, counter)."""
+    whole, share = counts.get(of[1], 0), counts.get(part[1], 0)
+    return {rate: _rate(share, whole), name: {of[0]: whole, part[0]: share}}
+
+
+def _arm(counts: Mapping[str, int], arm: str) -> dict[str, int]:
+    started = counts.get(f"{arm}.started", 0)
+    recovered = counts.get(f"{arm}.recovered", 0)
+    expired = counts.get(f"{arm}.expired", 0)
+    return {"started": started, "recovered": recovered, "expired": expired,
+            "open": started - recovered - expired}
+
+
+def uplift(arms: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+    """Win-back rate treated − held out, with a 95 % confidence interval (normal
+    approximation of the difference of two proportions)."""
+    decided = {arm: arms[arm]["recovered"] + arms[arm]["expired"] for arm in arms}
+    counts = {"treated_decided": decided["treated"], "held_out_decided": decided["held_out"]}
+    if min(decided.values()) < MIN_DECIDED_PER_ARM:
+        return {"status": "not enough data", **counts}
+    p1 = arms["treated"]["recovered"] / decided["treated"]
+    p0 = arms["held_out"]["recovered"] / decided["held_out"]
+    error = math.sqrt(p1 * (1 - p1) / decided["treated"] + p0 * (1 - p0) / decided["held_out"])
+    difference = p1 - p0
+    return {"status": "ok", **counts, "treated_rate": round(p1, 4),
+            "held_out_rate": round(p0, 4), "difference": round(difference, 4),
+            "ci95": [round(difference - Z_95 * error, 4), round(difference + Z_95 * error, 4)]}
+
+
+def _rate(numerator: int, denominator: int) -> float | None:
+    return round(numerator / denominator, 4) if denominator else None
+
+
+def _median(histogram: Mapping[int, int]) -> float | None:
+    """The median of values given as value -> count (the middle two averaged)."""
+    n = sum(histogram.values())
+    if not n:
+        return None
+    low_rank, high_rank = (n - 1) // 2, n // 2
+    low = high = None
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if low is None and seen > low_rank:
+            low = value
+        if seen > high_rank:
+            high = value
+            break
+    assert low is not None
+    assert high is not None
+    return (low + high) / 2
