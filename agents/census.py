@@ -55,11 +55,9 @@ class StatesAndCensus:
         self.writer = writer
         self.partition = partition
         self.census: bytes | None = None
-        self.loaded = False
 
     def __call__(self, keys: list[bytes]) -> list[bytes | None]:
         *states, self.census = self.writer.get_many(self.partition, [*keys, due_index.CENSUS])
-        self.loaded = True
         return states
 
 
@@ -68,11 +66,8 @@ def stage(loaded: StatesAndCensus, result: PartitionResult) -> Census | None:
     applied, and its record added to `result.writes` when they changed it. None when the
     write changes no customer's standing. Publish the census only once the write is done."""
     if not result.census:
-        return None
-    if loaded.loaded:
-        census = Census() if loaded.census is None else Census.from_bytes(loaded.census)
-    else:  # not reached: a change needs its state loaded
-        census = read(loaded.writer, loaded.partition)
+        return None  # (a change needs its state loaded: the record was read with it)
+    census = Census() if loaded.census is None else Census.from_bytes(loaded.census)
     if census.apply(result.census):
         result.writes[due_index.CENSUS] = census.to_bytes()
     return census

@@ -4,6 +4,7 @@ core as the worker's (outcome records folded into KPI aggregates), as text or JS
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -20,6 +21,8 @@ from schemas.events import Event
 def replay_outcomes(events: Sequence[Event], engine: Engine, *, until: float | None,
                     comments: list[CommentTerms] | None = None) -> list[OutcomeRecord]:
     outcomes: list[OutcomeRecord] = []
+    if comments is not None:
+        engine = replace(engine, analyse_comments=True)
     for _ in replay(events, engine, until=until, outcomes=outcomes, comments=comments):
         pass
     return outcomes

@@ -64,7 +64,7 @@ def replay(
     apply_event); `states`, when given, is filled with every customer's final state,
     `suppressed` with what the guards stopped, `outcomes` with the outcome records KPIs
     are computed from (core/outcomes.py) and `comments` with the ticket comments' terms
-    (core/feedback.py), in order."""
+    (core/feedback.py; with an engine that `analyse_comments`), in order."""
     states = {} if states is None else states
     # (due, customer) of every customer with a pending timer; stale entries are skipped.
     dues: list[tuple[float, str]] = []

@@ -59,6 +59,9 @@ class Engine:
 
     pack: RulePack
     dedup_window: int = 64
+    # Reduce ticket comments to their terms (Outcome.comments): only where something
+    # counts them (replay --kpis), not on a worker's hot path that would drop them.
+    analyse_comments: bool = False
 
 
 @dataclass(slots=True)
@@ -292,7 +295,7 @@ def _apply_ticket(
     signals: set[str] = set()
     known = state.open_tickets.get(ticket)
     category = event.category or (known.category if known is not None else "")
-    if event.comment:
+    if event.comment and engine.analyse_comments:
         low = event.satisfaction is not None and event.satisfaction <= LOW_RATING
         outcome.comments.append(CommentTerms(occurred, category, low,
                                              comment_terms(event.comment)))
