@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import structlog
 
 from agents import census
+from agents.insights import WorkerInsights
 from agents.locks import PartitionLocks
 from churnguard import due_index
 from churnguard.batch import BatchContext, process_due
@@ -34,8 +35,10 @@ class FireTimers:
         *,
         limit: int,
         watermark: Watermark | None = None,
+        insights: WorkerInsights | None = None,
     ) -> None:
         self.ctx = ctx
+        self.insights = insights
         self.writer = writer
         self.locks = locks
         self.clock = clock
@@ -97,7 +100,11 @@ class FireTimers:
             outputs = [OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs]
             # Scores decayed or segments aged: the census record goes in the same write.
             counted = census.stage(loaded, result)
+            # Episodes expired or recovered: their KPI slices too.
+            added = None if self.insights is None else self.insights.stage(partition, result)
             await self.writer.write(partition, result.writes, outputs=outputs)
+            if self.insights is not None:
+                self.insights.publish(partition, added)
             self.ctx.metrics.timers_pending[partition] += due_index.entries_delta(result.writes)
             if counted is not None:
                 self.ctx.metrics.census[partition] = counted

@@ -16,6 +16,7 @@ import structlog
 from faust.types import TP
 
 from agents import census
+from agents.insights import WorkerInsights
 from agents.locks import PartitionLocks
 from churnguard import due_index
 from churnguard.batch import BatchContext, process_partition
@@ -31,9 +32,11 @@ class ScoreEvents:
     """The batch handler installed into the worker's consumer."""
 
     def __init__(
-        self, ctx: BatchContext, writer: TableBatchWriter, locks: PartitionLocks, clock: Clock
+        self, ctx: BatchContext, writer: TableBatchWriter, locks: PartitionLocks, clock: Clock,
+        *, insights: WorkerInsights | None = None,
     ) -> None:
         self.ctx = ctx
+        self.insights = insights
         self.writer = writer
         self.locks = locks
         self.clock = clock
@@ -92,7 +95,11 @@ class ScoreEvents:
             outputs = [OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs]
             # The census record, when bands or segments changed, goes in the same write.
             counted = census.stage(loaded, result)
+            # So do the KPI and feedback slices its outcomes add to.
+            added = None if self.insights is None else self.insights.stage(partition, result)
             await self.writer.write(partition, result.writes, outputs=outputs)
+            if self.insights is not None:
+                self.insights.publish(partition, added)
             metrics = self.ctx.metrics
             metrics.timers_pending[partition] += due_index.entries_delta(result.writes)
             metrics.customers[partition] += result.new_customers

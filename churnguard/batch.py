@@ -12,6 +12,8 @@ import structlog
 from churnguard import due_index
 from churnguard.census import Change, change, standing
 from churnguard.core.clock import parse_rfc3339, rfc3339
+from churnguard.core.feedback import CommentTerms
+from churnguard.core.outcomes import OutcomeRecord
 from churnguard.core.processor import Engine, Outcome, advance, apply_event
 from churnguard.core.rules import next_due
 from churnguard.core.state import MAX_OPEN_TICKETS, CustomerState
@@ -68,6 +70,10 @@ class PartitionResult:
     # this write changes (new customers included): the census's deltas (churnguard/census.py).
     # Per key because a census still being counted applies only those behind its cursor.
     census: dict[bytes, Change] = field(default_factory=dict)
+    # What this write counts for the KPI and feedback aggregates (churnguard/insights.py):
+    # the outcome records it puts on the outcomes topic, and the comments' terms.
+    outcomes: list[OutcomeRecord] = field(default_factory=list)
+    comments: list[CommentTerms] = field(default_factory=list)
 
 
 # Kafka's per-record framing on top of key and value (aiokafka estimates up to 82 bytes
@@ -164,6 +170,8 @@ def process_partition(
     result.writes.update(applied.writes)
     result.sources += applied.sources
     result.census = applied.census
+    result.outcomes = applied.outcomes
+    result.comments = applied.comments
     result.new_customers += sum(1 for key, value in applied.writes.items()
                                 if value is not None and stored.get(key, b"") is None)
     _log_bounds(applied)
@@ -187,6 +195,8 @@ class _Applied:
     # Customer -> open tickets evicted in this batch (for the one summary line).
     evicted: dict[bytes, int] = field(default_factory=dict)
     census: dict[bytes, Change] = field(default_factory=dict)
+    outcomes: list[OutcomeRecord] = field(default_factory=list)
+    comments: list[CommentTerms] = field(default_factory=list)
 
 
 def _log_bounds(applied: _Applied) -> None:
@@ -253,6 +263,8 @@ def _apply_all(
         metrics.events_applied[(record.topic, event.type)] += 1
         _count(outcome, metrics)
         applied.outputs += outputs
+        applied.outcomes += outcome.outcome_records
+        applied.comments += outcome.comments
         if outcome.actions:
             started = record.timestamp_ms / 1000.0
             applied.sources += [(action.rule_id, started) for action in outcome.actions]
@@ -308,6 +320,7 @@ def process_due(
         # of their quiet hours).
         result.sources += [(a.rule_id, parse_rfc3339(a.created_at)) for a in outcome.actions]
         result.outputs += outputs
+        result.outcomes += outcome.outcome_records
         result.writes[key] = encoded
         result.writes.update(due_index.moves(key, due_before[key], state.next_due))
         moved = change(before, standing(state))  # the score decayed, the segment aged

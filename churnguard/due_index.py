@@ -21,6 +21,10 @@ REINDEX_CURSOR = b"\x00reindex\x00"
 # segment, and how far the baseline scan got), in the same key space, written with the
 # states whose band or segment changed, so a restored partition has exact counts unscanned.
 CENSUS = b"\x00census\x00"
+# The partition's KPI and feedback aggregates (churnguard/insights.py), as slices under this
+# prefix, written with the states whose outcomes they count; all sort in [INSIGHTS, INSIGHTS_END).
+INSIGHTS = b"\x00insights\x00"
+INSIGHTS_END = b"\x00insights\x01"
 # Every customer key sorts in [FIRST_CUSTOMER, AFTER_CUSTOMERS) (ids are UTF-8 without
 # control characters; 0xFF never occurs in UTF-8).
 FIRST_CUSTOMER = b"\x01"

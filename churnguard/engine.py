@@ -16,4 +16,6 @@ def configured_pack(settings: Settings) -> RulePack:
 
 
 def build_engine(settings: Settings, pack: RulePack | None = None) -> Engine:
-    return Engine(pack=pack or configured_pack(settings), dedup_window=settings.dedup_window)
+    # The worker counts comments' terms for /feedback (agents/insights.py).
+    return Engine(pack=pack or configured_pack(settings), dedup_window=settings.dedup_window,
+                  analyse_comments=True)

@@ -3,6 +3,8 @@ core as the worker's (outcome records folded into KPI aggregates), as text or JS
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -44,6 +46,30 @@ def kpis_of(events: Sequence[Event], engine: Engine, *, until: float | None,
     tickets.fold_all(outcomes, comments)
     result["feedback"] = feedback_report(tickets, since=since)
     return result
+
+
+def kpis_csv(result: dict[str, Any]) -> str:
+    """A KPI report as CSV for spreadsheets: one row for the total, one per group; nested
+    figures as dotted columns (episodes.treated.recovered), rates as fractions."""
+    rows = [{"group": "(total)", **_flat(result["total"])}]
+    rows += [{"group": row["group"], **_flat({k: v for k, v in row.items() if k != "group"})}
+             for row in result["groups"]]
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _flat(figures: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in figures.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = "" if value is None else value
+    return flat
 
 
 def render_kpis(result: dict[str, Any], *, as_json: bool) -> str:

@@ -89,8 +89,11 @@ class Observability:
         census is done (the stored states, exact); `pending`: owned partitions not counted
         yet (restoring, or a store being counted for the first time) — with any, the sums
         are partial (for `/segments`)."""
-        owned = {tp.partition for tp in self._assignment() if tp.topic in self.inputs}
-        return totals(self.metrics.census, owned)
+        return totals(self.metrics.census, self.owned_partitions())
+
+    def owned_partitions(self) -> set[int]:
+        """The input partitions this worker owns (those of the customers it holds)."""
+        return {tp.partition for tp in self._assignment() if tp.topic in self.inputs}
 
     def _assignment(self) -> set[Any]:
         # Empty, not an error, in the moment between the web server's start and the

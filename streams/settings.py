@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     web_enabled: bool = True
     web_host: str = "0.0.0.0"
     web_port: int = Field(6066, ge=0, le=65535)
+    # The host name the other workers reach this one's endpoints at (a customer's 360 view
+    # is forwarded to the worker owning it): default the machine's host name, or web_host
+    # when that is a specific address.
+    web_advertised_host: str | None = None
     topics: TopicNames = TopicNames()
     # A rule pack file for local use (development, a single worker): used instead of the
     # shipped default (churnguard/rules/default.yaml).

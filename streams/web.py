@@ -6,6 +6,7 @@ starts after recovery: a liveness probe would then kill a worker restoring a lar
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from streams.dashboard import Dashboard
+from streams.insights import InsightsViews
 
 log = structlog.get_logger(__name__)
 
@@ -50,13 +52,19 @@ class WorkerWeb:
     def __init__(self, registry: CollectorRegistry, heartbeat: Heartbeat,
                  readiness: Callable[[], Readiness],
                  status: Callable[[], dict[str, Any]], *, host: str, port: int,
-                 dashboard: Dashboard | None = None) -> None:
+                 dashboard: Dashboard | None = None,
+                 insights: InsightsViews | None = None,
+                 advertised_host: str | None = None) -> None:
         self.registry = registry
         self.heartbeat = heartbeat
         self.readiness = readiness
         self.status = status
         self.host = host
         self.port = port
+        # How the other workers reach this one (the 360 view's routing, the KPI sums).
+        wildcard = host in ("", "0.0.0.0", "::")
+        self.advertised_host = advertised_host or (socket.gethostname() if wildcard else host)
+        self.url = f"http://{self.advertised_host}:{port}"
         self._runner: web.AppRunner | None = None
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
@@ -68,6 +76,11 @@ class WorkerWeb:
             app.router.add_get("/dashboard", dashboard.page)
             app.router.add_get("/dashboard/data", dashboard.data)
             self.endpoints += ["/dashboard", "/dashboard/data"]
+        self.insights = insights
+        if insights is not None:
+            for path, handler in insights.routes():
+                app.router.add_get(path, handler)
+                self.endpoints.append(path)
         self.app = app
 
     async def start(self) -> int:
@@ -80,11 +93,14 @@ class WorkerWeb:
         server: Any = site._server  # aiohttp keeps the asyncio server: its sockets say the port
         sockets = list(server.sockets) if server is not None else []
         port = sockets[0].getsockname()[1] if sockets else self.port
-        log.info("http_listening", host=self.host, port=port,
+        self.url = f"http://{self.advertised_host}:{port}"
+        log.info("http_listening", host=self.host, port=port, url=self.url,
                  endpoints=self.endpoints)
         return int(port)
 
     async def stop(self) -> None:
+        if self.insights is not None:
+            await self.insights.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

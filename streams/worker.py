@@ -27,9 +27,11 @@ from typing import Any
 import faust
 import structlog
 from faust.types import TP
+from yarl import URL
 
 from agents.census import CensusScan
 from agents.fire_timers import FireTimers
+from agents.insights import WorkerInsights
 from agents.locks import PartitionLocks
 from agents.reindex import Reindex
 from agents.score_events import ScoreEvents
@@ -47,6 +49,7 @@ from streams.batch_path import BatchPathConsumer, install_batch_path
 from streams.codecs import CONTRACT_VERSION
 from streams.dashboard import Dashboard
 from streams.health import BROKER_PROBE_INTERVAL_S, probe_broker
+from streams.insights import InsightsViews
 from streams.metrics_export import WorkerCollector, registry_for
 from streams.observability import Observability
 from streams.rules_feed import PackSwitch, follow
@@ -79,6 +82,9 @@ class Worker(faust.Worker):
         # Before the app starts: probes and /metrics answer during table recovery too.
         if self.web is not None:
             await self.web.start()
+            # Shared with the group at each join (faust's assignor): the other workers
+            # forward a customer's 360 view here and ask for this worker's KPI sums.
+            self.app.conf.canonical_url = URL(self.web.url)
         await super().on_first_start()
 
     async def on_stop(self) -> None:
@@ -133,7 +139,8 @@ def build_worker_app(
         single_record_tail=settings.embedded_broker,
     )
     locks = PartitionLocks()
-    score_events = ScoreEvents(ctx, writer, locks, clock)
+    insights = WorkerInsights(writer, locks)
+    score_events = ScoreEvents(ctx, writer, locks, clock, insights=insights)
     install_batch_path(app, topology.inputs, score_events,
                        max_idle_s=settings.max_task_idle_s,
                        max_buffered=settings.buffered_records_per_partition)
@@ -154,7 +161,7 @@ def build_worker_app(
         return until
 
     timers = FireTimers(ctx, writer, locks, clock, limit=settings.tick_limit,
-                        watermark=watermark)
+                        watermark=watermark, insights=insights)
     reindexing = Reindex(ctx, writer, locks)
     census = CensusScan(writer, locks, metrics)
 
@@ -182,25 +189,9 @@ def build_worker_app(
         log.info("rules_file_in_use", path=str(settings.rules_file),
                  note="published packs are not followed")
 
-    @app.timer(interval=REINDEX_INTERVAL_S)  # type: ignore[untyped-decorator]
-    async def reindex_due() -> None:
-        consumer = app.consumer
-        if isinstance(consumer, BatchPathConsumer):
-            await consumer.run_guarded(reindexing.step, topics=inputs)
-
-    @app.timer(interval=CENSUS_INTERVAL_S)  # type: ignore[untyped-decorator]
-    async def count_census() -> None:
-        consumer = app.consumer
-        if isinstance(consumer, BatchPathConsumer):
-            await consumer.run_guarded(census.step, topics=inputs)
-
-    @app.on_partitions_revoked.connect
-    async def forget_census(*args: Any, **kwargs: Any) -> None:
-        # After the batch and tick in flight ended: read again once owned (another worker
-        # may write the partition meanwhile).
-        census.forget()
-
-    web = _observability(topology, settings, metrics, inputs, writer)
+    _background_scans(app, inputs, reindexing, census, insights)
+    web = _observability(topology, settings, metrics, inputs, writer,
+                         insights=insights, ctx=ctx, clock=clock)
 
     @app.timer(interval=STATS_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def log_stats() -> None:
@@ -214,12 +205,39 @@ def build_worker_app(
     return dataclasses.replace(topology, web=web)
 
 
+def _background_scans(app: faust.App, inputs: set[str], reindexing: Reindex,
+                      census: CensusScan, insights: WorkerInsights) -> None:
+    """The throttled walks of the store, each through the guarded-run path: the re-index
+    after a pack changed a timer, the census of a store without one, the read of the KPI
+    aggregates of a partition taken over."""
+
+    @app.timer(interval=REINDEX_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def reindex_due() -> None:
+        consumer = app.consumer
+        if isinstance(consumer, BatchPathConsumer):
+            await consumer.run_guarded(reindexing.step, topics=inputs)
+
+    @app.timer(interval=CENSUS_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def count_census() -> None:
+        consumer = app.consumer
+        if isinstance(consumer, BatchPathConsumer):
+            await consumer.run_guarded(census.step, topics=inputs)
+            await consumer.run_guarded(insights.step, topics=inputs)
+
+    @app.on_partitions_revoked.connect
+    async def forget_census(*args: Any, **kwargs: Any) -> None:
+        # After the batch and tick in flight ended: read again once owned (another worker
+        # may write the partition meanwhile).
+        census.forget()
+        insights.forget()
+
+
 def _observability(
     topology: Topology, settings: Settings, metrics: Metrics, inputs: set[str],
-    writer: TableBatchWriter,
+    writer: TableBatchWriter, *, insights: WorkerInsights, ctx: BatchContext, clock: Clock,
 ) -> WorkerWeb | None:
-    """/metrics, /health, /ready, /status and /dashboard, and the 1 s sampling that keeps
-    them fresh."""
+    """/metrics, /health, /ready, /status and /dashboard, the business's /kpis, /feedback,
+    /segments, /customers/{id} and /insights, and the 1 s sampling that keeps them fresh."""
     app = topology.app
     seen = Observability(topology, metrics, inputs, writer)
     collector = WorkerCollector(metrics, seen.view, version=__version__,
@@ -238,9 +256,22 @@ def _observability(
 
     if not settings.web_enabled:
         return None
+    changelog = topology.customer_to_state.changelog_topic.get_topic_name()
+
+    def distribution() -> dict[str, list[int]]:
+        # Each member's URL and the state partitions it owns, from the last assignment.
+        shared = app.assignor.changelog_distribution  # type: ignore[attr-defined]
+        return {url: list(tps.get(changelog, ())) for url, tps in shared.items()}
+
+    views = InsightsViews(
+        insights=insights, census=seen.census, owned=seen.owned_partitions,
+        engine=lambda: ctx.engine, writer=writer, partitions=settings.partitions,
+        distribution=distribution, own_url=lambda: str(app.conf.canonical_url),
+        now=clock.now)
     return WorkerWeb(registry_for(collector), seen.heartbeat, seen.readiness,
                      seen.status_report, host=settings.web_host, port=settings.web_port,
-                     dashboard=dashboard)
+                     dashboard=dashboard, insights=views,
+                     advertised_host=settings.web_advertised_host)
 
 
 def startup_pack(settings: Settings) -> tuple[Published, RulePack] | None:

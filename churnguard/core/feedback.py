@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -148,9 +148,11 @@ class FeedbackAggregates:
             self.fold_comment(comment)
 
 
-def report(aggregates: FeedbackAggregates, *, since: float | None = None,
-           until: float | None = None) -> dict[str, Any]:
-    """Per ticket category (and all together) in [since, until) by day, and the terms."""
+def report(aggregates: FeedbackAggregates | Sequence[FeedbackAggregates], *,
+           since: float | None = None, until: float | None = None) -> dict[str, Any]:
+    """Per ticket category (and all together) in [since, until) by day, and the terms; of
+    several aggregates (the worker's partitions) as of their sum."""
+    parts = [aggregates] if isinstance(aggregates, FeedbackAggregates) else aggregates
     first = None if since is None else day_number(since)
     last = None if until is None else day_number(until - 0.001)
 
@@ -159,12 +161,14 @@ def report(aggregates: FeedbackAggregates, *, since: float | None = None,
 
     per_category: dict[str, Counter[str]] = {}
     resolution: dict[str, dict[str, Counter[int]]] = {}
-    for (day, category), counts in aggregates.tickets.items():
-        if within(day):
-            per_category.setdefault(category, Counter()).update(counts)
-    for (day, category, priority), minutes in aggregates.resolution.items():
-        if within(day):
-            resolution.setdefault(category, {}).setdefault(priority, Counter()).update(minutes)
+    for part in parts:
+        for (day, category), counts in part.tickets.items():
+            if within(day):
+                per_category.setdefault(category, Counter()).update(counts)
+        for (day, category, priority), minutes in part.resolution.items():
+            if within(day):
+                resolution.setdefault(category, {}).setdefault(priority, Counter()).update(
+                    minutes)
     categories = [{"category": category, **_ticket_figures(counts, resolution.get(category, {}))}
                   for category, counts in sorted(per_category.items())]
     everything: Counter[str] = Counter()
@@ -177,7 +181,7 @@ def report(aggregates: FeedbackAggregates, *, since: float | None = None,
             "until": None if until is None else rfc3339(until),
             "total": _ticket_figures(everything, every_resolution),
             "categories": categories,
-            "terms": _terms(aggregates, within)}
+            "terms": _terms(parts, within)}
 
 
 def _ticket_figures(counts: Mapping[str, int],
@@ -199,16 +203,17 @@ def _ticket_figures(counts: Mapping[str, int],
     }
 
 
-def _terms(aggregates: FeedbackAggregates, within: Any) -> dict[str, Any]:
+def _terms(parts: Sequence[FeedbackAggregates], within: Any) -> dict[str, Any]:
     low: Counter[str] = Counter()
     rest: Counter[str] = Counter()
     comments = {True: 0, False: 0}
-    for (day, _, low_rated), counts in aggregates.terms.items():
-        if within(day):
-            (low if low_rated else rest).update(counts)
-    for (day, _, low_rated), n in aggregates.comments.items():
-        if within(day):
-            comments[low_rated] += n
+    for part in parts:
+        for (day, _, low_rated), counts in part.terms.items():
+            if within(day):
+                (low if low_rated else rest).update(counts)
+        for (day, _, low_rated), n in part.comments.items():
+            if within(day):
+                comments[low_rated] += n
     every = low + rest
     frequent = [{"term": t, "comments": n}
                 for t, n in sorted(every.items(), key=lambda item: (-item[1], item[0]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -123,7 +123,7 @@ def period_of(day: int, group_by: str) -> str:
 
 
 def report(
-    aggregates: KpiAggregates,
+    aggregates: KpiAggregates | Sequence[KpiAggregates],
     settings: KpiSettings,
     *,
     since: float | None = None,
@@ -132,23 +132,25 @@ def report(
     rule: str | None = None,
 ) -> dict[str, Any]:
     """The KPIs of the cohorts that started in [since, until) (by day), in total and per
-    value of `group_by`, optionally of one rule only."""
+    value of `group_by`, optionally of one rule only; of several aggregates (the worker's
+    partitions) as of their sum."""
+    parts = [aggregates] if isinstance(aggregates, KpiAggregates) else aggregates
+    as_of = max((part.as_of for part in parts), default=0.0)
     first = None if since is None else day_number(since)
     last = None if until is None else day_number(until - 0.001)
     # A first purchase counts for the repeat rate once its whole window has elapsed.
     repeat_days = math.ceil(settings.repeat_purchase_days)
-    eligible_until = day_number(aggregates.as_of) - repeat_days - 1
+    eligible_until = day_number(as_of) - repeat_days - 1
     dimension = group_by if group_by in (*DIMENSIONS, "assignee") else ""
     total: Counter[str] = Counter()
     total_minutes: Counter[int] = Counter()
     groups: dict[str, tuple[Counter[str], Counter[int]]] = {}
-    for cell, counter in aggregates.cells.items():
+    for cell, counter, minutes in _cells(parts):
         day, cell_rule, cell_dimension, value = cell
         if (first is not None and day < first) or (last is not None and day > last):
             continue
         if rule is not None and cell_rule != rule:
             continue
-        minutes = aggregates.recovery_minutes.get(cell)
         counts = _with_eligibility(counter, day <= eligible_until)
         if cell_dimension == "":
             total.update(counts)
@@ -167,7 +169,7 @@ def report(
         if minutes:
             group_minutes.update(minutes)
     return {
-        "as_of": rfc3339(aggregates.as_of) if aggregates.as_of else None,
+        "as_of": rfc3339(as_of) if as_of else None,
         "since": None if since is None else rfc3339(since),
         "until": None if until is None else rfc3339(until),
         "rule": rule,
@@ -176,6 +178,14 @@ def report(
         "groups": [{"group": key, **figures(counts, minutes, settings)}
                    for key, (counts, minutes) in sorted(groups.items())],
     }
+
+
+def _cells(parts: Sequence[KpiAggregates]
+           ) -> Iterator[tuple[Cell, Counter[str], Counter[int] | None]]:
+    for part in parts:
+        minutes = part.recovery_minutes
+        for cell, counter in part.cells.items():
+            yield cell, counter, minutes.get(cell)
 
 
 def _with_eligibility(counter: Counter[str], eligible: bool) -> Counter[str]:

@@ -222,7 +222,8 @@ def log_actions(state: CustomerState, actions: Iterable[Any],
             case _:
                 target = ""
         logged = LoggedAction(action.action_id, action.type, action.rule_id, created, target,
-                              *_dims(state), 0, expires, value, kind)
+                              *_dims(state), 0, expires, value, kind, action.rule_version,
+                              tuple(action.caused_by))
         state.actions_log.append(logged)
         records.append(_logged_record("action_issued", state, created, logged,
                                       cost_e4=_e4(cost)))

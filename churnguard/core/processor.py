@@ -42,6 +42,7 @@ from churnguard.core.state import (
     CLOSED_TICKETS_KEPT,
     LOGIN_WINDOW_DAYS,
     MAX_OPEN_TICKETS,
+    MAX_SCORE_TREND,
     PURCHASE_WINDOW_DAYS,
     SPEND_SCALE,
     CustomerState,
@@ -59,8 +60,8 @@ class Engine:
 
     pack: RulePack
     dedup_window: int = 64
-    # Reduce ticket comments to their terms (Outcome.comments): only where something
-    # counts them (replay --kpis), not on a worker's hot path that would drop them.
+    # Reduce ticket comments to their terms (Outcome.comments): where something counts
+    # them (the worker's /feedback aggregates, replay --kpis); elsewhere left out.
     analyse_comments: bool = False
 
 
@@ -196,13 +197,19 @@ def _settle(
 def rescore(
     state: CustomerState, engine: Engine, *, caused_by: tuple[str, ...]
 ) -> dict[str, Any] | None:
-    """Recompute score and segment at the customer's clock; the score record if they changed."""
+    """Recompute score and segment at the customer's clock; the score record if they changed.
+    A change of the score (not of the segment alone) is remembered in `score_trend`."""
     now = state.clock
     pack = engine.pack
     result = health(state, now, pack.scoring)
     scores = rfm_scores(state, now, pack.rfm)
     segment = segment_of(scores, pack.rfm)
     changed = state.score != result.score or state.segment != segment
+    if state.score != result.score:
+        # The customer 360's trend: score changes only, compact and bounded.
+        state.score_trend.append((int(now), result.score))
+        if len(state.score_trend) > MAX_SCORE_TREND:
+            del state.score_trend[: len(state.score_trend) - MAX_SCORE_TREND]
     state.score = result.score
     state.components = (result.recency, result.engagement, result.service)
     state.segment = segment

@@ -23,6 +23,9 @@ SPEND_SCALE = 10_000
 # Actions remembered per customer (feedback and coupon redemptions are matched to them,
 # the customer 360 shows them): the oldest is forgotten first.
 MAX_LOGGED_ACTIONS = 50
+# Score changes remembered per customer (the customer 360's trend): the oldest is forgotten
+# first. Stored as [epoch seconds, score] pairs, about 20 bytes each.
+MAX_SCORE_TREND = 30
 
 
 @dataclass(slots=True)
@@ -53,6 +56,10 @@ class LoggedAction(NamedTuple):
     expires_at: float | None = None
     value: float = 0.0
     kind: str = ""
+    # The rule's version when it fired and the events that caused it (none for a timer).
+    # Last, with defaults: entries stored before they existed still load positionally.
+    rule_version: int = 0
+    caused_by: tuple[str, ...] = ()
 
 
 class Episode(NamedTuple):
@@ -103,6 +110,9 @@ class CustomerState:
     components: tuple[float, float, float] | None = None
     segment: str | None = None
     rfm: tuple[int, int, int] | None = None
+    # (whole epoch seconds, score) of the latest score changes, the newest last (at most
+    # MAX_SCORE_TREND): a segment change alone adds nothing.
+    score_trend: list[tuple[int, float]] = field(default_factory=list)
     fired: list[str] = field(default_factory=list)
     # Timer occurrences already fired (see core/triggers.py): rule or rule:ticket -> mark.
     marks: dict[str, str] = field(default_factory=dict)
@@ -147,10 +157,22 @@ class CustomerState:
             data["deferred"] = [tuple(entry) for entry in data["deferred"]]
         # Absent from states written before KPIs existed.
         if data.get("actions_log"):
-            data["actions_log"] = [LoggedAction(*entry) for entry in data["actions_log"]]
+            data["actions_log"] = [_logged_action(entry) for entry in data["actions_log"]]
         if data.get("episodes"):
             data["episodes"] = [Episode(*entry) for entry in data["episodes"]]
+        # Absent from states written before the customer 360.
+        if data.get("score_trend"):
+            data["score_trend"] = [tuple(entry) for entry in data["score_trend"]]
         return cls(**data)
+
+
+def _logged_action(entry: list[Any]) -> LoggedAction:
+    # Entries stored before rule_version and caused_by existed have fewer fields: the
+    # defaults apply. caused_by is stored as a JSON list: a tuple again, as it was built.
+    logged = LoggedAction(*entry)
+    if isinstance(logged.caused_by, tuple):
+        return logged
+    return logged._replace(caused_by=tuple(logged.caused_by))
 
 
 def _as_list(value: object) -> list[Any]:

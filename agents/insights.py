@@ -1,0 +1,97 @@
+"""The worker's KPI and feedback aggregates (churnguard/insights.py): added to the store in
+each batch's and tick's write, held in memory per owned partition for `/kpis` and
+`/feedback`.
+
+- `stage`, called by the batch and tick handlers under the partition's lock before their
+  write, reads the slices the write's outcome records and comment terms touch (one
+  multi-get) and adds them, with the additions, to the write; `publish`, once the write is
+  done, folds the same additions into memory.
+- `step`, driven like the census scan (streams/worker.py, through the guarded-run path),
+  reads the slices of an owned partition not read yet, one chunk per call, under its lock:
+  a partition taken over (a restart, a rebalance) is summed from its own store, not from
+  its customers. Partitions no longer owned are dropped, all of them on revocation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import structlog
+
+from agents.locks import PartitionLocks
+from churnguard import due_index
+from churnguard.batch import PartitionResult
+from churnguard.insights import PartitionInsights, Touched, touched, writes
+from tables.state_store import TableBatchWriter
+
+log = structlog.get_logger(__name__)
+
+# Slices read per call: a year of one busy partition (a few thousand slices) in seconds.
+CHUNK = 500
+
+
+class WorkerInsights:
+    def __init__(self, writer: TableBatchWriter, locks: PartitionLocks, *,
+                 chunk: int = CHUNK) -> None:
+        self.writer = writer
+        self.locks = locks
+        self.chunk = chunk
+        self.partitions: dict[int, PartitionInsights] = {}
+        self._started: dict[int, float] = {}
+
+    def stage(self, partition: int, result: PartitionResult) -> Touched | None:
+        """Under the partition's lock, before `result` is written: the slices it touches,
+        with its additions, into `result.writes`. None when it adds nothing."""
+        found = touched(result.outcomes, result.comments)
+        if not found:
+            return None
+        result.writes.update(writes(found, self.writer.get_many(partition, found.slice_keys())))
+        return found
+
+    def publish(self, partition: int, found: Touched | None) -> None:
+        """The write of `found` is done."""
+        if found is not None and partition in self.partitions:
+            self.partitions[partition].publish(found)
+
+    def of(self, partitions: Iterable[int]) -> tuple[list[PartitionInsights], list[int]]:
+        """These (owned) partitions' aggregates where fully read, and those not fully read
+        yet (with any, the sums are partial)."""
+        ready, pending = [], []
+        for partition in sorted(set(partitions)):
+            found = self.partitions.get(partition)
+            if found is not None and found.done:
+                ready.append(found)
+            else:
+                pending.append(partition)
+        return ready, pending
+
+    def forget(self) -> None:
+        """Partitions revoked: what another worker writes meanwhile is read again."""
+        self.partitions.clear()
+
+    async def step(self, partitions: Iterable[int]) -> int:
+        """Read one chunk of the next owned partition not fully read; slices read."""
+        owned = frozenset(partitions)
+        for gone in [p for p in self.partitions if p not in owned]:
+            del self.partitions[gone]
+        pending = [p for p in sorted(owned)
+                   if p not in self.partitions or not self.partitions[p].done]
+        if not pending:
+            return 0
+        partition = pending[0]
+        async with self.locks[partition]:
+            into = self.partitions.setdefault(partition, PartitionInsights())
+            started = self._started.setdefault(partition, time.monotonic())
+            lower = (due_index.INSIGHTS if into.after is None else into.after + b"\x00")
+            keys = self.writer.scan(partition, lower, due_index.INSIGHTS_END, self.chunk)
+            values = self.writer.get_many(partition, keys)
+            into.read([(k, v) for k, v in zip(keys, values, strict=True) if v is not None],
+                      last=len(keys) < self.chunk)
+        if into.done:
+            del self._started[partition]
+            # One line per partition read.
+            log.info("insights_read", partition=partition,
+                     cells=len(into.slices.kpis.cells),
+                     seconds=round(time.monotonic() - started, 3))
+        return len(keys)
