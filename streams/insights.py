@@ -113,7 +113,7 @@ class InsightsViews:
             return _error(str(exc), 400)
         gathered = await self._gather(since, until, rule)
         result = kpi_report(gathered.kpis, self.engine().pack.kpis, since=since, until=until,
-                            group_by=group_by, rule=rule)
+                            group_by=group_by, rule=rule, as_of=self.now())
         result.update(gathered.coverage())
         if as_csv:
             return web.Response(text=kpis_csv(result), content_type="text/csv",

@@ -130,12 +130,16 @@ def report(
     until: float | None = None,
     group_by: GroupBy | None = None,
     rule: str | None = None,
+    as_of: float | None = None,
 ) -> dict[str, Any]:
     """The KPIs of the cohorts that started in [since, until) (by day), in total and per
     value of `group_by`, optionally of one rule only; of several aggregates (the worker's
-    partitions) as of their sum."""
+    partitions) as of their sum. `as_of`: the moment the figures are of (the worker's
+    clock; default the latest outcome folded), which decides whose repeat-purchase window
+    has elapsed."""
     parts = [aggregates] if isinstance(aggregates, KpiAggregates) else aggregates
-    as_of = max((part.as_of for part in parts), default=0.0)
+    if as_of is None:
+        as_of = max((part.as_of for part in parts), default=0.0)
     first = None if since is None else day_number(since)
     last = None if until is None else day_number(until - 0.001)
     # A first purchase counts for the repeat rate once its whole window has elapsed.

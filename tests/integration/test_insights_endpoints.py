@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import orjson
 import pytest
+from kafka import KafkaConsumer
 
 from churnguard.core.feedback import FeedbackAggregates
 from churnguard.core.feedback import report as feedback_report
@@ -20,6 +21,7 @@ from churnguard.core.kpis import GROUP_BY, KpiAggregates, report
 from churnguard.kpi_report import replay_outcomes
 from churnguard.rules.export import export_pack
 from streams.insights import partition_of
+from streams.topology import STATE_TABLE
 from tests.integration.pipeline_support import Pipeline, http_get, wait_for
 from tests.unit.test_kpis import ENGINE, PACK, UNTIL, A, scenario
 
@@ -61,6 +63,7 @@ def _aggregates(outcomes: list[Any], comments: list[Any]) -> tuple[KpiAggregates
                                                                     FeedbackAggregates]:
     kpis, feedback = KpiAggregates(), FeedbackAggregates()
     kpis.fold_all(outcomes)
+    kpis.as_of = UNTIL  # the worker's clock: whose repeat-purchase window has elapsed
     feedback.fold_all(outcomes, comments)
     return kpis, feedback
 
@@ -86,14 +89,13 @@ def _figures(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_live_worker_serves_the_replays_kpis_feedback_segments_and_360(
-    pipeline_factory: Any,
+    pipeline_factory: Any, shared_broker: Any,
 ) -> None:
     pipeline, story, outcomes, comments = _start(pipeline_factory)
     pipeline.start()
     _send(pipeline, story)
     port = pipeline.http_port()
     kpis, feedback = _aggregates(outcomes, comments)
-    # The worker's as_of is its last outcome: the repeat-purchase eligibility follows it.
     expected = {g: report(kpis, PACK.kpis, group_by=g) for g in (None, *GROUP_BY)}
     first = _complete(port, "/kpis", expected[None]["total"])
     for group_by in GROUP_BY:
@@ -149,6 +151,33 @@ def test_a_live_worker_serves_the_replays_kpis_feedback_segments_and_360(
     again = _complete(port, "/kpis?group_by=rule", expected["rule"]["total"])
     assert _figures(again) == _figures(expected["rule"])
     assert "PLANTED-PHRASE" not in pipeline.log()
+    _no_comment_on_any_topic(pipeline, shared_broker.bootstrap)
+
+
+def _no_comment_on_any_topic(pipeline: Pipeline, bootstrap: str) -> None:
+    """Every topic of the deployment, the state changelog included: a comment's terms may
+    be counted, its text is never written."""
+    reader = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                           group_id=None, auto_offset_reset="earliest")
+    try:
+        prefix = pipeline.topics.events.split(".", 1)[0] + "."
+        topics = {t for t in reader.topics()
+                  if t.startswith(prefix) or t.startswith(pipeline.settings.app_id)}
+        assert f"{pipeline.settings.app_id}-{STATE_TABLE}-changelog" in topics
+        reader.subscribe(sorted(topics - {pipeline.topics.events}))
+        values: list[bytes] = []
+        idle = 0
+        while idle < 10:  # ten empty polls in a row: every topic read to its end
+            batch = reader.poll(timeout_ms=200)
+            idle = 0 if batch else idle + 1
+            values += [m.value for messages in batch.values() for m in messages if m.value]
+    finally:
+        reader.close()
+    assert values
+    text = b"\n".join(values)
+    assert b"PLANTED-PHRASE" not in text
+    assert "退款太慢".encode() not in text
+    assert b"refund please" not in text
 
 
 def test_two_workers_answer_for_every_partition_and_route_the_360_to_its_owner(
