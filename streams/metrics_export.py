@@ -53,6 +53,8 @@ class WorkerView:
     statuses: Mapping[tuple[str, int], str] = field(default_factory=dict)
     ready: bool = False
     census_pending: int = 0
+    # Owned partitions whose KPI and feedback aggregates are not read yet (agents/insights.py).
+    insights_pending: int = 0
 
 
 class LagClock:
@@ -163,6 +165,9 @@ class WorkerCollector(Collector):
         yield _gauge("census_partitions_pending", "Owned partitions whose census (customers "
                      "by band and segment) is not counted yet", [],
                      {(): view.census_pending})
+        yield _gauge("insights_partitions_pending", "Owned partitions whose KPI and feedback "
+                     "aggregates are not read yet (/kpis says partial meanwhile)", [],
+                     {(): view.insights_pending})
         status = GaugeMetricFamily(
             f"{PREFIX}_partition_status", "1 for the partition's current Burrow-style status "
             "(OK, WARN, STALL, STOP, REWIND)", labels=["topic", "partition", "status"])

@@ -10,6 +10,7 @@ from typing import Any
 
 from faust.exceptions import ConsumerNotStarted
 
+from agents.insights import WorkerInsights
 from churnguard.census import CensusTotals, totals
 from churnguard.metrics import Metrics
 from streams.app import Topology
@@ -22,8 +23,10 @@ from tables.state_store import TableBatchWriter
 
 class Observability:
     def __init__(self, topology: Topology, metrics: Metrics, inputs: set[str],
-                 writer: TableBatchWriter | None = None) -> None:
+                 writer: TableBatchWriter | None = None,
+                 insights: WorkerInsights | None = None) -> None:
         self.topology = topology
+        self.insights = insights
         self.writer = writer
         self.metrics = metrics
         self.inputs = inputs
@@ -82,7 +85,8 @@ class Observability:
                           recovery_remaining={tp.partition: n for tp, n in remaining.items()},
                           store_bytes=store_bytes, customers=customers,
                           customers_by_band=by_band, statuses=self.status_of(offsets),
-                          ready=self.readiness().ready, census_pending=len(census.pending))
+                          ready=self.readiness().ready, census_pending=len(census.pending),
+                          insights_pending=self._insights_pending())
 
     def census(self) -> CensusTotals:
         """Customers per score band and per RFM segment over the owned partitions whose
@@ -90,6 +94,11 @@ class Observability:
         yet (restoring, or a store being counted for the first time) — with any, the sums
         are partial (for `/segments`)."""
         return totals(self.metrics.census, self.owned_partitions())
+
+    def _insights_pending(self) -> int:
+        if self.insights is None:
+            return 0
+        return len(self.insights.of(self.owned_partitions())[1])
 
     def owned_partitions(self) -> set[int]:
         """The input partitions this worker owns (those of the customers it holds)."""

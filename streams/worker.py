@@ -239,7 +239,7 @@ def _observability(
     """/metrics, /health, /ready, /status and /dashboard, the business's /kpis, /feedback,
     /segments, /customers/{id} and /insights, and the 1 s sampling that keeps them fresh."""
     app = topology.app
-    seen = Observability(topology, metrics, inputs, writer)
+    seen = Observability(topology, metrics, inputs, writer, insights)
     collector = WorkerCollector(metrics, seen.view, version=__version__,
                                 contract_version=str(CONTRACT_VERSION))
     dashboard = Dashboard(metrics, seen.view) if settings.web_enabled else None

@@ -230,6 +230,9 @@ def test_customers_by_band_is_the_states_count_through_ticks_and_a_restore(
     samples = _samples(port)
     assert samples["churnguard_census_partitions_pending"] == [({}, 0.0)]
     assert sum(value for _, value in samples["churnguard_customers"]) == 12.0
+    # The KPI aggregates are read back from the restored store too.
+    wait_for("the KPI aggregates read", lambda: _samples(port)[
+        "churnguard_insights_partitions_pending"] == [({}, 0.0)])
 
 
 def _port_after(pipeline: Any, offset: int) -> int:
