@@ -14,8 +14,6 @@ JS): it loads nothing but `/dashboard/data`, and its Content-Security-Policy say
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import math
 import time
 from collections import Counter, deque
@@ -29,6 +27,7 @@ from aiohttp import web
 
 from churnguard.metrics import LATENCY_BUCKETS, Metrics
 from streams.metrics_export import WorkerView
+from streams.page_policy import content_security_policy
 
 log = structlog.get_logger(__name__)
 
@@ -508,10 +507,6 @@ refresh();
 """
 
 
-def _digest(text: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
-
-
 PAGE = f"""<!doctype html>
 <html lang="en">
 <head>
@@ -530,6 +525,4 @@ PAGE = f"""<!doctype html>
 """
 
 # Nothing but this page's own script and style, and its data from the same origin.
-CSP = (f"default-src 'none'; script-src {_digest(SCRIPT)}; style-src {_digest(STYLE)}; "
-       "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
-       "frame-ancestors 'none'")
+CSP = content_security_policy(SCRIPT, STYLE)

@@ -18,10 +18,9 @@ is "ready" once every panel has answered, `data-query` the period it asked for."
 
 from __future__ import annotations
 
-import base64
-import hashlib
-
 from aiohttp import web
+
+from streams.page_policy import content_security_policy
 
 STYLE = """
 :root { color-scheme: light dark; --bg: #f6f7f9; --card: #fff; --fg: #1c2024; --muted: #68717d;
@@ -662,10 +661,6 @@ started</p>
 """
 
 
-def _digest(text: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
-
-
 PAGE = f"""<!doctype html>
 <html lang="en">
 <head>
@@ -681,9 +676,7 @@ PAGE = f"""<!doctype html>
 """
 
 # Nothing but this page's own script and style, and its data from the same origin.
-CSP = (f"default-src 'none'; script-src {_digest(SCRIPT)}; style-src {_digest(STYLE)}; "
-       "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
-       "frame-ancestors 'none'")
+CSP = content_security_policy(SCRIPT, STYLE)
 
 
 async def page(request: web.Request) -> web.Response:

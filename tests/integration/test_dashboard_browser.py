@@ -5,7 +5,6 @@ kept as a test artifact (test-artifacts/dashboard.png at the repository root).""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import threading
 import time
@@ -18,14 +17,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from churnguard.core.clock import rfc3339
+from tests.integration.browser import ARTIFACTS, launch, require_browser
 from tests.integration.pipeline_support import http_get, wait_for
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's `chromium` package
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACT = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard.png"
+ARTIFACT = ARTIFACTS / "dashboard.png"
 FLOW_S = 15.0
 CHARTS = ("lag", "events", "latency", "actions", "dead-letters", "timers")
 
@@ -80,11 +77,7 @@ class Flow(threading.Thread):
 def test_the_dashboard_charts_a_running_worker_in_a_headless_browser(
     pipeline_factory: Any, tmp_path: Path
 ) -> None:
-    if importlib.util.find_spec("playwright") is None:
-        pytest.skip("playwright is not installed (pip install playwright: a dev dependency)")
-    if not CHROMIUM.exists():
-        pytest.skip(f"no {CHROMIUM}: install Debian's chromium package (apt-get install "
-                    "chromium)")
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     pipeline = pipeline_factory(time.time())
@@ -103,9 +96,7 @@ def test_the_dashboard_charts_a_running_worker_in_a_headless_browser(
     base = f"http://127.0.0.1:{port}"
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM),
-                headless=True, args=CHROMIUM_ARGS, viewport={"width": 1440, "height": 900})
+            browser = launch(playwright, tmp_path / "chromium-profile")
             try:
                 page = browser.new_page()
                 page.on("console", lambda m: console.append(f"{m.type}: {m.text}")

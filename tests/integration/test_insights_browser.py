@@ -9,7 +9,6 @@ kept as a test artifact (test-artifacts/insights.png at the repository root)."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import time
 from pathlib import Path
@@ -22,15 +21,13 @@ import pytest
 from churnguard.core.kpis import GROUP_BY
 from churnguard.kpi_report import kpis_of
 from churnguard.rules.export import export_pack
+from tests.integration.browser import ARTIFACTS, launch, require_browser
 from tests.integration.pipeline_support import Pipeline, http_get, wait_for
 from tests.unit.test_kpis import ENGINE, PACK, UNTIL, A, B, C, D, E, F, Story, scenario
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's `chromium` package
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACT = Path(__file__).resolve().parents[2] / "test-artifacts" / "insights.png"
+ARTIFACT = ARTIFACTS / "insights.png"
 TILES = ("win_back_rate", "time_to_recovery_hours.median", "recovered_revenue", "roi",
          "repeat_purchase_rate", "coupon_redemption_rate", "follow_up_completion_rate",
          "notification_open_rate", "uplift.difference")
@@ -229,11 +226,7 @@ def _show_customer(page: Any, port: int, customer: str) -> dict[str, Any]:
 def test_the_insights_page_shows_what_the_endpoints_say_in_a_headless_browser(
     pipeline_factory: Any, tmp_path: Path
 ) -> None:
-    if importlib.util.find_spec("playwright") is None:
-        pytest.skip("playwright is not installed (pip install playwright: a dev dependency)")
-    if not CHROMIUM.exists():
-        pytest.skip(f"no {CHROMIUM}: install Debian's chromium package (apt-get install "
-                    "chromium)")
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     story = _story()
@@ -273,9 +266,7 @@ def test_the_insights_page_shows_what_the_endpoints_say_in_a_headless_browser(
     unknown_url = f"{base}/customers/{UNKNOWN}"
     shot = tmp_path / "insights.png"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM),
-            headless=True, args=CHROMIUM_ARGS, viewport={"width": 1440, "height": 900})
+        browser = launch(playwright, tmp_path / "chromium-profile")
         try:
             page = browser.new_page()
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}")

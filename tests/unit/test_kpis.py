@@ -11,7 +11,7 @@ import orjson
 import pytest
 from pydantic import TypeAdapter
 
-from churnguard.core.clock import DAY, parse_rfc3339
+from churnguard.core.clock import DAY, parse_rfc3339, rfc3339
 from churnguard.core.guards import in_share
 from churnguard.core.kpis import GROUP_BY, KpiAggregates, report
 from churnguard.core.processor import Engine
@@ -57,10 +57,7 @@ D, E = _ids(True, 2)
 
 
 def _at(day: float) -> str:
-    moment = T + day * DAY
-    from churnguard.core.clock import rfc3339
-
-    return rfc3339(moment)
+    return rfc3339(T + day * DAY)
 
 
 class Story:
