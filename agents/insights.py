@@ -21,7 +21,7 @@ import structlog
 
 from agents.locks import PartitionLocks
 from churnguard import due_index
-from churnguard.batch import PartitionResult
+from churnguard.batch import DEFAULT_MAX_RECORD_BYTES, RECORD_OVERHEAD, PartitionResult
 from churnguard.insights import PartitionInsights, Touched, touched, writes
 from tables.state_store import TableBatchWriter
 
@@ -33,8 +33,12 @@ CHUNK = 500
 
 class WorkerInsights:
     def __init__(self, writer: TableBatchWriter, locks: PartitionLocks, *,
-                 chunk: int = CHUNK) -> None:
+                 chunk: int = CHUNK, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         self.writer = writer
+        self.max_record_bytes = max_record_bytes
+        # Slice updates left out because the slice outgrew a record (never expected: terms
+        # are pruned and short; a dimension with tens of thousands of values a day could).
+        self.too_large = 0
         self.locks = locks
         self.chunk = chunk
         self.partitions: dict[int, PartitionInsights] = {}
@@ -46,7 +50,21 @@ class WorkerInsights:
         found = touched(result.outcomes, result.comments)
         if not found:
             return None
-        result.writes.update(writes(found, self.writer.get_many(partition, found.slice_keys())))
+        added = writes(found, self.writer.get_many(partition, found.slice_keys()))
+        oversized = [key for key, value in added.items()
+                     if len(key) + len(value) + RECORD_OVERHEAD > self.max_record_bytes]
+        if oversized:
+            # Its figures stop growing rather than the partition stalling on a write the
+            # broker refuses; said once per write, counted.
+            self.too_large += len(oversized)
+            log.error("insights_slice_too_large", partition=partition,
+                      slices=[key.hex() for key in oversized],
+                      max_record_bytes=self.max_record_bytes)
+            for key in oversized:
+                del added[key]
+                found.records.pop(key, None)
+                found.comments.pop(key, None)
+        result.writes.update(added)
         return found
 
     def publish(self, partition: int, found: Touched | None) -> None:
@@ -69,12 +87,14 @@ class WorkerInsights:
     def forget(self) -> None:
         """Partitions revoked: what another worker writes meanwhile is read again."""
         self.partitions.clear()
+        self._started.clear()
 
     async def step(self, partitions: Iterable[int]) -> int:
         """Read one chunk of the next owned partition not fully read; slices read."""
         owned = frozenset(partitions)
         for gone in [p for p in self.partitions if p not in owned]:
             del self.partitions[gone]
+            self._started.pop(gone, None)
         pending = [p for p in sorted(owned)
                    if p not in self.partitions or not self.partitions[p].done]
         if not pending:

@@ -220,8 +220,8 @@ class Ticket(_Event):
     satisfaction: Annotated[int, Field(ge=1, le=5)] | None = None
     # What the ticket is about (billing, delivery, quality, …): the feedback's breakdown.
     category: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CATEGORY)] | None = None
-    # The customer's own words, on any status: analysed into term counts, never stored,
-    # logged or copied to an output topic (it may hold personal data).
+    # The customer's own words, on any status: analysed into term counts, never stored
+    # whole, logged or copied to an output topic (it may hold personal data).
     comment: Annotated[str, StringConstraints(max_length=MAX_COMMENT)] | None = None
 
 

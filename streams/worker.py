@@ -139,7 +139,7 @@ def build_worker_app(
         single_record_tail=settings.embedded_broker,
     )
     locks = PartitionLocks()
-    insights = WorkerInsights(writer, locks)
+    insights = WorkerInsights(writer, locks, max_record_bytes=ctx.max_record_bytes)
     score_events = ScoreEvents(ctx, writer, locks, clock, insights=insights)
     install_batch_path(app, topology.inputs, score_events,
                        max_idle_s=settings.max_task_idle_s,

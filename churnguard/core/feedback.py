@@ -4,8 +4,8 @@ terms over-represented in low-rated tickets (rated 1–2), for English and Chine
 
 A comment is reduced to its set of terms here, at once: the text itself is never kept,
 logged or put on a topic, and the terms only ever become counts (`FeedbackAggregates`),
-which stay in the process that folds them — no record carries them. Definitions:
-docs/kpis.md."""
+kept by the worker in its store (per day, category and rating class; churnguard/insights.py)
+and never on an output topic. Definitions: docs/kpis.md."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ from churnguard.core.outcomes import OutcomeRecord
 
 LOW_RATING = 2  # rated 1–2: a low-rated ticket
 MAX_TERMS_PER_COMMENT = 50
+# Longer "words" are not vocabulary (a pasted token, a run of letters) and would only bloat
+# the stored term counts: left out.
+MAX_TERM_CHARS = 32
 # Term counts per (day, category, class) are pruned to the most frequent KEEP_TERMS when they
 # pass PRUNE_AT (space-saving: a term seen rarely in a busy cell may be forgotten).
 PRUNE_AT = 2_000
@@ -54,19 +57,19 @@ def _segmenter() -> Any:
 
 def comment_terms(text: str) -> frozenset[str]:
     """The distinct terms of a comment: words of two letters or more (lower-cased) and, in
-    Chinese runs, jieba's words of two characters or more; stop words (stopwords-iso, en
-    and zh) left out."""
+    Chinese runs, jieba's words of two characters or more, up to MAX_TERM_CHARS; stop
+    words (stopwords-iso, en and zh) left out."""
     stop = _stop_words()
     terms: set[str] = set()
     for found in _LATIN.findall(_CJK.sub(" ", text)):
         word = found.lower()
-        if word not in stop:
+        if len(word) <= MAX_TERM_CHARS and word not in stop:
             terms.add(word)
     for run in _CJK.findall(text):
         if len(run) == 1:
             continue
         for word in _segmenter().cut(run):
-            if len(word) >= 2 and word not in stop:
+            if 2 <= len(word) <= MAX_TERM_CHARS and word not in stop:
                 terms.add(word)
     return frozenset(sorted(terms)[:MAX_TERMS_PER_COMMENT])
 
