@@ -52,7 +52,8 @@ def kpis_csv(result: dict[str, Any]) -> str:
     """A KPI report as CSV for spreadsheets: one row for the total, one per group; nested
     figures as dotted columns (episodes.treated.recovered), rates as fractions."""
     rows = [{"group": "(total)", **_flat(result["total"])}]
-    rows += [{"group": row["group"], **_flat({k: v for k, v in row.items() if k != "group"})}
+    rows += [{"group": _cell(row["group"]),
+              **_flat({k: v for k, v in row.items() if k != "group"})}
              for row in result["groups"]]
     columns = list(dict.fromkeys(column for row in rows for column in row))
     out = io.StringIO()
@@ -67,9 +68,19 @@ def _flat(figures: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     for name, value in figures.items():
         if isinstance(value, dict):
             flat.update(_flat(value, f"{prefix}{name}."))
+        elif isinstance(value, list | tuple) and len(value) == 2:  # an interval
+            flat[f"{prefix}{name}.low"], flat[f"{prefix}{name}.high"] = value
         else:
-            flat[f"{prefix}{name}"] = "" if value is None else value
+            flat[f"{prefix}{name}"] = "" if value is None else _cell(value)
     return flat
+
+
+def _cell(value: Any) -> Any:
+    # A group named by upstream data (a region, an account manager) must not become a
+    # spreadsheet formula.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def render_kpis(result: dict[str, Any], *, as_json: bool) -> str:

@@ -16,12 +16,15 @@ or whose worker did not answer is left out and counted in `pending_partitions`, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
@@ -35,10 +38,10 @@ from churnguard.core.clock import DAY, day_number, parse_rfc3339
 from churnguard.core.customer_view import customer_view
 from churnguard.core.feedback import FeedbackAggregates
 from churnguard.core.feedback import report as feedback_report
-from churnguard.core.kpis import GROUP_BY, GroupBy, KpiAggregates
-from churnguard.core.kpis import report as kpi_report
+from churnguard.core.kpis import GROUP_BY, GroupBy, KpiSums, report_of, sums
 from churnguard.core.processor import Engine
 from churnguard.core.state import CustomerState
+from churnguard.core.validation import EARLIEST_VALID
 from churnguard.kpi_report import kpis_csv
 from streams import insights_page
 from tables.state_store import TableBatchWriter
@@ -49,7 +52,9 @@ PEER_TIMEOUT_S = 2.0
 ROUTED = "X-Churnguard-Routed"  # set on a forwarded request: the receiver never forwards
 _DURATION = re.compile(r"(\d+)([dh])")
 _UNIT = {"d": DAY, "h": 3600.0}
+_CUSTOMER_ID = re.compile(r"[^\x00-\x1f]{1,200}")  # the contract's Id (schemas/events.py)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+LATEST = datetime(2200, 1, 1, tzinfo=UTC).timestamp()
 
 
 _PARTITIONER = DefaultPartitioner()
@@ -77,8 +82,10 @@ class InsightsViews:
         partitions: int,
         distribution: Callable[[], dict[str, list[int]]],
         own_url: Callable[[], str],
+        recovering: Callable[[], bool] = lambda: False,
         now: Callable[[], float] = time.time,
     ) -> None:
+        self.recovering = recovering
         self.insights = insights
         self.census = census
         self.owned = owned
@@ -111,9 +118,11 @@ class InsightsViews:
             as_csv = _format(request.query.get("format"))
         except BadRequest as exc:
             return _error(str(exc), 400)
-        gathered = await self._gather(since, until, rule)
-        result = kpi_report(gathered.kpis, self.engine().pack.kpis, since=since, until=until,
-                            group_by=group_by, rule=rule, as_of=self.now())
+        as_of = self.now()
+        question = _Question("kpis", since, until, rule, group_by, as_of)
+        gathered = await self._gather(question)
+        result = report_of(gathered.kpis, self.engine().pack.kpis, since=since, until=until,
+                           group_by=group_by, rule=rule, as_of=as_of)
         result.update(gathered.coverage())
         if as_csv:
             return web.Response(text=kpis_csv(result), content_type="text/csv",
@@ -126,18 +135,21 @@ class InsightsViews:
             since, until = self._period(request)
         except BadRequest as exc:
             return _error(str(exc), 400)
-        gathered = await self._gather(since, until, None)
+        gathered = await self._gather(_Question("feedback", since, until))
         result = feedback_report(gathered.feedback, since=since, until=until)
         result.update(gathered.coverage())
         return _json(result)
 
     async def segments(self, request: web.Request) -> web.Response:
-        gathered = await self._gather(None, None, None, aggregates=False)
+        gathered = await self._gather(_Question("segments"))
         return _json({"segments": dict(sorted(gathered.segments.items())),
                       "bands": dict(gathered.bands), **gathered.coverage()})
 
     async def customer(self, request: web.Request) -> web.Response:
         customer_id = request.match_info["customer_id"]
+        if not _CUSTOMER_ID.fullmatch(customer_id):
+            return _error("not a customer id: 1 to 200 characters, no control characters "
+                          "(docs/contract.md)", 400)
         key = customer_id.encode()
         partition = partition_of(key, self.partitions)
         if partition not in self.owned():
@@ -145,6 +157,9 @@ class InsightsViews:
                 return _error(f"customer {customer_id!r}: partition {partition} is not "
                               "owned here (a rebalance is under way); try again", 503)
             return await self._forward(request, partition)
+        if self.recovering():
+            return _error(f"partition {partition} is being restored from its changelog; "
+                          "try again in a moment", 503)
         [raw] = self.writer.get_many(partition, [key])
         if raw is None:
             return _error(f"no customer {customer_id!r}: churnguard has seen no event of "
@@ -157,51 +172,49 @@ class InsightsViews:
     async def local(self, request: web.Request) -> web.Response:
         """This worker's part of a gathered answer (the other workers ask for it)."""
         try:
-            since, until = self._period(request)
-        except BadRequest as exc:
-            return _error(str(exc), 400)
-        rule = request.query.get("rule") or None
-        with_aggregates = request.query.get("aggregates", "1") == "1"
-        return _json(self._local(since, until, rule, aggregates=with_aggregates))
+            question = _Question.from_query(request.query, self.now())
+        except (BadRequest, KeyError, ValueError) as exc:
+            return _error(f"not a question this version asks: {exc}", 400)
+        return _json(self._local(question))
 
     # -- gathering ---------------------------------------------------------------------------
 
-    def _local(self, since: float | None, until: float | None, rule: str | None, *,
-               aggregates: bool) -> dict[str, Any]:
+    def _local(self, question: _Question) -> dict[str, Any]:
+        """This worker's part: its census, and the partitions read with their sums (KPIs:
+        already summed for the question, so the answer is the size of the report, not of
+        the cells) or their feedback counts."""
         owned = self.owned()
-        ready, pending = self.insights.of(owned)
         census = self.census()
         answer: dict[str, Any] = {
-            "owned": sorted(owned),
             "census": {"counted": list(census.counted), "bands": census.band,
                        "segments": census.segment},
         }
-        if aggregates:
-            first, last = _days(since, until)
-            answer["read"] = sorted(set(owned) - set(pending))
-            answer["kpis"] = _dump_kpis([p.slices.kpis for p in ready], first, last, rule)
+        if question.what == "segments":
+            return answer
+        ready, pending = self.insights.of(owned)
+        answer["read"] = sorted(set(owned) - set(pending))
+        if question.what == "kpis":
+            answer["kpis"] = sums(
+                [p.slices.kpis for p in ready], self.engine().pack.kpis,
+                since=question.since, until=question.until, group_by=question.group_by,
+                rule=question.rule, as_of=question.as_of).to_json()
+        else:
+            first, last = _days(question.since, question.until)
             answer["feedback"] = _dump_feedback([p.slices.feedback for p in ready], first, last)
         return answer
 
-    async def _gather(self, since: float | None, until: float | None, rule: str | None, *,
-                      aggregates: bool = True) -> _Gathered:
-        gathered = _Gathered(self.partitions)
-        own = self._local(since, until, rule, aggregates=aggregates)
-        gathered.add(own, aggregates=aggregates)
+    async def _gather(self, question: _Question) -> _Gathered:
+        gathered = _Gathered(self.partitions, question.what)
+        gathered.add(self._local(question))
         peers = [url for url in self.distribution() if url != self.own_url()]
         if peers:
-            query = {"aggregates": "1" if aggregates else "0"}
-            for name, value in (("since", since), ("until", until)):
-                if value is not None:
-                    query[name] = repr(value)
-            if rule is not None:
-                query["rule"] = rule
+            query = question.to_query()
             answers = await asyncio.gather(*(self._ask(url, query) for url in peers))
             for url, answer in zip(peers, answers, strict=True):
                 if answer is None:
                     gathered.unreachable.append(url)
                 else:
-                    gathered.add(answer, aggregates=aggregates)
+                    gathered.add(answer)
         return gathered
 
     async def _ask(self, url: str, query: dict[str, str]) -> dict[str, Any] | None:
@@ -251,40 +264,74 @@ class InsightsViews:
         return since, until
 
 
+@dataclass(frozen=True, slots=True)
+class _Question:
+    """What a gathered answer sums: the same for this worker's part and the others'."""
+
+    what: Literal["kpis", "feedback", "segments"]
+    since: float | None = None
+    until: float | None = None
+    rule: str | None = None
+    group_by: GroupBy | None = None
+    as_of: float = 0.0
+
+    def to_query(self) -> dict[str, str]:
+        query = {"what": self.what, "as_of": repr(self.as_of)}
+        for name, value in (("since", self.since), ("until", self.until)):
+            if value is not None:
+                query[name] = repr(value)
+        if self.rule is not None:
+            query["rule"] = self.rule
+        if self.group_by is not None:
+            query["group_by"] = self.group_by
+        return query
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str], now: float) -> _Question:
+        what = query["what"]
+        if what not in ("kpis", "feedback", "segments"):
+            raise ValueError(f"what={what!r}")
+        return cls(what, _moment("since", query.get("since"), now),  # type: ignore[arg-type]
+                   _moment("until", query.get("until"), now), query.get("rule") or None,
+                   _group_by(query.get("group_by")), float(query.get("as_of", now)))
+
+
 class _Gathered:
     """The sums of the workers' answers, by partition read."""
 
-    def __init__(self, partitions: int) -> None:
+    def __init__(self, partitions: int, what: str) -> None:
         self.partitions = partitions
-        self.kpis: list[KpiAggregates] = []
+        self.what = what
+        self.kpis = KpiSums()
         self.feedback: list[FeedbackAggregates] = []
         self.read: set[int] = set()
         self.counted: set[int] = set()
         self.bands: Counter[str] = Counter()
         self.segments: Counter[str] = Counter()
         self.unreachable: list[str] = []
-        self._aggregates = True
 
-    def add(self, answer: dict[str, Any], *, aggregates: bool) -> None:
-        self._aggregates = aggregates
+    def add(self, answer: dict[str, Any]) -> None:
         census = answer["census"]
-        # A partition answered by two workers (mid-rebalance) counts once.
-        fresh = set(census["counted"]) - self.counted
-        if fresh == set(census["counted"]):
-            self.counted |= fresh
+        # A partition answered by two workers (mid-rebalance) counts once: an overlapping
+        # answer is left out (the figures say partial) rather than added twice.
+        counted = set(census["counted"])
+        if not counted & self.counted:
+            self.counted |= counted
             self.bands.update(census["bands"])
             self.segments.update(census["segments"])
-        if not aggregates:
+        if self.what == "segments":
             return
         read = set(answer["read"])
         if read & self.read:
             return
         self.read |= read
-        self.kpis.append(_load_kpis(answer["kpis"]))
-        self.feedback.append(_load_feedback(answer["feedback"]))
+        if self.what == "kpis":
+            self.kpis.merge(KpiSums.from_json(answer["kpis"]))
+        else:
+            self.feedback.append(_load_feedback(answer["feedback"]))
 
     def coverage(self) -> dict[str, Any]:
-        covered = self.read if self._aggregates else self.counted
+        covered = self.counted if self.what == "segments" else self.read
         pending = self.partitions - len(covered & set(range(self.partitions)))
         return {"partial": pending > 0, "pending_partitions": pending,
                 "unreachable_workers": self.unreachable}
@@ -300,31 +347,6 @@ def _days(since: float | None, until: float | None) -> tuple[int | None, int | N
 
 def _within(day: int, first: int | None, last: int | None) -> bool:
     return (first is None or day >= first) and (last is None or day <= last)
-
-
-def _dump_kpis(parts: Sequence[KpiAggregates], first: int | None, last: int | None,
-               rule: str | None) -> dict[str, Any]:
-    cells, minutes = [], []
-    for part in parts:
-        for (day, cell_rule, dimension, value), counts in part.cells.items():
-            if _within(day, first, last) and (rule is None or cell_rule == rule):
-                cells.append([day, cell_rule, dimension, value, counts])
-        for (day, cell_rule, dimension, value), histogram in part.recovery_minutes.items():
-            if _within(day, first, last) and (rule is None or cell_rule == rule):
-                minutes.append([day, cell_rule, dimension, value,
-                                {str(m): n for m, n in histogram.items()}])
-    return {"cells": cells, "minutes": minutes,
-            "as_of": max((p.as_of for p in parts), default=0.0)}
-
-
-def _load_kpis(data: dict[str, Any]) -> KpiAggregates:
-    found = KpiAggregates(as_of=data["as_of"])
-    for day, rule, dimension, value, counts in data["cells"]:
-        found.cells.setdefault((day, rule, dimension, value), Counter()).update(counts)
-    for day, rule, dimension, value, histogram in data["minutes"]:
-        found.recovery_minutes.setdefault((day, rule, dimension, value), Counter()).update(
-            {int(m): n for m, n in histogram.items()})
-    return found
 
 
 def _dump_feedback(parts: Sequence[FeedbackAggregates], first: int | None,
@@ -363,23 +385,25 @@ def _moment(name: str, text: str | None, now: float) -> float | None:
     if text is None or not text.strip():
         return None
     value = text.strip()
+    moment: float | None = None
     matched = _DURATION.fullmatch(value)
     if matched is not None:
-        return now - int(matched.group(1)) * _UNIT[matched.group(2)]
-    if _DATE.fullmatch(value):
-        try:
-            return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
-        except ValueError:
-            pass
+        moment = now - min(int(matched.group(1)) * _UNIT[matched.group(2)], 1e10)
+    elif _DATE.fullmatch(value):
+        with contextlib.suppress(ValueError):
+            moment = datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
     else:
-        try:
-            return float(value)
-        except ValueError:
-            pass
-        try:
-            return parse_rfc3339(value)
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError):
+            moment = float(value)
+        if moment is None:
+            with contextlib.suppress(ValueError):
+                moment = parse_rfc3339(value)
+    if moment is not None:
+        # Finite and in the years events can have: outside, a bound of "everything".
+        if not math.isfinite(moment):
+            moment = None
+        else:
+            return min(max(moment, EARLIEST_VALID), LATEST)
     raise BadRequest(f"{name}={text!r} is not a time: use a date (2026-11-01), an RFC 3339 "
                      "timestamp with its offset (2026-11-01T00:00:00Z) or a duration before "
                      "now (90d, 12h)")

@@ -267,6 +267,7 @@ def _observability(
         insights=insights, census=seen.census, owned=seen.owned_partitions,
         engine=lambda: ctx.engine, writer=writer, partitions=settings.partitions,
         distribution=distribution, own_url=lambda: str(app.conf.canonical_url),
+        recovering=lambda: seen.readiness().recovering,
         now=clock.now)
     return WorkerWeb(registry_for(collector), seen.heartbeat, seen.readiness,
                      seen.status_report, host=settings.web_host, port=settings.web_port,

@@ -124,7 +124,7 @@ def _action(logged: LoggedAction) -> dict[str, Any]:
         "rule_version": logged.rule_version,
         "at": rfc3339(logged.at),
         "caused_by": list(logged.caused_by),
-        "target": logged.target if logged.type in TARGET_TYPES and logged.target else None,
+        "target": _target(logged),
         "feedback": [status for status in FEEDBACK_STATUSES if logged.flags & FLAGS[status]],
         "redeemed": bool(logged.flags & FLAGS["redeemed"]),
     }
@@ -146,3 +146,12 @@ def _episode(episode: Episode) -> dict[str, Any]:
         "recovered_at": _time(episode.recovered_at),
         "purchased": episode.purchased,
     }
+
+
+def _target(logged: LoggedAction) -> str | None:
+    if logged.type not in TARGET_TYPES or not logged.target:
+        return None
+    if logged.type == "coupon":
+        # A code redeems: whoever reads the 360 sees which coupon, not one to spend.
+        return "…" + logged.target[-4:]
+    return logged.target

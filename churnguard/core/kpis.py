@@ -122,6 +122,44 @@ def period_of(day: int, group_by: str) -> str:
     return moment.isoformat()
 
 
+@dataclass
+class KpiSums:
+    """The counts a report's figures are computed from: the total and each group's, summed
+    over the cells a question selects. Sums of several workers add up (`merge`), so each
+    worker sums its own partitions and one computes the figures."""
+
+    total: Counter[str] = field(default_factory=Counter)
+    total_minutes: Counter[int] = field(default_factory=Counter)
+    groups: dict[str, tuple[Counter[str], Counter[int]]] = field(default_factory=dict)
+
+    def merge(self, other: KpiSums) -> None:
+        self.total.update(other.total)
+        self.total_minutes.update(other.total_minutes)
+        for key, (counts, minutes) in other.groups.items():
+            group, group_minutes = self.groups.setdefault(key, (Counter(), Counter()))
+            group.update(counts)
+            group_minutes.update(minutes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"total": self.total, "total_minutes": _keyed(self.total_minutes),
+                "groups": {key: [counts, _keyed(minutes)]
+                           for key, (counts, minutes) in self.groups.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> KpiSums:
+        return cls(Counter(data["total"]), _unkeyed(data["total_minutes"]),
+                   {key: (Counter(counts), _unkeyed(minutes))
+                    for key, (counts, minutes) in data["groups"].items()})
+
+
+def _keyed(minutes: Mapping[int, int]) -> dict[str, int]:
+    return {str(m): n for m, n in minutes.items()}
+
+
+def _unkeyed(minutes: Mapping[str, int]) -> Counter[int]:
+    return Counter({int(m): n for m, n in minutes.items()})
+
+
 def report(
     aggregates: KpiAggregates | Sequence[KpiAggregates],
     settings: KpiSettings,
@@ -133,27 +171,45 @@ def report(
     as_of: float | None = None,
 ) -> dict[str, Any]:
     """The KPIs of the cohorts that started in [since, until) (by day), in total and per
-    value of `group_by`, optionally of one rule only; of several aggregates (the worker's
-    partitions) as of their sum. `as_of`: the moment the figures are of (the worker's
-    clock; default the latest outcome folded), which decides whose repeat-purchase window
-    has elapsed."""
+    value of `group_by`, optionally of one rule only (`(none)`: what no rule caused, such
+    as purchases); of several aggregates (the worker's partitions) as of their sum.
+    `as_of`: the moment the figures are of (the worker's clock; default the latest outcome
+    folded), which decides whose repeat-purchase window has elapsed."""
     parts = [aggregates] if isinstance(aggregates, KpiAggregates) else aggregates
     if as_of is None:
         as_of = max((part.as_of for part in parts), default=0.0)
+    summed = sums(parts, settings, since=since, until=until, group_by=group_by, rule=rule,
+                  as_of=as_of)
+    return report_of(summed, settings, since=since, until=until, group_by=group_by,
+                     rule=rule, as_of=as_of)
+
+
+def sums(
+    parts: Sequence[KpiAggregates],
+    settings: KpiSettings,
+    *,
+    since: float | None,
+    until: float | None,
+    group_by: GroupBy | None,
+    rule: str | None,
+    as_of: float,
+) -> KpiSums:
     first = None if since is None else day_number(since)
     last = None if until is None else day_number(until - 0.001)
     # A first purchase counts for the repeat rate once its whole window has elapsed.
     repeat_days = math.ceil(settings.repeat_purchase_days)
     eligible_until = day_number(as_of) - repeat_days - 1
     dimension = group_by if group_by in (*DIMENSIONS, "assignee") else ""
-    total: Counter[str] = Counter()
-    total_minutes: Counter[int] = Counter()
-    groups: dict[str, tuple[Counter[str], Counter[int]]] = {}
+    wanted_rule = None if rule is None else ("" if rule == NONE else rule)
+    summed = KpiSums()
+    total, total_minutes, groups = summed.total, summed.total_minutes, summed.groups
     for cell, counter, minutes in _cells(parts):
         day, cell_rule, cell_dimension, value = cell
+        if cell_dimension and cell_dimension != dimension:
+            continue  # another dimension's cell: neither the total nor a group here
         if (first is not None and day < first) or (last is not None and day > last):
             continue
-        if rule is not None and cell_rule != rule:
+        if wanted_rule is not None and cell_rule != wanted_rule:
             continue
         counts = _with_eligibility(counter, day <= eligible_until)
         if cell_dimension == "":
@@ -172,15 +228,21 @@ def report(
         group.update(counts)
         if minutes:
             group_minutes.update(minutes)
+    return summed
+
+
+def report_of(summed: KpiSums, settings: KpiSettings, *, since: float | None,
+              until: float | None, group_by: GroupBy | None, rule: str | None,
+              as_of: float) -> dict[str, Any]:
     return {
         "as_of": rfc3339(as_of) if as_of else None,
         "since": None if since is None else rfc3339(since),
         "until": None if until is None else rfc3339(until),
         "rule": rule,
         "group_by": group_by,
-        "total": figures(total, total_minutes, settings),
+        "total": figures(summed.total, summed.total_minutes, settings),
         "groups": [{"group": key, **figures(counts, minutes, settings)}
-                   for key, (counts, minutes) in sorted(groups.items())],
+                   for key, (counts, minutes) in sorted(summed.groups.items())],
     }
 
 

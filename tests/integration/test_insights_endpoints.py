@@ -141,9 +141,14 @@ def test_a_live_worker_serves_the_replays_kpis_feedback_segments_and_360(
     assert status == 404
     assert "nobody-here" in missing["error"]
     for bad in ("/kpis?group_by=planet", "/kpis?since=yesterday", "/kpis?format=xml",
-                "/kpis?since=2026-02-01&until=2026-01-01"):
+                "/kpis?since=2026-02-01&until=2026-01-01", "/kpis?since=nan",
+                "/feedback?until=inf", "/kpis?since=-inf&format=csv",
+                "/customers/%00census%00", f"/customers/{'x' * 201}"):
         status, error = _json(port, bad)
         assert (status, bool(error["error"])) == (400, True), bad
+    # Out of the years events can have: a bound, not an error.
+    assert _json(port, "/kpis?since=1e20")[0] == 200
+    assert _json(port, "/kpis?since=99999999999d")[1]["total"] == first["total"]
     # After a restart the figures are read back from the store (no customer is recounted).
     pipeline.stop()
     pipeline.start()

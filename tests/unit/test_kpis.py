@@ -4,6 +4,8 @@ task and an opened notification; a repeat purchase."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import Counter
 from typing import Any
 
@@ -285,3 +287,14 @@ def test_replay_kpis_command_prints_the_same_figures(
     assert printed == expected
     assert main(["replay", str(events), "--rules", str(pack), "--group-by", "rule"]) == 2
     assert "--group-by and --rule-id go with --kpis" in capsys.readouterr().err
+
+
+def test_csv_cells_named_by_upstream_data_never_become_formulas() -> None:
+    from churnguard.kpi_report import kpis_csv
+
+    aggregates = KpiAggregates()
+    aggregates.fold_all(replay_outcomes(scenario().parsed(), ENGINE, until=UNTIL))
+    result = report(aggregates, PACK.kpis, group_by="tier")
+    result["groups"][0]["group"] = '=HYPERLINK("http://x.example/","open")'
+    rows = list(csv.DictReader(io.StringIO(kpis_csv(result))))
+    assert rows[1]["group"] == "'" + result["groups"][0]["group"]  # text, not a formula
