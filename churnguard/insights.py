@@ -104,11 +104,11 @@ class Slices:
         family, day, rest = _day_of(key)
         data = orjson.loads(raw)
         if family == KPI:
+            histograms = {(dimension, value): {int(m): n for m, n in minutes.items()}
+                          for dimension, value, minutes in data["m"]}
             for dimension, value, counts in data["c"]:
-                _add(self.kpis.cells, (day, rest, dimension, value), counts)
-            for dimension, value, minutes in data["m"]:
-                _add(self.kpis.recovery_minutes, (day, rest, dimension, value),
-                     {int(m): n for m, n in minutes.items()})
+                self.kpis.add((day, rest, dimension, value), counts,
+                              histograms.get((dimension, value)))
             self.kpis.as_of = max(self.kpis.as_of, data["a"])
         elif family == TICKETS:
             for category, counts in data["c"]:

@@ -35,12 +35,48 @@ Cell = tuple[int, str, str, str]
 TOTAL = ("", "")
 
 
+# (rule id, dimension value) -> counts, within one dimension and one day or month.
+_Period = dict[tuple[str, str], Counter[Any]]
+
+
 @dataclass
 class KpiAggregates:
     cells: dict[Cell, Counter[str]] = field(default_factory=dict)
     # Minutes to recovery of treated episodes (count per whole minute), per cell: medians.
     recovery_minutes: dict[Cell, Counter[int]] = field(default_factory=dict)
     as_of: float = 0.0  # the latest outcome folded (event time)
+    # The same cells by dimension and day (the very counters of `cells`), and summed by
+    # dimension and calendar month: a report reads the dimension it groups by only, and a
+    # whole month in one step, so it costs months + edge days, not days x dimension values.
+    _days: dict[str, dict[int, _Period]] = field(default_factory=dict, compare=False,
+                                                 repr=False)
+    _day_minutes: dict[str, dict[int, _Period]] = field(default_factory=dict, compare=False,
+                                                        repr=False)
+    _months: dict[str, dict[int, _Period]] = field(default_factory=dict, compare=False,
+                                                   repr=False)
+    _month_minutes: dict[str, dict[int, _Period]] = field(default_factory=dict,
+                                                          compare=False, repr=False)
+
+    def add(self, cell: Cell, counts: Mapping[str, int],
+            minutes: Mapping[int, int] | None = None) -> None:
+        """Add counts (and recovery minutes) to one cell; the only way cells grow."""
+        day, rule, dimension, value = cell
+        place = (rule, value)
+        month = _month_of(day)
+        counter = self.cells.get(cell)
+        if counter is None:
+            counter = self.cells[cell] = Counter()
+            self._days.setdefault(dimension, {}).setdefault(day, {})[place] = counter
+        counter.update(counts)
+        _period(self._months, dimension, month, place).update(counts)
+        if minutes:
+            histogram = self.recovery_minutes.get(cell)
+            if histogram is None:
+                histogram = self.recovery_minutes[cell] = Counter()
+                self._day_minutes.setdefault(dimension, {}).setdefault(day, {})[place] = (
+                    histogram)
+            histogram.update(minutes)
+            _period(self._month_minutes, dimension, month, place).update(minutes)
 
     def fold(self, record: OutcomeRecord) -> None:
         counts = _counts(record)
@@ -53,14 +89,9 @@ class KpiAggregates:
         if record.get("action_type") == "task":
             places.append(("assignee", record["target"] or NONE))
         minutes = _recovery_minutes(record)
+        histogram = None if minutes is None else {minutes: 1}
         for dimension, value in places:
-            cell = (day, rule, dimension, value)
-            counter = self.cells.get(cell)
-            if counter is None:
-                counter = self.cells[cell] = Counter()
-            counter.update(counts)
-            if minutes is not None:
-                self.recovery_minutes.setdefault(cell, Counter())[minutes] += 1
+            self.add((day, rule, dimension, value), counts, histogram)
 
     def fold_all(self, records: Iterable[OutcomeRecord]) -> None:
         for record in records:
@@ -69,10 +100,37 @@ class KpiAggregates:
     def merge(self, other: KpiAggregates) -> None:
         """Add another worker's (another partition's) aggregates."""
         for cell, counter in other.cells.items():
-            self.cells.setdefault(cell, Counter()).update(counter)
-        for cell, minutes in other.recovery_minutes.items():
-            self.recovery_minutes.setdefault(cell, Counter()).update(minutes)
+            self.add(cell, counter, other.recovery_minutes.get(cell))
         self.as_of = max(self.as_of, other.as_of)
+
+
+def _period(index: dict[str, dict[int, _Period]], dimension: str, period: int,
+            place: tuple[str, str]) -> Counter[Any]:
+    cells = index.setdefault(dimension, {}).setdefault(period, {})
+    counter = cells.get(place)
+    if counter is None:
+        counter = cells[place] = Counter()
+    return counter
+
+
+_MONTHS: dict[int, int] = {}
+
+
+def _month_of(day: int) -> int:
+    """Months since 1970-01 (UTC) of a day number."""
+    month = _MONTHS.get(day)
+    if month is None:
+        moment = datetime.fromtimestamp(day * DAY, UTC)
+        month = _MONTHS[day] = (moment.year - 1970) * 12 + moment.month - 1
+    return month
+
+
+def _days_of_month(month: int) -> tuple[int, int]:
+    """The first and last day numbers of a month (months since 1970-01)."""
+    year, index = divmod(month, 12)
+    start = datetime(1970 + year, index + 1, 1, tzinfo=UTC)
+    following = datetime(1970 + year + (index == 11), (index + 1) % 12 + 1, 1, tzinfo=UTC)
+    return int(start.timestamp() // DAY), int(following.timestamp() // DAY) - 1
 
 
 def _counts(record: OutcomeRecord) -> dict[str, int]:
@@ -202,33 +260,87 @@ def sums(
     dimension = group_by if group_by in (*DIMENSIONS, "assignee") else ""
     wanted_rule = None if rule is None else ("" if rule == NONE else rule)
     summed = KpiSums()
-    total, total_minutes, groups = summed.total, summed.total_minutes, summed.groups
-    for cell, counter, minutes in _cells(parts):
-        day, cell_rule, cell_dimension, value = cell
-        if cell_dimension and cell_dimension != dimension:
-            continue  # another dimension's cell: neither the total nor a group here
-        if (first is not None and day < first) or (last is not None and day > last):
-            continue
-        if wanted_rule is not None and cell_rule != wanted_rule:
-            continue
-        counts = _with_eligibility(counter, day <= eligible_until)
-        if cell_dimension == "":
-            total.update(counts)
-            if minutes:
-                total_minutes.update(minutes)
-        if group_by is None or cell_dimension != dimension:
-            continue
-        if dimension:
-            key = value
-        elif group_by == "rule":
-            key = cell_rule or NONE
+    for part in parts:
+        for cell_dimension in dict.fromkeys(("", dimension)):
+            # Day and week groups need each day's cells; every other question takes a
+            # month whole where it lies within the period and on one side of the
+            # repeat-purchase cut-off.
+            by_day = cell_dimension == "" and group_by in ("day", "week")
+            for period, cells, minutes, eligible in _periods(
+                    part, cell_dimension, first, last, eligible_until, by_day=by_day):
+                _sum_period(summed, period, cells, minutes, eligible,
+                            total=cell_dimension == "",
+                            group_by=group_by if cell_dimension == dimension else None,
+                            rule=wanted_rule)
+    return summed
+
+
+def _periods(part: KpiAggregates, dimension: str, first: int | None, last: int | None,
+             eligible_until: int, *, by_day: bool
+             ) -> Iterator[tuple[tuple[str, int], _Period, _Period, bool]]:
+    """(("day" or "month", number), cells, minutes, eligible) covering [first, last]."""
+    days = part._days.get(dimension, {})
+    day_minutes = part._day_minutes.get(dimension, {})
+    empty: _Period = {}
+
+    def each_day(lower: int | None, upper: int | None) -> Iterator[
+            tuple[tuple[str, int], _Period, _Period, bool]]:
+        if lower is not None and upper is not None and upper - lower < len(days):
+            wanted: Iterable[int] = (d for d in range(lower, upper + 1) if d in days)
         else:
-            key = period_of(day, group_by)
+            wanted = (d for d in days if (lower is None or d >= lower)
+                      and (upper is None or d <= upper))
+        for day in wanted:
+            yield ("day", day), days[day], day_minutes.get(day, empty), day <= eligible_until
+
+    if by_day:
+        yield from each_day(first, last)
+        return
+    month_minutes = part._month_minutes.get(dimension, {})
+    for month, cells in part._months.get(dimension, {}).items():
+        start, end = _days_of_month(month)
+        if (last is not None and start > last) or (first is not None and end < first):
+            continue
+        inside = (first is None or start >= first) and (last is None or end <= last)
+        one_side = end <= eligible_until or start > eligible_until
+        if inside and one_side:
+            yield ("month", month), cells, month_minutes.get(month, empty), (
+                end <= eligible_until)
+        else:
+            lower = start if first is None else max(start, first)
+            upper = end if last is None else min(end, last)
+            yield from each_day(lower, upper)
+
+
+def _sum_period(summed: KpiSums, period: tuple[str, int], cells: _Period, minutes: _Period,
+                eligible: bool, *, total: bool, group_by: GroupBy | None,
+                rule: str | None) -> None:
+    kind, number = period
+    groups = summed.groups
+    key = ""
+    if group_by in ("day", "week", "month"):
+        day = number if kind == "day" else _days_of_month(number)[0]
+        key = period_of(day, group_by)
+    for place, counter in cells.items():
+        cell_rule, value = place
+        if rule is not None and cell_rule != rule:
+            continue
+        counts = _with_eligibility(counter, eligible)
+        histogram = minutes.get(place)
+        if total:
+            summed.total.update(counts)
+            if histogram:
+                summed.total_minutes.update(histogram)
+        if group_by is None:
+            continue
+        if group_by == "rule":
+            key = cell_rule or NONE
+        elif group_by not in ("day", "week", "month"):
+            key = value
         group, group_minutes = groups.setdefault(key, (Counter(), Counter()))
         group.update(counts)
-        if minutes:
-            group_minutes.update(minutes)
-    return summed
+        if histogram:
+            group_minutes.update(histogram)
 
 
 def report_of(summed: KpiSums, settings: KpiSettings, *, since: float | None,
@@ -244,14 +356,6 @@ def report_of(summed: KpiSums, settings: KpiSettings, *, since: float | None,
         "groups": [{"group": key, **figures(counts, minutes, settings)}
                    for key, (counts, minutes) in sorted(summed.groups.items())],
     }
-
-
-def _cells(parts: Sequence[KpiAggregates]
-           ) -> Iterator[tuple[Cell, Counter[str], Counter[int] | None]]:
-    for part in parts:
-        minutes = part.recovery_minutes
-        for cell, counter in part.cells.items():
-            yield cell, counter, minutes.get(cell)
 
 
 def _with_eligibility(counter: Counter[str], eligible: bool) -> Counter[str]:

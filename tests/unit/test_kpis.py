@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import Counter
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from churnguard.core.clock import DAY, parse_rfc3339, rfc3339
@@ -298,3 +301,69 @@ def test_csv_cells_named_by_upstream_data_never_become_formulas() -> None:
     result["groups"][0]["group"] = '=HYPERLINK("http://x.example/","open")'
     rows = list(csv.DictReader(io.StringIO(kpis_csv(result))))
     assert rows[1]["group"] == "'" + result["groups"][0]["group"]  # text, not a formula
+
+
+def _brute_sums(aggregates: KpiAggregates, settings: Any, since: float | None,
+                until: float | None, group_by: Any, rule: str | None,
+                as_of: float) -> Any:
+    """The report's sums the plain way: every cell visited (the oracle of the index)."""
+    from churnguard.core.kpis import DIMENSIONS, NONE, KpiSums, _with_eligibility, period_of
+
+    first = None if since is None else int(since // DAY)
+    last = None if until is None else int((until - 0.001) // DAY)
+    eligible_until = int(as_of // DAY) - math.ceil(settings.repeat_purchase_days) - 1
+    dimension = group_by if group_by in (*DIMENSIONS, "assignee") else ""
+    wanted = None if rule is None else ("" if rule == NONE else rule)
+    summed = KpiSums()
+    for (day, cell_rule, cell_dimension, value), counter in aggregates.cells.items():
+        if (first is not None and day < first) or (last is not None and day > last):
+            continue
+        if wanted is not None and cell_rule != wanted:
+            continue
+        minutes = aggregates.recovery_minutes.get((day, cell_rule, cell_dimension, value))
+        counts = _with_eligibility(counter, day <= eligible_until)
+        if cell_dimension == "":
+            summed.total.update(counts)
+            summed.total_minutes.update(minutes or {})
+        if group_by is None or cell_dimension != dimension:
+            continue
+        key = (value if dimension else (cell_rule or NONE) if group_by == "rule"
+               else period_of(day, group_by))
+        group, group_minutes = summed.groups.setdefault(key, (Counter(), Counter()))
+        group.update(counts)
+        group_minutes.update(minutes or {})
+    return summed
+
+
+_DAY0 = int(T // DAY)
+
+
+@given(cells=st.lists(st.tuples(
+    st.integers(-40, 800), st.sampled_from(["", "r1", "r2"]),
+    st.sampled_from([("", ""), ("tier", "vip"), ("tier", "standard"), ("region", "north"),
+                     ("assignee", "q")]),
+    st.dictionaries(st.sampled_from(["treated.started", "treated.recovered",
+                                     "first_purchases", "repeat_purchases", "cost_e4"]),
+                    st.integers(1, 5), min_size=1),
+    st.none() | st.dictionaries(st.integers(0, 5000), st.integers(1, 3), min_size=1)),
+    max_size=60),
+    since=st.none() | st.integers(-60, 820), length=st.none() | st.integers(1, 500),
+    as_of=st.integers(0, 900), group_by=st.none() | st.sampled_from(GROUP_BY),
+    rule=st.none() | st.sampled_from(["r1", "(none)"]))
+@settings(max_examples=300, deadline=None)
+def test_the_indexed_sums_equal_visiting_every_cell(
+    cells: list[Any], since: int | None, length: int | None, as_of: int, group_by: Any,
+    rule: str | None,
+) -> None:
+    from churnguard.core.kpis import sums
+
+    aggregates = KpiAggregates()
+    for day, cell_rule, (dimension, value), counts, minutes in cells:
+        aggregates.add((_DAY0 + day, cell_rule, dimension, value), counts, minutes)
+    start = None if since is None else (_DAY0 + since) * DAY + 3600
+    end = None if length is None or start is None else start + length * DAY
+    moment = (_DAY0 + as_of) * DAY
+    indexed = sums([aggregates], PACK.kpis, since=start, until=end, group_by=group_by,
+                   rule=rule, as_of=moment)
+    plain = _brute_sums(aggregates, PACK.kpis, start, end, group_by, rule, moment)
+    assert indexed.to_json() == plain.to_json()
