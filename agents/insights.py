@@ -22,6 +22,7 @@ import structlog
 from agents.locks import PartitionLocks
 from churnguard import due_index
 from churnguard.batch import DEFAULT_MAX_RECORD_BYTES, RECORD_OVERHEAD, PartitionResult
+from churnguard.core.kpis import KpiAggregates
 from churnguard.insights import PartitionInsights, Touched, touched, writes
 from tables.state_store import TableBatchWriter
 
@@ -42,6 +43,9 @@ class WorkerInsights:
         self.locks = locks
         self.chunk = chunk
         self.partitions: dict[int, PartitionInsights] = {}
+        # The KPI aggregates of every fully read partition, summed (what /kpis reads: one
+        # index, not one per partition).
+        self.total = KpiAggregates()
         self._started: dict[int, float] = {}
 
     def stage(self, partition: int, result: PartitionResult) -> Touched | None:
@@ -69,8 +73,13 @@ class WorkerInsights:
 
     def publish(self, partition: int, found: Touched | None) -> None:
         """The write of `found` is done."""
-        if found is not None and partition in self.partitions:
-            self.partitions[partition].publish(found)
+        into = self.partitions.get(partition)
+        if found is None or into is None:
+            return
+        into.publish(found)
+        if into.done:
+            for records in found.records.values():
+                self.total.fold_all(records)
 
     def of(self, partitions: Iterable[int]) -> tuple[list[PartitionInsights], list[int]]:
         """These (owned) partitions' aggregates where fully read, and those not fully read
@@ -84,17 +93,28 @@ class WorkerInsights:
                 pending.append(partition)
         return ready, pending
 
+    def kpis(self) -> tuple[KpiAggregates, list[int]]:
+        """The summed KPI aggregates and the partitions they are of."""
+        return self.total, sorted(p for p, into in self.partitions.items() if into.done)
+
     def forget(self) -> None:
         """Partitions revoked: what another worker writes meanwhile is read again."""
         self.partitions.clear()
+        self.total = KpiAggregates()
         self._started.clear()
 
     async def step(self, partitions: Iterable[int]) -> int:
         """Read one chunk of the next owned partition not fully read; slices read."""
         owned = frozenset(partitions)
-        for gone in [p for p in self.partitions if p not in owned]:
-            del self.partitions[gone]
-            self._started.pop(gone, None)
+        gone = [p for p in self.partitions if p not in owned]
+        for partition in gone:
+            del self.partitions[partition]
+            self._started.pop(partition, None)
+        if gone:  # (rare: revocation forgets all) the sum without them
+            self.total = KpiAggregates()
+            for into in self.partitions.values():
+                if into.done:
+                    self.total.merge(into.slices.kpis)
         pending = [p for p in sorted(owned)
                    if p not in self.partitions or not self.partitions[p].done]
         if not pending:
@@ -109,6 +129,7 @@ class WorkerInsights:
             into.read([(k, v) for k, v in zip(keys, values, strict=True) if v is not None],
                       last=len(keys) < self.chunk)
         if into.done:
+            self.total.merge(into.slices.kpis)
             del self._started[partition]
             # One line per partition read.
             log.info("insights_read", partition=partition,

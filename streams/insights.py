@@ -191,14 +191,15 @@ class InsightsViews:
         }
         if question.what == "segments":
             return answer
-        ready, pending = self.insights.of(owned)
-        answer["read"] = sorted(set(owned) - set(pending))
         if question.what == "kpis":
+            total, answer["read"] = self.insights.kpis()
             answer["kpis"] = sums(
-                [p.slices.kpis for p in ready], self.engine().pack.kpis,
+                [total], self.engine().pack.kpis,
                 since=question.since, until=question.until, group_by=question.group_by,
                 rule=question.rule, as_of=question.as_of).to_json()
         else:
+            ready, pending = self.insights.of(owned)
+            answer["read"] = sorted(set(owned) - set(pending))
             first, last = _days(question.since, question.until)
             answer["feedback"] = _dump_feedback([p.slices.feedback for p in ready], first, last)
         return answer

@@ -308,9 +308,11 @@ async def test_of_forget_and_partitions_no_longer_owned(
     assert (ready, pending) == ([insights.partitions[0], insights.partitions[1]], [])
     assert [of(p) for p in ready] == [flow.reference(0), flow.reference(1)]
     assert insights.of([1]) == ([insights.partitions[1]], [])
+    _total_is_the_sum(flow, [0, 1])
     # Partition 0 revoked from this worker alone: dropped at the next step.
     assert await insights.step([1]) == 0
     assert sorted(insights.partitions) == [1]
+    _total_is_the_sum(flow, [1])
     assert insights.of([0, 1]) == ([insights.partitions[1]], [0])
     # Written meanwhile (by its new owner, here the same handlers): not in this memory ...
     records, comments = flow.ticket("x", 0, comment=COMMENTS[2], rating=1)
@@ -470,9 +472,21 @@ async def _interleave(steps: list[tuple[object, ...]], chunk: int) -> None:
                 flow.insights.forget()
     ready = await flow.read([0, 1])
     assert [of(p) for p in ready] == [flow.reference(0), flow.reference(1)]
+    _total_is_the_sum(flow, [0, 1])
     flow.restart()
     ready = await flow.read([0, 1])
     assert [of(p) for p in ready] == [flow.reference(0), flow.reference(1)]
+    _total_is_the_sum(flow, [0, 1])
+
+
+def _total_is_the_sum(flow: Flow, partitions: list[int]) -> None:
+    """The worker-level sum /kpis reads equals the fold of those partitions' outcomes."""
+    total, read = flow.insights.kpis()
+    assert read == partitions
+    expected = KpiAggregates()
+    for partition in partitions:
+        expected.fold_all(flow.records(partition))
+    assert shape(total, FeedbackAggregates())[:3] == shape(expected, FeedbackAggregates())[:3]
 
 
 class _NoSlices:
