@@ -183,3 +183,8 @@ def _summary(
     extra = set(received) - set(expected)
     print(f"\n  {len(received)} actions received, {len(expected)} expected by replay; "
           f"missing {len(missing)}, unexpected {len(extra)}")
+    # Which ones, so that a miss can be traced (its id, rule, customer and time).
+    for action_id in sorted(missing)[:10]:
+        print(f"  missing {action_id}: {describe(expected[action_id].to_record())}")
+    for action_id in sorted(extra)[:10]:
+        print(f"  unexpected {action_id}: {describe(received[action_id])}")
