@@ -43,6 +43,7 @@ from churnguard.core.triggers import (
     InactivityTrigger,
     TicketOverdueTrigger,
     TimerTrigger,
+    moved_by,
 )
 from schemas.events import MODEL_BY_TYPE, PERSONAL_FIELDS
 
@@ -317,26 +318,31 @@ class RulePack:
     kpis: KpiSettings
     # Any frequency cap or quiet hours: else actions skip those checks.
     guarded: bool
-    # Rules by the signal that fires them, and the ones time or metrics fire: evaluate
-    # visits only what can fire.
+    # Rules by the signal that fires them (event triggers) or may make them due (timers:
+    # triggers.moved_by), and the ones metrics fire: evaluate visits only what can fire.
     by_signal: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
     thresholds: tuple[tuple[Rule, ThresholdTrigger], ...] = ()
     timers: tuple[tuple[Rule, TimerTrigger], ...] = ()
     segment_rules: tuple[Rule, ...] = ()
-    # Signals some rule listens to, and the candidate rules per set of them (filled lazily;
-    # the sets are bounded by the pack's own triggers).
+    # Signals some rule listens to, and the candidate rules per set of them and kind of
+    # evaluation (filled lazily; the sets are bounded by the pack's own triggers).
     signals: frozenset[str] = frozenset()
-    _candidates: dict[frozenset[str], tuple[Rule, ...]] = field(default_factory=dict)
+    _candidates: dict[tuple[frozenset[str], bool], tuple[Rule, ...]] = field(
+        default_factory=dict)
 
-    def candidates(self, signals: frozenset[str]) -> tuple[Rule, ...]:
-        """The rules that may fire for an evaluation with these signals, in pack order."""
-        key = signals & self.signals if signals else signals
+    def candidates(self, signals: frozenset[str], *, time_driven: bool) -> tuple[Rule, ...]:
+        """The rules that may fire for an evaluation with these signals, in pack order: the
+        threshold rules always; the timers when time brought the evaluation, else only those
+        an event of these signals may have made due (everything due up to the customer's
+        clock fired before the event was applied)."""
+        key = (signals & self.signals if signals else signals, time_driven)
         found = self._candidates.get(key)
         if found is None:
-            listening = {rule.order for signal in key for rule in self.by_signal[signal]}
+            listening = {rule.order for signal in key[0] for rule in self.by_signal[signal]}
             found = self._candidates[key] = tuple(
                 rule for rule in self.rules
-                if rule.order in listening or not isinstance(rule.spec.trigger, EVENT_TRIGGERS))
+                if rule.order in listening or isinstance(rule.spec.trigger, ThresholdTrigger)
+                or (time_driven and isinstance(rule.spec.trigger, TIMER_TRIGGERS)))
         return found
 
     @property
@@ -644,6 +650,9 @@ def _assemble(spec: PackSpec, rules: list[Rule]) -> RulePack:
         trigger = rule.spec.trigger
         if isinstance(trigger, EVENT_TRIGGERS):
             by_signal.setdefault(trigger.signal, []).append(rule)
+        elif isinstance(trigger, TIMER_TRIGGERS):
+            for signal in moved_by(trigger):
+                by_signal.setdefault(signal, []).append(rule)
     return RulePack(
         spec=spec,
         rules=enabled,

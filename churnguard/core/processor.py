@@ -33,6 +33,7 @@ from churnguard.core.rules import (
     evaluate,
     forget_ticket_marks,
     next_due,
+    next_due_after_activity,
     prime,
     release_deferred,
     start_anniversaries,
@@ -119,9 +120,13 @@ def apply_event(
     # A live worker never lets an event stamped ahead of its clock (a fast device clock)
     # move the customer's time, and so fire timers, beyond the wall clock.
     horizon = occurred if noticed_at is None else min(occurred, noticed_at)
-    outcome = advance(state, horizon, engine, noticed_at=noticed_at)
+    due = state.next_due
+    outcome = (Outcome(state) if due is None or due > horizon
+               else advance(state, horizon, engine, noticed_at=noticed_at))
     state.clock = max(state.clock, horizon)
-    signals = _apply(state, event, occurred, engine, outcome)
+    bound, first_purchase = state.next_due, state.first_purchase_at
+    memory = (tuple(state.armed), len(state.deferred), len(state.episodes))
+    signals = applied = _apply(state, event, occurred, engine, outcome)
     previous = state.segment
     record = rescore(state, engine, caused_by=(event.event_id,))
     if record is not None:
@@ -139,8 +144,18 @@ def apply_event(
         previous_segment=previous,
     )
     _settle(engine.pack, state, firing, evaluate(engine.pack, state, firing), outcome)
-    state.next_due = next_due(engine.pack, state)
+    # (A segment change alone moves no due: the segment rules it fires change memory.)
+    if (applied <= _ACTIVITY and state.first_purchase_at == first_purchase
+            and (tuple(state.armed), len(state.deferred), len(state.episodes)) == memory):
+        # Most events: a lower bound, cheap to keep (see next_due_after_activity).
+        state.next_due = next_due_after_activity(engine.pack, state, bound)
+    else:
+        state.next_due = next_due(engine.pack, state)
     return outcome
+
+
+# Signals of events that only add activity (with no new first purchase: checked apart).
+_ACTIVITY = frozenset({"login", "purchase"})
 
 
 def advance(
@@ -150,10 +165,19 @@ def advance(
     moves to it), so live ticks, late events and replays produce the same actions. A live
     tick passes its wall clock as `noticed_at` (see apply_event)."""
     outcome = Outcome(state)
-    # Kept current by every transition (apply_event and this loop): no recomputation when
-    # nothing is due, which is the common case on the hot path.
+    # Kept by every transition (apply_event and this loop): no recomputation when nothing
+    # is due, which is the common case on the hot path. It may be a lower bound (after an
+    # event that only added activity): what is really due is asked before acting, so a
+    # bound that comes fires nothing, changes nothing but the bound, as if never kept.
     due = state.next_due
+    exact = False
     while due is not None and due <= until:
+        if not exact:
+            exact = True
+            really = next_due(engine.pack, state)
+            if really is None or really > due:
+                state.next_due = due = really
+                continue
         state.clock = max(state.clock, due)
         previous = state.segment
         signals: frozenset[str] = frozenset()

@@ -46,6 +46,7 @@ from churnguard.core.state import (
 )
 from churnguard.core.triggers import (
     AnniversaryTrigger,
+    InactivityTrigger,
     Occurrence,
     TicketOverdueTrigger,
     TimerTrigger,
@@ -147,7 +148,7 @@ def evaluate(pack: RulePack, state: CustomerState, firing: Firing) -> list[Actio
     place; return the actions in pack order. Timer occurrences found past their grace are
     marked `expired`; what the guards stop goes to `firing.suppressed`."""
     actions: list[Action] = []
-    for rule in pack.candidates(firing.signals):
+    for rule in pack.candidates(firing.signals, time_driven=firing.time_driven):
         for trigger_key, extra in _fired(pack, rule, state, firing):
             # Conditions read the state live: a profile update earlier in the rule is seen.
             subject = Subject(state, firing.event, firing.now, pack.tz, extra)
@@ -267,6 +268,30 @@ def next_due(pack: RulePack, state: CustomerState) -> float | None:
     return min(dues, default=None)
 
 
+def next_due_after_activity(
+    pack: RulePack, state: CustomerState, bound: float | None
+) -> float | None:
+    """next_due, or earlier, after an event that only added activity (a login, a purchase
+    that is not the first) and changed no trigger memory, when nothing was due before
+    `bound` before it: such an event can only have moved the customer's dues later, but
+    for a silence starting afresh and the recency grades of a new purchase. The score is
+    higher at every later moment, so its crossing of a threshold is not sought again here
+    (that search is the costliest part of next_due): `advance` asks next_due what is really
+    due when the bound comes."""
+    dues = [] if bound is None else [bound]
+    for rule, timer in pack.timers:
+        if isinstance(timer, InactivityTrigger):
+            due = earliest_due(rule.id, timer, state, sla_hours=pack.ticket_sla_hours,
+                               tz=pack.tz)
+            if due is not None:
+                dues.append(due)
+    if pack.segment_rules:
+        change = recency_grade_change(state, pack.rfm)
+        if change is not None:
+            dues.append(change)
+    return min(dues, default=None)
+
+
 def recency_grade_change(state: CustomerState, rfm: RfmSettings) -> float | None:
     """The first whole second after the clock at which the RFM recency grade drops (the only
     part of the segment that moves with time alone)."""
@@ -320,6 +345,9 @@ def _fired(
             firing.expired.append(f"{rule.id}:{firing.trigger_key}")
             return []
         return [(firing.trigger_key, _NO_EXTRA)]
+    due = earliest_due(rule.id, trigger, state, sla_hours=pack.ticket_sla_hours, tz=pack.tz)
+    if due is None or due > firing.now:
+        return []  # nothing due: no occurrence built (the common case after an event)
     fired = []
     for occurrence in _pending(pack, rule.id, trigger, state, firing.now):
         if occurrence.due > firing.now:

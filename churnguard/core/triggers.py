@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from datetime import time as clock_time
+from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -95,7 +96,7 @@ def pending(
                 marks[rule_id] = str(_last_passed_year(
                     date.fromisoformat(text), trigger, state.clock, tz))
             year = int(marks[rule_id]) + 1
-            due = anniversary(date.fromisoformat(text), year, trigger.at, tz)
+            due = _anniversary_of(text, year, trigger.at, tz)
             return [Occurrence(due, f"{rule_id}:{year}", {"anniversary.year": year})]
         case InactivityTrigger():
             if state.last_active_at is None:
@@ -123,6 +124,20 @@ def pending(
             ]
 
 
+def moved_by(trigger: TimerTrigger) -> frozenset[str]:
+    """The event signals (processor.apply_event) that change this timer's inputs: only
+    these can make it due at an event, everything due before having fired already."""
+    match trigger:
+        case AfterTrigger():
+            return frozenset({"purchase"})  # a first, or an earlier (late) first purchase
+        case AnniversaryTrigger():
+            return frozenset({"profile"})
+        case InactivityTrigger():
+            return frozenset({"login", "purchase"})
+        case TicketOverdueTrigger():
+            return frozenset({"ticket_opened"})  # a late one can be overdue already
+
+
 def earliest_due(
     rule_id: str,
     trigger: TimerTrigger,
@@ -132,8 +147,27 @@ def earliest_due(
     tz: ZoneInfo,
 ) -> float | None:
     """The due time of this timer's next unfired occurrence, without building occurrences:
-    called after every event (state.next_due), so plain arithmetic over the open tickets."""
-    if isinstance(trigger, TicketOverdueTrigger):
+    called after every event (state.next_due), so plain arithmetic."""
+    if isinstance(trigger, InactivityTrigger):
+        if state.last_active_at is None:
+            return None
+        due = state.last_active_at + trigger.days * DAY
+        # Marked only once due by the customer's clock: a later due is unmarked, and the
+        # mark's key (a rendered time) need not be built.
+        if due > state.clock:
+            return due
+    elif isinstance(trigger, AfterTrigger):
+        if state.first_purchase_at is None or rule_id in state.marks:
+            return None
+        return state.first_purchase_at + trigger.days * DAY
+    elif isinstance(trigger, AnniversaryTrigger):
+        text = getattr(state, trigger.date)
+        if text is None:
+            return None
+        year = state.marks.get(rule_id)
+        if year is not None:  # else pending marks the year it starts from
+            return _anniversary_of(text, int(year) + 1, trigger.at, tz)
+    elif isinstance(trigger, TicketOverdueTrigger):
         marks = state.marks
         return min(
             (
@@ -171,6 +205,12 @@ def anniversary(day: date, year: int, at: clock_time, tz: ZoneInfo) -> float:
     except ValueError:  # Feb 29 in a common year
         local = datetime.combine(date(year, 2, 28), at, tzinfo=tz)
     return local.timestamp()
+
+
+@lru_cache(maxsize=65_536)
+def _anniversary_of(text: str, year: int, at: clock_time, tz: ZoneInfo) -> float:
+    # Due after every event of a customer with the date: the dates are few, the calls many.
+    return anniversary(date.fromisoformat(text), year, at, tz)
 
 
 def begin_anniversaries(
