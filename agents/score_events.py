@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import structlog
@@ -40,10 +40,8 @@ class ScoreEvents:
         self.writer = writer
         self.locks = locks
         self.clock = clock
-        # What the timer tick needs for its event-time watermark: partitions with a batch
-        # handed over but not yet written, and the newest record time applied per input
-        # partition (seconds).
-        self.pending: Counter[int] = Counter()
+        # What the timer tick needs for its event-time watermark: the newest record time
+        # applied per input partition (seconds).
         self.applied_until: dict[TP, float] = {}
 
     async def __call__(self, batch: Mapping[TP, Sequence[SourceRecord]]) -> None:
@@ -51,17 +49,13 @@ class ScoreEvents:
         by_partition: dict[int, list[Sequence[SourceRecord]]] = defaultdict(list)
         for tp in sorted(batch, key=group_order):
             by_partition[tp.partition].append(batch[tp])
-        self.pending.update(by_partition.keys())
         now = self.clock.now()
-        try:
-            # Every partition's write must have ended before the batch counts as failed: one
-            # still writing after revocation could interleave with the partition's new owner.
-            results = await asyncio.gather(
-                *(self._partition(p, lists, now) for p, lists in by_partition.items()),
-                return_exceptions=True,
-            )
-        finally:
-            self.pending.subtract(by_partition.keys())
+        # Every partition's write must have ended before the batch counts as failed: one
+        # still writing after revocation could interleave with the partition's new owner.
+        results = await asyncio.gather(
+            *(self._partition(p, lists, now) for p, lists in by_partition.items()),
+            return_exceptions=True,
+        )
         failed = {p for p, r in zip(by_partition, results, strict=True)
                   if isinstance(r, BaseException)}
         for tp, records in batch.items():

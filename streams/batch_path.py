@@ -86,12 +86,29 @@ class _Route:
     max_backoff_s: float
     max_idle_s: float
     max_buffered: int
+    fetch_max_wait_s: float
 
 
 class _Outcome(enum.Enum):
     DONE = "done"
     FAILED = "failed"
     STALE = "stale"  # finished, but a rebalance happened meanwhile: not marked done
+
+
+class _WorkerConsumerThread(BoundedStopConsumerThread):
+    """With the fetch wait chosen here: faust (0.15.3) hard-codes aiokafka's
+    `fetch_max_wait_ms=1500`, and a broker holds a fetch that long when nothing arrives —
+    records arriving for a partition of that fetch meanwhile (Tansu) or records of the
+    partitions left out of it (aiokafka fetches only the idle ones while the busy ones'
+    records wait unconsumed) then wait for it, up to 1.5 s of event-to-action latency."""
+
+    fetch_max_wait_ms = 1500
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Read by AIOKafkaConsumer.start() (aiokafka 0.14.0), which builds the fetcher.
+        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        return consumer
 
 
 class BatchPathConsumer(faust_aiokafka.Consumer):
@@ -123,7 +140,8 @@ class BatchPathConsumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> BoundedStopConsumerThread:
         # faust's thread, with a stop that neither dies half-way nor hangs without a broker.
-        thread = BoundedStopConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        thread = _WorkerConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        thread.fetch_max_wait_ms = max(1, round(self._route.fetch_max_wait_s * 1000))
         thread.thread_loop.set_exception_handler(log_loop_exception)
         return thread
 
@@ -459,6 +477,7 @@ def install_batch_path(
     max_backoff_s: float = 5.0,
     max_idle_s: float = 5.0,
     max_buffered: int = 20_000,
+    fetch_max_wait_s: float = 1.5,
 ) -> None:
     """Call before the worker starts. Records fetched for these source topics on actively
     assigned partitions go to `handler` in batches instead of faust's per-event path.
@@ -473,7 +492,8 @@ def install_batch_path(
     Partition p of every topic is one group: its records reach the handler in a prefix that
     `streams.partition_group.merge` puts in record-timestamp order; a group waits up to
     `max_idle_s` for a partition with records still on the broker, and a partition's fetching
-    pauses while `max_buffered` of its records wait in the merge.
+    pauses while `max_buffered` of its records wait in the merge. A fetch waits at most
+    `fetch_max_wait_s` for records to arrive.
     """
     names = frozenset(topics)
     if not names:
@@ -482,7 +502,8 @@ def install_batch_path(
         raise RuntimeError("install_batch_path must be called before the app's consumer exists")
     if getattr(app._new_consumer, _FACTORY_MARK, False):
         raise RuntimeError("install_batch_path was already called for this app")
-    route = _Route(names, handler, initial_backoff_s, max_backoff_s, max_idle_s, max_buffered)
+    route = _Route(names, handler, initial_backoff_s, max_backoff_s, max_idle_s, max_buffered,
+                   fetch_max_wait_s)
 
     channel = app.topic(
         *sorted(names),

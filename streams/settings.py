@@ -104,10 +104,16 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(1_000_000, ge=16_384)
     # Records per fetch (and so per batch): bounds how long one batch holds the event loop.
     max_poll_records: int = Field(10_000, ge=1)
+    # How long the broker may hold a fetch waiting for records (aiokafka's
+    # fetch_max_wait_ms): a held fetch delays records that arrive meanwhile on the
+    # embedded broker, and the busy partitions' next fetch on any broker (see
+    # streams/batch_path.py), so it bounds event-to-action latency. An idle worker sends
+    # one fetch per broker per wait.
+    fetch_max_wait_s: float = Field(0.02, gt=0, le=30)
     # Cross-topic order (Kafka Streams' max.task.idle.ms): a partition group whose input
     # partition has an empty buffer but records still on the broker waits this long for
-    # them before applying the other topics' records without it. Above the 1.5 s a broker
-    # may hold one fetch (faust's fetch_max_wait_ms), which delays the records waited for.
+    # them before applying the other topics' records without it. Above the time a broker
+    # may hold one fetch (fetch_max_wait_s), which delays the records waited for.
     max_task_idle_s: float = Field(5.0, ge=0)
     # Records buffered per input partition ahead of the cross-topic merge; above this the
     # partition's fetching pauses (Kafka Streams' buffered.records.per.partition).

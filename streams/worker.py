@@ -143,15 +143,18 @@ def build_worker_app(
     score_events = ScoreEvents(ctx, writer, locks, clock, insights=insights)
     install_batch_path(app, topology.inputs, score_events,
                        max_idle_s=settings.max_task_idle_s,
-                       max_buffered=settings.buffered_records_per_partition)
+                       max_buffered=settings.buffered_records_per_partition,
+                       fetch_max_wait_s=settings.fetch_max_wait_s)
     inputs = set(topology.inputs)
 
     async def watermark(partition: int) -> float:
         """Event time up to which the partition's inputs are applied: +inf when every input
         is caught up, else the newest applied record time of the lagging ones (-inf, so no
-        tick, while a batch of it is in hand or nothing is applied yet)."""
+        tick, while nothing is applied yet). A batch in hand keeps it where the batches
+        before left it: under continuous input one almost always is, and holding the tick
+        until none is starved the timers for seconds."""
         consumer = app.consumer
-        if score_events.pending[partition] or not isinstance(consumer, BatchPathConsumer):
+        if not isinstance(consumer, BatchPathConsumer):
             return -math.inf
         until = math.inf
         for topic in inputs:

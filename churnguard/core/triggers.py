@@ -168,6 +168,8 @@ def earliest_due(
         if year is not None:  # else pending marks the year it starts from
             return _anniversary_of(text, int(year) + 1, trigger.at, tz)
     elif isinstance(trigger, TicketOverdueTrigger):
+        if not state.open_tickets:
+            return None
         marks = state.marks
         return min(
             (
