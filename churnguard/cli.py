@@ -277,6 +277,7 @@ def _broker(port: int) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from churnguard.core.clock import parse_rfc3339
     from churnguard.engine import build_engine
+    from churnguard.gc_policy import tune_for_throughput
     from churnguard.replay import run_replay
     from streams.settings import Settings
 
@@ -290,6 +291,7 @@ def _replay(args: argparse.Namespace) -> int:
     from churnguard.rules.loading import load_pack_file
 
     engine = build_engine(settings, None if args.rules is None else load_pack_file(args.rules))
+    tune_for_throughput()
     if args.kpis:
         return _replay_kpis(args, settings, engine, until)
     if args.group_by is not None or args.rule_id is not None:

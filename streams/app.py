@@ -62,5 +62,12 @@ def create_app(settings: Settings) -> Topology:
         value_type=bytes,
         partitions=settings.partitions,
         default=None,
+        # Bounded memory per partition (faust's RocksDBOptions; a fresh dict: faust pops
+        # keys out of the one it is given).
+        options={
+            "write_buffer_size": settings.rocksdb_write_buffer_mb * 1024 * 1024,
+            "max_write_buffer_number": 2,
+            "block_cache_size": settings.rocksdb_block_cache_mb * 1024 * 1024,
+        },
     )
     return Topology(app=app, inputs=list(settings.topics.inputs()), customer_to_state=table)

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
     store_dir: Path = Path("data")
     store: Literal["rocksdb", "memory"] = "rocksdb"
+    # RocksDB memory per state partition: faust's defaults (3 write buffers of 64 MiB and a
+    # 2 GiB block cache, each partition its own) let the process grow by gigabytes.
+    rocksdb_write_buffer_mb: int = Field(16, ge=1, le=1024)
+    rocksdb_block_cache_mb: int = Field(32, ge=1, le=65536)
     # /metrics, /health, /ready (streams/web.py); port 0 takes a free one (logged).
     web_enabled: bool = True
     web_host: str = "0.0.0.0"

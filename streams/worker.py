@@ -40,6 +40,7 @@ from churnguard.batch import BatchContext
 from churnguard.clocks import Clock, clock_for
 from churnguard.core.pack import RulePack
 from churnguard.engine import build_engine
+from churnguard.gc_policy import tune_for_throughput
 from churnguard.logging import install_exception_hooks, stdlib_logging_config
 from churnguard.metrics import Metrics
 from churnguard.rules.loading import load_pack, load_pack_file
@@ -325,6 +326,7 @@ def run_worker(settings: Settings) -> int:
     published = None if settings.rules_file is not None else startup_pack(settings)
     worker = create_worker(settings, build_worker_app(settings, published=published))
     install_exception_hooks(worker.loop)
+    tune_for_throughput()  # the app is built: what lives as long as the worker is frozen
     log.info("worker_starting", app_id=settings.app_id, partitions=settings.partitions,
              store=settings.store, store_dir=str(settings.store_dir),
              embedded_broker=settings.embedded_broker, pid=os.getpid(),
