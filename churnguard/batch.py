@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -197,6 +197,8 @@ class _Applied:
     census: dict[bytes, Change] = field(default_factory=dict)
     outcomes: list[OutcomeRecord] = field(default_factory=list)
     comments: list[CommentTerms] = field(default_factory=list)
+    # Customer -> its latest score record of the batch: the only one published.
+    scores: dict[bytes, dict[str, Any]] = field(default_factory=dict)
 
 
 def _log_bounds(applied: _Applied) -> None:
@@ -263,6 +265,8 @@ def _apply_all(
         metrics.events_applied[(record.topic, event.type)] += 1
         _count(outcome, metrics)
         applied.outputs += outputs
+        if outcome.score_records:
+            applied.scores[key] = outcome.score_records[-1]
         applied.outcomes += outcome.outcome_records
         applied.comments += outcome.comments
         if outcome.actions:
@@ -270,6 +274,8 @@ def _apply_all(
             applied.sources += [(action.rule_id, started) for action in outcome.actions]
         if outcome.evicted_tickets:
             applied.evicted[key] = applied.evicted.get(key, 0) + len(outcome.evicted_tickets)
+    applied.outputs += [Output(ctx.topics.scores, key, encode_record(record))
+                        for key, record in applied.scores.items()]
     # A state over the limit (seen here first) is found per event by the isolate pass.
     applied.writes = _store(dirty, states, due_before, ctx)
     for key in dirty:
@@ -301,6 +307,9 @@ def process_due(
         before = standing(state)  # advance changes the state in place
         outcome = advance(state, until, ctx.engine, noticed_at=noticed_at)
         outputs = _encode(outcome, key, ctx)
+        if outcome.score_records:  # the latest, as for a batch of events
+            outputs.append(Output(ctx.topics.scores, key,
+                                  encode_record(outcome.score_records[-1])))
         try:
             _check_sizes(outputs, ctx)
             encoded = state.to_bytes()
@@ -382,7 +391,7 @@ def _encode(outcome: Outcome, key: bytes, ctx: BatchContext) -> list[Output]:
     ]
     outputs += [Output(ctx.topics.suppressed, key, encode_suppressed(s))
                 for s in outcome.suppressed]
-    outputs += [Output(ctx.topics.scores, key, encode_record(s)) for s in outcome.score_records]
+    # (Score records: only a customer's latest of a batch or tick is published, see callers.)
     outputs += [Output(ctx.topics.outcomes, key, encode_record(r))
                 for r in outcome.outcome_records]
     return outputs
