@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -14,7 +14,7 @@ from churnguard.census import Change, change, standing
 from churnguard.core.clock import parse_rfc3339, rfc3339
 from churnguard.core.feedback import CommentTerms
 from churnguard.core.outcomes import OutcomeRecord
-from churnguard.core.processor import Engine, Outcome, advance, apply_event
+from churnguard.core.processor import Engine, Outcome, ScoreChange, advance, apply_event
 from churnguard.core.rules import next_due
 from churnguard.core.state import MAX_OPEN_TICKETS, CustomerState
 from churnguard.core.validation import Rejected, parse_event
@@ -197,8 +197,8 @@ class _Applied:
     census: dict[bytes, Change] = field(default_factory=dict)
     outcomes: list[OutcomeRecord] = field(default_factory=list)
     comments: list[CommentTerms] = field(default_factory=list)
-    # Customer -> its latest score record of the batch: the only one published.
-    scores: dict[bytes, dict[str, Any]] = field(default_factory=dict)
+    # Customer -> its latest score change of the batch: the only one published.
+    scores: dict[bytes, ScoreChange] = field(default_factory=dict)
 
 
 def _log_bounds(applied: _Applied) -> None:
@@ -265,8 +265,8 @@ def _apply_all(
         metrics.events_applied[(record.topic, event.type)] += 1
         _count(outcome, metrics)
         applied.outputs += outputs
-        if outcome.score_records:
-            applied.scores[key] = outcome.score_records[-1]
+        if outcome.score_changes:
+            applied.scores[key] = outcome.score_changes[-1]
         applied.outcomes += outcome.outcome_records
         applied.comments += outcome.comments
         if outcome.actions:
@@ -274,8 +274,8 @@ def _apply_all(
             applied.sources += [(action.rule_id, started) for action in outcome.actions]
         if outcome.evicted_tickets:
             applied.evicted[key] = applied.evicted.get(key, 0) + len(outcome.evicted_tickets)
-    applied.outputs += [Output(ctx.topics.scores, key, encode_record(record))
-                        for key, record in applied.scores.items()]
+    applied.outputs += [Output(ctx.topics.scores, key, encode_record(change.to_record()))
+                        for key, change in applied.scores.items()]
     # A state over the limit (seen here first) is found per event by the isolate pass.
     applied.writes = _store(dirty, states, due_before, ctx)
     for key in dirty:
@@ -307,9 +307,9 @@ def process_due(
         before = standing(state)  # advance changes the state in place
         outcome = advance(state, until, ctx.engine, noticed_at=noticed_at)
         outputs = _encode(outcome, key, ctx)
-        if outcome.score_records:  # the latest, as for a batch of events
+        if outcome.score_changes:  # the latest, as for a batch of events
             outputs.append(Output(ctx.topics.scores, key,
-                                  encode_record(outcome.score_records[-1])))
+                                  encode_record(outcome.score_changes[-1].to_record())))
         try:
             _check_sizes(outputs, ctx)
             encoded = state.to_bytes()
@@ -402,7 +402,7 @@ def _count(outcome: Outcome, metrics: Metrics) -> None:
         metrics.actions[(action.rule_id, action.type)] += 1
     for suppressed in outcome.suppressed:
         metrics.suppressed[suppressed.reason] += 1
-    metrics.score_changes += len(outcome.score_records)
+    metrics.score_changes += len(outcome.score_changes)
     for record in outcome.outcome_records:
         metrics.outcomes[record["kind"]] += 1
     metrics.feedback_unmatched += outcome.unmatched_feedback

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bisect import insort
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from churnguard.core.clock import day_number, rfc3339
 from churnguard.core.feedback import (
@@ -38,7 +38,7 @@ from churnguard.core.rules import (
     release_deferred,
     start_anniversaries,
 )
-from churnguard.core.scoring import health
+from churnguard.core.scoring import Health, health
 from churnguard.core.state import (
     CLOSED_TICKETS_KEPT,
     LOGIN_WINDOW_DAYS,
@@ -66,12 +66,40 @@ class Engine:
     analyse_comments: bool = False
 
 
+class ScoreChange(NamedTuple):
+    """A change of the score or segment; its record (the scores topic's, see the contract)
+    is built only for the changes published (a customer's latest of a batch)."""
+
+    customer_id: str
+    at: float
+    health: Health
+    segment: str
+    rfm: tuple[int, int, int] | None
+    caused_by: tuple[str, ...]
+
+    def to_record(self) -> dict[str, Any]:
+        health = self.health
+        return {
+            "customer_id": self.customer_id,
+            "at": rfc3339(self.at),
+            "score": health.score,
+            "components": {
+                "recency": health.recency,
+                "engagement": health.engagement,
+                "service": health.service,
+            },
+            "segment": self.segment,
+            "rfm": None if self.rfm is None else dict(zip("rfm", self.rfm, strict=True)),
+            "caused_by": list(self.caused_by),
+        }
+
+
 @dataclass(slots=True)
 class Outcome:
     state: CustomerState
     actions: list[Action] = field(default_factory=list)
-    # One record per score or segment change, for the scores topic.
-    score_records: list[dict[str, Any]] = field(default_factory=list)
+    # Every score or segment change, for the scores topic.
+    score_changes: list[ScoreChange] = field(default_factory=list)
     duplicate: bool = False
     # Timer occurrences found past their grace (a backfill): recorded, not fired.
     expired: list[str] = field(default_factory=list)
@@ -89,7 +117,8 @@ class Outcome:
 
     @property
     def score_record(self) -> dict[str, Any] | None:
-        return self.score_records[-1] if self.score_records else None
+        """The latest change's record."""
+        return self.score_changes[-1].to_record() if self.score_changes else None
 
 
 def apply_event(
@@ -128,9 +157,9 @@ def apply_event(
     memory = (tuple(state.armed), len(state.deferred), len(state.episodes))
     signals = applied = _apply(state, event, occurred, engine, outcome)
     previous = state.segment
-    record = rescore(state, engine, caused_by=(event.event_id,))
-    if record is not None:
-        outcome.score_records.append(record)
+    change = rescore(state, engine, caused_by=(event.event_id,))
+    if change is not None:
+        outcome.score_changes.append(change)
         signals = _segment_signals(signals, previous, state.segment)
         if state.episodes:
             outcome.outcome_records += recover_by_score(state, state.clock)
@@ -181,9 +210,9 @@ def advance(
         state.clock = max(state.clock, due)
         previous = state.segment
         signals: frozenset[str] = frozenset()
-        record = rescore(state, engine, caused_by=())
-        if record is not None:
-            outcome.score_records.append(record)
+        change = rescore(state, engine, caused_by=())
+        if change is not None:
+            outcome.score_changes.append(change)
             signals = _segment_signals(signals, previous, state.segment)
         if state.episodes:
             outcome.outcome_records += recover_by_score(state, state.clock)
@@ -220,8 +249,8 @@ def _settle(
 
 def rescore(
     state: CustomerState, engine: Engine, *, caused_by: tuple[str, ...]
-) -> dict[str, Any] | None:
-    """Recompute score and segment at the customer's clock; the score record if they changed.
+) -> ScoreChange | None:
+    """Recompute score and segment at the customer's clock; the change, if they changed.
     A change of the score (not of the segment alone) is remembered in `score_trend`."""
     now = state.clock
     pack = engine.pack
@@ -240,19 +269,7 @@ def rescore(
     state.rfm = scores
     if not changed:
         return None
-    return {
-        "customer_id": state.customer_id,
-        "at": rfc3339(now),
-        "score": result.score,
-        "components": {
-            "recency": result.recency,
-            "engagement": result.engagement,
-            "service": result.service,
-        },
-        "segment": segment,
-        "rfm": None if scores is None else {"r": scores[0], "f": scores[1], "m": scores[2]},
-        "caused_by": list(caused_by),
-    }
+    return ScoreChange(state.customer_id, now, result, segment, scores, caused_by)
 
 
 def _segment_signals(

@@ -231,7 +231,7 @@ def test_score_trend_is_bounded_to_the_latest_changes(feed, event_factory, engin
     # Every score change the core reported (score records also come for segment changes).
     changes: list[tuple[int, float]] = []
     for outcome in feed.outcomes:
-        for record in outcome.score_records:
+        for record in (c.to_record() for c in outcome.score_changes):
             if not changes or changes[-1][1] != record["score"]:
                 changes.append((int(parse_rfc3339(record["at"])), record["score"]))
     assert len(changes) > MAX_SCORE_TREND

@@ -88,7 +88,8 @@ def _run(history: list[tuple[str, dict[str, Any] | float]], *, reference: bool
                 outcome = apply_event(state, event, ENGINE)  # type: ignore[arg-type]
                 state = outcome.state
             produced += [encode_action(a) for a in outcome.actions]
-            produced += outcome.score_records + outcome.outcome_records + outcome.expired
+            produced += [c.to_record() for c in outcome.score_changes]
+            produced += outcome.outcome_records + outcome.expired
             exact = next_due(ENGINE.pack, state)
             slack.append(None if exact is None or state.next_due is None
                          else exact - state.next_due)
@@ -130,5 +131,5 @@ def test_a_login_keeps_the_bound_and_the_bound_fires_nothing(engine_factory):
     assert later > crossing
     assert state.next_due <= crossing  # kept: the login could only move dues later
     came = advance(state, crossing, engine)
-    assert (came.actions, came.score_records, came.outcome_records) == ([], [], [])
+    assert (came.actions, came.score_changes, came.outcome_records) == ([], [], [])
     assert state.next_due == later

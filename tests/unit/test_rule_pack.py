@@ -217,7 +217,7 @@ def test_winback_fires_when_the_score_drops_below_60(winback_feed, event_factory
         action_id("c1", "health_winback", f"at:{crossed!r}", i) for i in range(3)
     ]
     # The crossing has its own score record (no cause), then the login's.
-    records = feed.outcomes[-1].score_records
+    records = [c.to_record() for c in feed.outcomes[-1].score_changes]
     assert [(r["at"], r["score"], r["caused_by"]) for r in records] == [
         (CROSSING, 59.99, []),
         (rfc3339(t0 + 30 * DAY), 55.92, ["later"]),

@@ -543,7 +543,8 @@ def test_score_records_of_the_decay_have_no_cause(engine_for, ev, t0):
     engine = engine_for("health_winback")
     state = apply_event(None, ev("purchase", t0), engine).state
     outcome = advance(state, t0 + 16 * DAY, engine)
-    assert [(r["at"], r["score"], r["caused_by"]) for r in outcome.score_records] == [
+    records = [c.to_record() for c in outcome.score_changes]
+    assert [(r["at"], r["score"], r["caused_by"]) for r in records] == [
         ("2024-03-16T19:26:57Z", 59.99, []),
     ]
     assert state.clock == ts("2024-03-16T19:26:57Z")  # the clock moved to the due, not on
@@ -612,7 +613,7 @@ def test_advance_is_idempotent(engine, busy_history, t0):
     assert first.actions
     snapshot = state.to_bytes()
     again = advance(state, t0 + 200 * DAY, engine)
-    assert (again.actions, again.expired, again.score_records) == ([], [], [])
+    assert (again.actions, again.expired, again.score_changes) == ([], [], [])
     assert state.to_bytes() == snapshot
     assert advance(state, t0 + 100 * DAY, engine).actions == []  # an earlier until: nothing
 
