@@ -370,6 +370,7 @@ def reindex(
             continue
         result.writes.update(due_index.moves(key, state.next_due, due))
         state.next_due = due
+        state.due_version = ctx.engine.pack.version
         result.writes[key] = state.to_bytes()
         moved += 1
     return result, moved

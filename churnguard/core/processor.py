@@ -135,7 +135,7 @@ def apply_event(
     more than its grace after it was due (a backfill of old events) expires instead of
     firing. Replay leaves it None: in event time nothing is ever late."""
     if state is None:
-        state = CustomerState(customer_id=event.customer_id)
+        state = CustomerState(customer_id=event.customer_id, due_version=engine.pack.version)
         prime(engine.pack, state)
     if source is not None and state.offsets.get(source[0], -1) >= source[1]:
         return Outcome(state, duplicate=True)  # redelivered after a restart: already applied
@@ -148,14 +148,20 @@ def apply_event(
     occurred = event.occurred_at.timestamp()
     # A live worker never lets an event stamped ahead of its clock (a fast device clock)
     # move the customer's time, and so fire timers, beyond the wall clock.
-    horizon = occurred if noticed_at is None else min(occurred, noticed_at)
+    horizon = until = occurred if noticed_at is None else min(occurred, noticed_at)
+    if state.due_version != engine.pack.version:
+        # A published pack moved this customer's dues (the background reindex has not come
+        # to it yet): what the running pack has due by the customer's clock fires first, so
+        # that, as after every transition, nothing due by the clock is left unfired.
+        _exact_due(engine.pack, state)
+        until = max(horizon, state.clock)
     due = state.next_due
-    outcome = (Outcome(state) if due is None or due > horizon
-               else advance(state, horizon, engine, noticed_at=noticed_at))
+    outcome = (Outcome(state) if due is None or due > until
+               else advance(state, until, engine, noticed_at=noticed_at))
     state.clock = max(state.clock, horizon)
     bound, first_purchase = state.next_due, state.first_purchase_at
     memory = (tuple(state.armed), len(state.deferred), len(state.episodes))
-    signals = applied = _apply(state, event, occurred, engine, outcome)
+    signals = _apply(state, event, occurred, engine, outcome)
     previous = state.segment
     change = rescore(state, engine, caused_by=(event.event_id,))
     if change is not None:
@@ -174,17 +180,25 @@ def apply_event(
     )
     _settle(engine.pack, state, firing, evaluate(engine.pack, state, firing), outcome)
     # (A segment change alone moves no due: the segment rules it fires change memory.)
-    if (applied <= _ACTIVITY and state.first_purchase_at == first_purchase
+    if (isinstance(event, _ACTIVITY) and state.first_purchase_at == first_purchase
             and (tuple(state.armed), len(state.deferred), len(state.episodes)) == memory):
-        # Most events: a lower bound, cheap to keep (see next_due_after_activity).
+        # Most events: a lower bound, cheap to keep (see next_due_after_activity). The
+        # stored due is the running pack's (due_version, checked above).
         state.next_due = next_due_after_activity(engine.pack, state, bound)
     else:
-        state.next_due = next_due(engine.pack, state)
+        _exact_due(engine.pack, state)
     return outcome
 
 
-# Signals of events that only add activity (with no new first purchase: checked apart).
-_ACTIVITY = frozenset({"login", "purchase"})
+# Events that only add activity (a first purchase and changed memory are checked apart).
+# By type, not by signal: a repeated close rates a ticket (the service score falls) with
+# no signal, and feedback raises none.
+_ACTIVITY = (Login, Purchase)
+
+
+def _exact_due(pack: RulePack, state: CustomerState) -> None:
+    state.next_due = next_due(pack, state)
+    state.due_version = pack.version
 
 
 def advance(
@@ -204,7 +218,10 @@ def advance(
         if not exact:
             exact = True
             really = next_due(engine.pack, state)
-            if really is None or really > due:
+            state.due_version = engine.pack.version
+            if really != due:
+                # A bound that came (really later) or a due a published pack moved earlier
+                # (fires at its own time, as a replay under that pack would).
                 state.next_due = due = really
                 continue
         state.clock = max(state.clock, due)

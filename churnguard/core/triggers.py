@@ -152,15 +152,17 @@ def earliest_due(
         if state.last_active_at is None:
             return None
         due = state.last_active_at + trigger.days * DAY
-        # Marked only once due by the customer's clock: a later due is unmarked, and the
-        # mark's key (a rendered time) need not be built.
-        if due > state.clock:
+        # As pending, but the mark's key (a rendered time) is built only for a customer
+        # that has a mark (one fired before).
+        marked = state.marks.get(rule_id)
+        if marked is None or marked != f"{rule_id}:{rfc3339(state.last_active_at)}":
             return due
-    elif isinstance(trigger, AfterTrigger):
+        return None
+    if isinstance(trigger, AfterTrigger):
         if state.first_purchase_at is None or rule_id in state.marks:
             return None
         return state.first_purchase_at + trigger.days * DAY
-    elif isinstance(trigger, AnniversaryTrigger):
+    if isinstance(trigger, AnniversaryTrigger):
         text = getattr(state, trigger.date)
         if text is None:
             return None
