@@ -31,7 +31,7 @@ import orjson
 from churnguard import due_index
 from churnguard.core.clock import day_number, parse_rfc3339
 from churnguard.core.feedback import NO_CATEGORY, CommentTerms, FeedbackAggregates
-from churnguard.core.kpis import KpiAggregates
+from churnguard.core.kpis import KpiAggregates, add_counts, contribution
 from churnguard.core.outcomes import OutcomeRecord
 
 KPI = b"k"
@@ -135,6 +135,9 @@ def writes(touched: Touched, stored: Sequence[bytes | None]) -> dict[bytes, byte
     `touched.slice_keys()` order)."""
     out: dict[bytes, bytes] = {}
     for key, raw in zip(touched.slice_keys(), stored, strict=True):
+        if _day_of(key)[0] == KPI:
+            out[key] = _kpi_slice(raw, touched.records[key])
+            continue
         one = Slices()
         if raw is not None:
             one.read(key, raw)
@@ -143,17 +146,42 @@ def writes(touched: Touched, stored: Sequence[bytes | None]) -> dict[bytes, byte
     return out
 
 
+def _kpi_slice(raw: bytes | None, records: list[OutcomeRecord]) -> bytes:
+    """A KPI slice with `records` added, as plain counts: a slice written is one day and
+    rule, so none of KpiAggregates' indexes by dimension, day and month is needed."""
+    cells: dict[tuple[str, str], dict[str, int]] = {}
+    minutes: dict[tuple[str, str], dict[int, int]] = {}
+    as_of = 0.0
+    if raw is not None:
+        data = orjson.loads(raw)
+        cells = {(dimension, value): counts for dimension, value, counts in data["c"]}
+        minutes = {(dimension, value): {int(m): n for m, n in histogram.items()}
+                   for dimension, value, histogram in data["m"]}
+        as_of = data["a"]
+    for record in records:
+        found = contribution(record)
+        if found is None:
+            continue
+        as_of = max(as_of, found.at)
+        for place in found.places:
+            counter = cells.get(place)
+            if counter is None:
+                cells[place] = dict(found.counts)
+            else:
+                add_counts(counter, found.counts)
+            if found.minutes:
+                add_counts(minutes.setdefault(place, {}), found.minutes)
+    return orjson.dumps({
+        "c": [[dimension, value, counts] for (dimension, value), counts in cells.items()],
+        "m": [[dimension, value, {str(m): n for m, n in histogram.items()}]
+              for (dimension, value), histogram in minutes.items()],
+        "a": as_of})
+
+
 def _encode(key: bytes, one: Slices) -> bytes:
-    family = _day_of(key)[0]
-    if family == KPI:
-        kpis = one.kpis
-        return orjson.dumps({
-            "c": [[d, v, dict(c)] for (_, _, d, v), c in kpis.cells.items()],
-            "m": [[d, v, {str(m): n for m, n in c.items()}]
-                  for (_, _, d, v), c in kpis.recovery_minutes.items()],
-            "a": kpis.as_of})
+    """A feedback slice (tickets or terms; KPI slices: _kpi_slice)."""
     feedback = one.feedback
-    if family == TICKETS:
+    if _day_of(key)[0] == TICKETS:
         return orjson.dumps({
             "c": [[category, dict(c)] for (_, category), c in feedback.tickets.items()],
             "r": [[category, priority, {str(m): n for m, n in c.items()}]

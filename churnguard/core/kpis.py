@@ -67,30 +67,24 @@ class KpiAggregates:
         if counter is None:
             counter = self.cells[cell] = Counter()
             self._days.setdefault(dimension, {}).setdefault(day, {})[place] = counter
-        counter.update(counts)
-        _period(self._months, dimension, month, place).update(counts)
+        add_counts(counter, counts)
+        add_counts(_period(self._months, dimension, month, place), counts)
         if minutes:
             histogram = self.recovery_minutes.get(cell)
             if histogram is None:
                 histogram = self.recovery_minutes[cell] = Counter()
                 self._day_minutes.setdefault(dimension, {}).setdefault(day, {})[place] = (
                     histogram)
-            histogram.update(minutes)
-            _period(self._month_minutes, dimension, month, place).update(minutes)
+            add_counts(histogram, minutes)
+            add_counts(_period(self._month_minutes, dimension, month, place), minutes)
 
     def fold(self, record: OutcomeRecord) -> None:
-        counts = _counts(record)
-        if not counts:
+        found = contribution(record)
+        if found is None:
             return
-        self.as_of = max(self.as_of, parse_rfc3339(record["at"]))
-        day = day_number(parse_rfc3339(record["cohort_at"]))
-        rule = record["rule_id"]
-        places = [TOTAL, *((name, record[name] or NONE) for name in DIMENSIONS)]
-        if record.get("action_type") == "task":
-            places.append(("assignee", record["target"] or NONE))
-        minutes = _recovery_minutes(record)
-        histogram = None if minutes is None else {minutes: 1}
-        for dimension, value in places:
+        self.as_of = max(self.as_of, found.at)
+        day, rule, counts, histogram = found.day, found.rule, found.counts, found.minutes
+        for dimension, value in found.places:
             self.add((day, rule, dimension, value), counts, histogram)
 
     def fold_all(self, records: Iterable[OutcomeRecord]) -> None:
@@ -102,6 +96,40 @@ class KpiAggregates:
         for cell, counter in other.cells.items():
             self.add(cell, counter, other.recovery_minutes.get(cell))
         self.as_of = max(self.as_of, other.as_of)
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """What one outcome record adds: `counts` (and recovery `minutes`) to the cell of its
+    cohort day and rule in every (dimension, value) of `places`."""
+
+    at: float
+    day: int
+    rule: str
+    places: list[tuple[str, str]]
+    counts: dict[str, int]
+    minutes: dict[int, int] | None
+
+
+def contribution(record: OutcomeRecord) -> Contribution | None:
+    counts = _counts(record)
+    if not counts:
+        return None
+    places = [TOTAL, *((name, record[name] or NONE) for name in DIMENSIONS)]
+    if record.get("action_type") == "task":
+        places.append(("assignee", record["target"] or NONE))
+    minutes = _recovery_minutes(record)
+    return Contribution(parse_rfc3339(record["at"]), day_number(parse_rfc3339(record["cohort_at"])),
+                        record["rule_id"], places, counts,
+                        None if minutes is None else {minutes: 1})
+
+
+def add_counts(counter: dict[Any, int], counts: Mapping[Any, int]) -> None:
+    """Counter.update for a mapping, without its per-call isinstance(Mapping) check: the
+    aggregation's innermost step (several per outcome record, on the hot path)."""
+    get = counter.get
+    for key, n in counts.items():
+        counter[key] = get(key, 0) + n
 
 
 def _period(index: dict[str, dict[int, _Period]], dimension: str, period: int,
