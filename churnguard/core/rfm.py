@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict
 
@@ -47,6 +48,13 @@ class RfmSettings(BaseModel):
     segments: tuple[SegmentRule, ...] = DEFAULT_SEGMENTS
     fallback_segment: str = "hibernating"
 
+    @cached_property
+    def segment_by_scores(self) -> dict[tuple[int, int, int], str]:
+        """Every (R, F, M) to its segment: 125 entries, looked up on every rescore."""
+        grades = range(1, 6)
+        return {(r, f, m): _first_segment(r, f, m, self)
+                for r in grades for f in grades for m in grades}
+
 
 PROSPECT = "prospect"
 
@@ -75,7 +83,10 @@ def segment_of(scores: tuple[int, int, int] | None, cfg: RfmSettings) -> str:
     """The first segment rule whose R, F and M ranges all contain the scores."""
     if scores is None:
         return PROSPECT
-    r, f, m = scores
+    return cfg.segment_by_scores[scores]
+
+
+def _first_segment(r: int, f: int, m: int, cfg: RfmSettings) -> str:
     for rule in cfg.segments:
         if (rule.r[0] <= r <= rule.r[1] and rule.f[0] <= f <= rule.f[1]
                 and rule.m[0] <= m <= rule.m[1]):
