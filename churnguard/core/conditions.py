@@ -827,6 +827,8 @@ class _Analysis:
         self.fields: dict[str, tuple[FieldType, Getter]] = {}
         # Why a name cannot be read, once per name (suggestions cost a difflib pass each).
         self.unreadable: dict[str, str] = {}
+        # Where each field is read: (path of the leaf, column of the name), in data order.
+        self.places: dict[str, list[tuple[Path, int]]] = {}
 
     def walk(self, data: Any, path: Path, depth: int) -> Node | None:
         if isinstance(data, str):
@@ -890,6 +892,7 @@ class _Analysis:
             self.problem(path, parsed.field_col, found)
             return None
         self.fields[name] = found
+        self.places.setdefault(name, []).append((path, parsed.field_col))
         problems = _check(parsed, name, found[0])
         for column, message in problems:
             self.problem(path, column, message)
@@ -946,6 +949,10 @@ class Condition:
     fields: frozenset[str]
     # The condition data as given.
     source: Any
+    # Where each field is read: (path of the leaf in `source`, offset of the field's name in
+    # it) for every leaf, in data order (to report a field the rule cannot read at its leaf).
+    places: Mapping[str, tuple[tuple[Path, int], ...]] = field(default_factory=dict,
+                                                              repr=False)
 
     def __call__(self, subject: Subject) -> bool:
         return self.test(subject)
@@ -971,7 +978,8 @@ def compile_condition(data: Any, *,
     getters = {name: getter for name, (_, getter) in analysis.fields.items()}
     kinds = {name: ftype.kind for name, (ftype, _) in analysis.fields.items()}
     test = _compile(node, getters, kinds)
-    return Condition(test, frozenset(analysis.fields), data)
+    places = {name: tuple(found) for name, found in analysis.places.items()}
+    return Condition(test, frozenset(analysis.fields), data, places)
 
 
 def compile_variable(text: str, *,

@@ -257,6 +257,8 @@ class Problem:
     message: str
     # Offset inside the string at `loc` (a condition leaf) where the problem starts.
     column: int = 0
+    # The problem is the mapping key at `loc` itself (an unknown field), not its value.
+    key: bool = False
 
 
 class PackInvalid(Exception):
@@ -490,7 +492,9 @@ def _validated(
             loc = prefix + _data_loc(data, tuple(error["loc"]))
             if prefix == () and loc[:1] == ("rules",) and len(loc) > 2:
                 continue  # the rules are validated one by one
-            problems.append(Problem(loc, _message(error, model)))
+            # An unknown field or an invalid mapping key: the key is the mistake.
+            key = error["type"] == "extra_forbidden" or "[key]" in error["loc"]
+            problems.append(Problem(loc, _message(error, model), key=key))
         return None
 
 
@@ -572,8 +576,9 @@ def _compile(
         return ALWAYS
     for name in sorted(condition.fields):
         message = _event_fields_problem(name, trigger)
-        if message is not None:
-            problems.append(Problem(loc, message))
+        if message is not None:  # at every leaf that reads it, at the field's name
+            problems.extend(Problem((*loc, *path), message, column)
+                            for path, column in condition.places[name])
     return condition
 
 

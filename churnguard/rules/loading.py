@@ -7,7 +7,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from churnguard.core.pack import PackInvalid, RulePack, build_pack
+from churnguard.core.pack import PackInvalid, Problem, RulePack, build_pack
 from churnguard.errors import UserError
 from churnguard.rules.yaml_file import (
     MAX_BYTES,
@@ -56,10 +56,11 @@ def pack_of(document: YamlDocument) -> RulePack:
         return build_pack(document.data)
     except PackInvalid as exc:
         # In file order: one pass of editing from the top fixes them.
-        problems = sorted(exc.problems,
-                          key=lambda p: (document.position(p.loc) or (0, 0), p.column))
-        raise PackFileInvalid([_line(document, p.loc, p.column, p.message)
-                               for p in problems]) from None
+        placed = sorted(((document.position(p.loc, key=p.key, offset=p.column), p)
+                         for p in exc.problems),
+                        key=lambda pair: (pair[0] or (0, 0), pair[1].column))
+        raise PackFileInvalid([_line(document.name, position, p)
+                               for position, p in placed]) from None
 
 
 def default_pack_text() -> str:
@@ -72,11 +73,9 @@ def default_pack() -> RulePack:
     return load_pack(default_pack_text(), f"churnguard/rules/{DEFAULT_PACK_NAME}")
 
 
-def _line(document: YamlDocument, loc: tuple[str | int, ...], column: int, message: str) -> str:
-    where = document.where(loc)
-    if column:
-        file, line, col = where.rsplit(":", 2)
-        where = f"{file}:{line}:{int(col) + column}"
-    path = format_loc(loc)
-    return f"{where}: {path}: {message}" if path else f"{where}: {message}"
-
+def _line(name: str, position: tuple[int, int] | None, problem: Problem) -> str:
+    """`FILE:LINE:COL: path: message`: the position of the problem's key (an unknown field),
+    of the character it starts at in a string when that maps exactly, else of its value."""
+    where = name if position is None else f"{name}:{position[0]}:{position[1]}"
+    path = format_loc(problem.loc)
+    return f"{where}: {path}: {problem.message}" if path else f"{where}: {problem.message}"

@@ -61,8 +61,15 @@ _UNPRINTABLE: Final = re.compile(
 _OTHER_LINE_BREAKS: Final = "\x85\u2028\u2029"
 
 # line * _STRIDE + column: one int per node instead of a tuple keeps the position tree of a
-# 1 MB file of tiny scalars small. Columns are < MAX_BYTES.
-_STRIDE: Final = 1 << 21
+# 1 MB file of tiny scalars small. Columns are < MAX_BYTES < 2**20; the two bits above them
+# say, for a scalar, where the characters of its value are in the line (an offset in the
+# value maps to a column by adding): _TEXT_AT, from its column on (a plain scalar on one
+# line); _TEXT_AFTER, from the column after (a quoted one on one line, without escapes).
+# Neither: a block scalar, one spanning lines (folded), escaped or tagged — no mapping.
+_STRIDE: Final = 1 << 22
+_COLUMN: Final = (1 << 20) - 1
+_TEXT_AT: Final = 1 << 20
+_TEXT_AFTER: Final = 1 << 21
 
 
 class YamlFileError(Exception):
@@ -81,10 +88,12 @@ class YamlFileError(Exception):
 
 @dataclass(slots=True)
 class _Branch:
-    """A mapping's or sequence's packed position and its children's (a scalar is a bare int)."""
+    """A mapping's or sequence's packed position and its children's (a scalar is a bare int);
+    a mapping's keys' positions too."""
 
     at: int
     children: dict[str, _Branch | int] | list[_Branch | int]
+    keys: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,30 +104,54 @@ class YamlDocument:
     data: Any
     _marks: _Branch | None = field(default=None, repr=False, compare=False)
 
-    def position(self, loc: Sequence[str | int]) -> tuple[int, int] | None:
+    def position(
+        self, loc: Sequence[str | int], *, key: bool = False, offset: int = 0
+    ) -> tuple[int, int] | None:
         """(line, column), 1-based, of the deepest node on `loc` that exists.
 
         Segments that match no key or index are skipped, not fatal: pydantic puts
-        discriminated-union tags and validator names in its error locations. A scalar's
-        position is its first character (a quoted scalar's opening quote), so a caller can add
-        an offset inside a one-line plain scalar.
+        discriminated-union tags and validator names in its error locations. A node's position
+        is its value's: a scalar's first character (a quoted scalar's opening quote, a block
+        scalar's `|` or `>`), a block mapping's first key.
+
+        `key`: the last segment of `loc` is a mapping key that is itself the problem (an
+        unknown field): the key's position, not its value's (which may be a block on the next
+        lines). `offset`: a character offset in the string value at `loc`: that character's
+        position when the scalar is on one line as written (plain, or quoted without escapes),
+        else the scalar's own position — never a position the offset was not mapped to; 0 is
+        the scalar itself.
         """
         node: _Branch | int | None = self._marks
         if node is None:
             return None
-        for segment in loc:
+        last = len(loc) - 1
+        for index, segment in enumerate(loc):
             if isinstance(node, int):
                 break
             child = _child(node.children, segment)
-            if child is not None:
-                node = child
-        packed = node if isinstance(node, int) else node.at
-        return divmod(packed, _STRIDE)
+            if child is None:
+                continue
+            if key and index == last and node.keys is not None and isinstance(segment, str):
+                return _unpack(node.keys[segment])
+            node = child
+        if isinstance(node, _Branch):
+            return _unpack(node.at)
+        line, column = divmod(node, _STRIDE)
+        if offset > 0 and column & _TEXT_AT:
+            return line, (column & _COLUMN) + offset
+        if offset > 0 and column & _TEXT_AFTER:
+            return line, (column & _COLUMN) + 1 + offset
+        return line, column & _COLUMN
 
-    def where(self, loc: Sequence[str | int]) -> str:
+    def where(self, loc: Sequence[str | int], *, key: bool = False, offset: int = 0) -> str:
         """The "FILE:LINE:COL" of the deepest node on `loc` that exists (see position())."""
-        position = self.position(loc)
+        position = self.position(loc, key=key, offset=offset)
         return self.name if position is None else f"{self.name}:{position[0]}:{position[1]}"
+
+
+def _unpack(packed: int) -> tuple[int, int]:
+    line, column = divmod(packed, _STRIDE)
+    return line, column & _COLUMN
 
 
 def _child(
@@ -230,7 +263,7 @@ class _MapFrame:
     data: dict[str, Any]
     children: dict[str, _Branch | int]
     key: str | None = None  # the key whose value comes next
-    key_lines: dict[str, int] = field(default_factory=dict)  # for "(first at line N)"
+    keys: dict[str, int] = field(default_factory=dict)  # packed positions of the keys
 
 
 class _Composer:
@@ -312,7 +345,9 @@ class _Composer:
         if isinstance(frame, _MapFrame) and frame.key is None:
             frame.key = self.key(frame, value, event)
         else:
-            self.attach(value, _pack(mark), mark, "")
+            # Offsets are only ever given in strings (condition leaves, variables).
+            packed = _pack(mark) | _text_flag(event) if type(value) is str else _pack(mark)
+            self.attach(value, packed, mark, "")
 
     def key(self, frame: _MapFrame, value: Any, event: yaml.ScalarEvent) -> str:
         mark = event.start_mark
@@ -325,10 +360,12 @@ class _Composer:
                 f"mapping key `{shown}` is {_kind(value)}; keys must be strings"
                 f' (quote it: "{shown}")',
             )
-        first = frame.key_lines.get(value)
+        first = frame.keys.get(value)
         if first is not None:
-            raise self.fail(mark, f"duplicate key `{_snippet(value)}` (first at line {first})")
-        frame.key_lines[value] = 0 if mark is None else mark.line + 1
+            raise self.fail(
+                mark, f"duplicate key `{_snippet(value)}` (first at line {first // _STRIDE})"
+            )
+        frame.keys[value] = _pack(mark)
         return value
 
     def open(self, event: yaml.CollectionStartEvent) -> None:
@@ -340,7 +377,8 @@ class _Composer:
         if len(self.stack) >= MAX_DEPTH:
             raise self.fail(mark, f"nested deeper than {MAX_DEPTH} levels")
         frame: _SeqFrame | _MapFrame = _MapFrame({}, {}) if is_map else _SeqFrame([], [])
-        marks = _Branch(_pack(mark), frame.children)
+        keys = frame.keys if isinstance(frame, _MapFrame) else None
+        marks = _Branch(_pack(mark), frame.children, keys)
         if self.stack:
             self.attach(frame.data, marks, mark, kind)
         elif isinstance(frame, _MapFrame):
@@ -364,6 +402,19 @@ class _Composer:
 
 def _pack(mark: Any) -> int:
     return 0 if mark is None else (mark.line + 1) * _STRIDE + mark.column + 1
+
+
+def _text_flag(event: yaml.ScalarEvent) -> int:
+    """Where the scalar's value is in its line, when offsets in it map by adding (see
+    _TEXT_AT): it is on one line and spans exactly its value (plus the quotes) — no escape,
+    tag, anchor, line folding or block indicator in between."""
+    start, end, style = event.start_mark, event.end_mark, event.style
+    if start is None or end is None or start.line != end.line:
+        return 0
+    span = end.column - start.column - len(event.value)
+    if not style:
+        return _TEXT_AT if span == 0 else 0
+    return _TEXT_AFTER if span == 2 and style in "'\"" else 0
 
 
 def _resolve(event: yaml.ScalarEvent) -> Any:

@@ -343,7 +343,7 @@ MISTAKES = {
     "misspelt-sla-priority": MISSPELT_SLA_PRIORITY,
 }
 # Several mistakes in different rules and in the settings, all in one file (duplicate ids
-# and unknown segments with invalid settings: see the xfail below).
+# and unknown segments with invalid settings: see the test below).
 SEVERAL = (WRONG_TRIGGER, UNKNOWN_CONDITION_FIELD, EVENT_AMOUNT_IN_A_LOGIN_RULE,
            EVENT_FIELD_IN_A_TIMER_RULE, MISSING_SLA_PRIORITY, UNKNOWN_TIME_ZONE,
            UNKNOWN_VARIABLE_FIELD)
@@ -419,7 +419,7 @@ def test_the_shipped_pack_and_the_problem_free_copy_load() -> None:
     assert [rule.id for rule in load_pack(DEFAULT, NAME).rules] == Text(DEFAULT).ids
 
 
-# --- bugs found (each strict-xfail until fixed) ------------------------------------------------
+# --- bugs found and fixed ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("old", "new", "key"), [
@@ -428,11 +428,6 @@ def test_the_shipped_pack_and_the_problem_free_copy_load() -> None:
                  "    action:\n      - type: notification\n        template: satisfaction_survey",
                  "action", id="rule-actions"),
 ])
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: an unknown key is reported at the position of its value (YamlDocument.position "
-    "only knows value positions; churnguard/rules/loading.py _line uses it for extra_forbidden "
-    "too): a misspelt key whose value is a block on the next lines is reported on the wrong "
-    "line"))
 def test_a_misspelt_key_with_a_block_value_is_reported_on_its_own_line(
     old: str, new: str, key: str
 ) -> None:
@@ -441,10 +436,6 @@ def test_a_misspelt_key_with_a_block_value_is_reported_on_its_own_line(
     assert [typo.where for typo in typos] == [Text(text).at(f"{key}:")]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: churnguard/core/pack.py _compile() reports an event field the trigger never sees at "
-    "the root of the condition (column 0), not at the leaf: `rules[7].conditions` instead of "
-    "`rules[7].conditions.and[1]` at the field"))
 def test_an_event_field_deep_in_a_condition_is_reported_at_its_leaf() -> None:
     text = edit(DEFAULT, "trigger: {on: inactivity, days: 30}\n",
                 "trigger: {on: inactivity, days: 30}\n"
@@ -461,10 +452,6 @@ def test_an_event_field_deep_in_a_condition_is_reported_at_its_leaf() -> None:
     pytest.param("conditions: >-\n      state.lifetime_spend\n      >= lots", id="folded"),
     pytest.param("conditions: state.lifetime_spend\n      >= lots", id="multi-line-plain"),
 ])
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: churnguard/rules/loading.py _line adds the offset inside the condition string to the "
-    "scalar's start as if it were a one-line plain scalar: one column early for a quoted "
-    "condition, and on the wrong line (past its end) for a folded or multi-line one"))
 def test_a_condition_that_is_quoted_or_spans_lines_points_at_the_problem(written: str) -> None:
     text = edit(DEFAULT, "conditions: state.tier != vip", written)
     t = Text(text)
@@ -474,6 +461,96 @@ def test_a_condition_that_is_quoted_or_spans_lines_points_at_the_problem(written
     scalar_start = (line, col + len("conditions: "))  # the quote, `>-` or first word
     # The offending word itself, or (at least) where the condition starts.
     assert found[0].where in {t.at("lots"), scalar_start}
+
+
+@pytest.mark.parametrize(("written", "at_the_word"), [
+    pytest.param("conditions: state.lifetime_spend >= lots", True, id="plain"),
+    pytest.param('conditions: "state.lifetime_spend >= lots"', True, id="double-quoted"),
+    pytest.param("conditions: 'state.lifetime_spend >= lots'", True, id="single-quoted"),
+    # An escape, a tag or a line break between the start and the word: the offset in the
+    # string is not the offset in the line, so the scalar's start (never a wrong place).
+    pytest.param('conditions: "state.lifetime_spend >= \\x6cots"', False, id="escaped"),
+    pytest.param("conditions: 'state.lifetime_spend >= ''lots'''", False,
+                 id="single-quoted-with-quotes"),
+    pytest.param("conditions: !!str state.lifetime_spend >= lots", False, id="tagged"),
+    pytest.param('conditions: "state.lifetime_spend\n      >= lots"', False,
+                 id="double-quoted-on-two-lines"),
+    pytest.param("conditions: >-\n      state.lifetime_spend\n      >= lots", False,
+                 id="folded"),
+    pytest.param("conditions: |-\n      state.lifetime_spend >= lots", False, id="literal"),
+    pytest.param("conditions: state.lifetime_spend\n      >= lots", False,
+                 id="multi-line-plain"),
+])
+def test_a_condition_problem_is_at_its_word_when_that_maps_exactly(
+    written: str, at_the_word: bool
+) -> None:
+    text = edit(DEFAULT, "conditions: state.tier != vip", written)
+    t = Text(text)
+    [found] = problems_of(text)
+    assert "'>=' needs a number" in found.message
+    line, col = t.at("conditions: ")
+    scalar_start = (line, col + len("conditions: "))  # the quote, tag, `>-`/`|-` or word
+    assert found.where == (t.at("lots") if at_the_word else scalar_start)
+
+
+def test_a_quoted_condition_in_a_flow_list_is_at_its_word() -> None:
+    text = edit(DEFAULT, "conditions: state.tier != vip",
+                "conditions: {and: [state.tier == vip, 'state.lifetime_spend >= lots']}")
+    [found] = problems_of(text)
+    assert (found.path, found.where) == (
+        f"{Text(text).rule('vip_upgrade')}.conditions.and[1]", Text(text).at("lots"))
+
+
+def test_a_quoted_variable_is_reported_at_its_field() -> None:
+    text = edit(DEFAULT, "{lifetime_spend: $state.lifetime_spend}",
+                "{lifetime_spend: '$state.lifetime_spent'}")
+    [found] = problems_of(text)
+    assert found.where == Text(text).at("state.lifetime_spent")
+    assert "unknown field 'state.lifetime_spent'" in found.message
+
+
+def test_an_event_field_read_at_two_leaves_is_reported_at_both() -> None:
+    text = edit(DEFAULT, "trigger: {on: inactivity, days: 30}\n",
+                "trigger: {on: inactivity, days: 30}\n"
+                "    conditions:\n"
+                "      - event.channel == web\n"
+                '      - {not: "event.channel == app"}\n')
+    t = Text(text)
+    rule = t.rule("inactive_30d_followup")
+    assert [(f.path, f.where) for f in problems_of(text)] == [
+        (f"{rule}.conditions[0]", t.at("event.channel == web")),
+        # At offset 0 of a quoted string: the scalar itself, its opening quote.
+        (f"{rule}.conditions[1].not", t.at('"event.channel == app"')),
+    ]
+
+
+@pytest.mark.parametrize(("old", "new", "key"), [
+    pytest.param("trigger: {on: ticket_closed}", "trigger: {on: ticket_closed, onn: x}", "onn",
+                 id="in-a-flow-mapping"),
+    pytest.param("  recency_weight: 0.4\n", "  recency_weight: 0.4\n  recency:\n    a: 1\n",
+                 "recency", id="a-block-map-in-a-section"),
+    pytest.param("{urgent: 4, high: 24, normal: 72, low: 168}",
+                 "\n  urgent: 4\n  high: 24\n  normal: 72\n  low: 168\n  lo:\n    168",
+                 "lo", id="an-invalid-mapping-key"),
+])
+def test_a_misspelt_key_is_reported_at_the_key(old: str, new: str, key: str) -> None:
+    text = edit(DEFAULT, old, new)
+    found = problems_of(text)
+    assert [f.where for f in found if f.path.endswith(f".{key}")] == [Text(text).at(f"{key}:")]
+
+
+def test_the_reader_knows_where_keys_and_values_are() -> None:
+    text = "a:\n  b:\n    - 1\n  c: {d: 'e f'}\n"
+    doc = read_yaml(text, NAME)
+    t = Text(text)
+    assert doc.position(("a", "b")) == t.at("- 1")  # a block sequence: its first item
+    assert doc.position(("a", "b"), key=True) == t.at("b:")
+    assert doc.position(("a", "c", "d"), key=True) == t.at("d:")
+    assert doc.position(("a", "c", "d")) == t.at("'e f'")
+    assert doc.position(("a", "c", "d"), offset=2) == t.at("f'")
+    # Not a key (a list index, a missing key): the deepest node, as without `key`.
+    assert doc.position(("a", "b", 0), key=True) == t.at("1")
+    assert doc.position(("a", "x"), key=True) == t.at("b:")
 
 
 def test_a_quoted_condition_in_a_list_is_fine_already() -> None:
