@@ -157,19 +157,22 @@ def rule_verdict(
 
 
 def capped(pack: PackGuards, action_type: str, channel: str | None, state: CustomerState,
-           now: float) -> bool:
-    """A cap this action would exceed; otherwise it is counted against the caps."""
+           now: float, *, sends_at: float | None = None) -> bool:
+    """A cap this action would exceed when it is sent (`sends_at`: the end of its quiet
+    hours, else `now`); otherwise it is counted against the caps at that time. A deferred
+    send counts from when it goes out, so it also counts against what fires before then."""
+    moment = now if sends_at is None else sends_at
     caps = [cap for cap in pack.frequency_caps if cap.type == action_type
             and cap.channel in ("any", channel)]
     if not caps:
         return False
     for cap in caps:
-        since = now - cap.days * DAY
+        since = moment - cap.days * DAY
         sent = sum(1 for at, kind, used in state.sent
                    if at > since and kind == action_type and cap.channel in ("any", used))
         if sent >= cap.max:
             return True
-    state.sent.append((now, action_type, channel or ""))
+    state.sent.append((moment, action_type, channel or ""))
     # Each send is kept only as long as the caps of its own type can count it.
     windows: dict[str, float] = {
         kind: max(c.days for c in pack.frequency_caps if c.type == kind) * DAY

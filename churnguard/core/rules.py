@@ -189,7 +189,7 @@ def _guarded(
     channel = _channel(spec.channel, state) if isinstance(spec, NotificationSpec) else None
     release = quiet_until(pack.guards, spec.type, state, firing.now, pack.tz)
     if (release is not None and len(state.deferred) >= MAX_DEFERRED) or capped(
-            pack.guards, spec.type, channel, state, firing.now):
+            pack.guards, spec.type, channel, state, firing.now, sends_at=release):
         # (A deferral beyond MAX_DEFERRED is stopped before it counts against the caps.)
         _suppress(pack, rule, template, state, firing, trigger_key, "frequency_cap")
         return None
