@@ -8,15 +8,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from churnguard.clocks import FileClock
-from churnguard.core.clock import DAY, HOUR, rfc3339
+from churnguard.core.clock import DAY, parse_rfc3339, rfc3339
 from churnguard.engine import build_engine
 from churnguard.logging import configure_logging
 from churnguard.processes import exit_on_sigterm, running_worker, wait_ready
@@ -27,12 +28,12 @@ from streams.settings import Settings
 from streams.topology import ensure_all_topics
 
 PARTITIONS = 4
-# Simulated seconds per real second: the 60 days pass in about 25 s.
-SPEED = 2.4 * DAY
-# Events are published this far ahead of the worker's clock, so each reaches the worker
-# before its moment (the worker then applies it in the same order as a replay would).
-LEAD_S = 12 * HOUR
+# Simulated seconds per real second: the 60 days pass in 15 s, plus the moments the clock
+# waits for the worker to apply an event (~0.1 s each).
+SPEED = 4 * DAY
 STEP_S = 0.05
+# How long the clock waits for the worker to apply one event before the demo gives up.
+APPLY_TIMEOUT_S = 30.0
 
 
 def run_demo(*, timeout_s: float) -> int:
@@ -52,6 +53,7 @@ def run_demo(*, timeout_s: float) -> int:
             broker=broker.url, partitions=PARTITIONS, app_id="churnguard-demo",
             embedded_broker=True, store_dir=Path(tmp) / "store", clock_file=clock_file,
             tick_interval_s=0.1, session_timeout_s=6.0, rebalance_timeout_s=6.0,
+            commit_interval_s=0.02,  # the clock waits for each event's commit (_run_clock)
             log_level="info", web_port=0,  # the worker's endpoints on a free port
         )
         parsed, _ = read_events(lines, now=end, max_future_hours=24)
@@ -69,6 +71,8 @@ def run_demo(*, timeout_s: float) -> int:
             try:
                 _run_clock(broker.bootstrap, settings, events, follower, start, end)
                 follower.until(expected, worker, deadline=started + timeout_s)
+            except DemoError as exc:
+                print(f"\ndemo: {exc}", file=sys.stderr)  # the summary says what is missing
             finally:
                 follower.close()
         received = {k: v for k, v in follower.received.items() if v["created_at"] <= rfc3339(end)}
@@ -81,6 +85,10 @@ def run_demo(*, timeout_s: float) -> int:
     return 0 if ok else 1
 
 
+class DemoError(RuntimeError):
+    """The worker stopped keeping up with the demo's clock (said in one line)."""
+
+
 def _run_clock(
     bootstrap: str,
     settings: Settings,
@@ -89,22 +97,32 @@ def _run_clock(
     start: float,
     end: float,
 ) -> None:
-    """Advance the worker's clock from `start` to `end` at SPEED, publishing each event
-    LEAD_S before its moment and printing actions as they arrive."""
+    """Advance the worker's clock from `start` to `end` at SPEED. Each event is published
+    once the clock has reached its moment, and the clock goes on only when the worker has
+    applied it (its offset committed): so every event is applied at its own moment, after
+    the timers due by then and before the later ones, in a replay's order. (Published
+    ahead of its moment, an event is applied at the worker's earlier clock, and a timer due
+    in between — a ticket's SLA ending as it closes — would never fire.)"""
     assert settings.clock_file is not None
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
-    pending = list(events)
-    origin = time.monotonic()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    applied = _Commits(bootstrap, settings.app_id)
+    pending = deque(events)
+    now = start
     try:
         for key, value in bad_records():
             producer.send(settings.topics.events, key=key, value=value)
         while True:
-            now = min(end, start + (time.monotonic() - origin) * SPEED)
-            while pending and pending[0]["occurred_at"] <= rfc3339(now + LEAD_S):
-                event = pending.pop(0)
-                producer.send(settings.topics.events, key=event["customer_id"].encode(),
-                              value=orjson.dumps(event))
-            producer.flush(timeout=10)
+            step = min(end, now + SPEED * STEP_S)
+            while pending and parse_rfc3339(pending[0]["occurred_at"]) <= step:
+                event = pending.popleft()
+                now = max(now, parse_rfc3339(event["occurred_at"]))
+                FileClock.set(settings.clock_file, now)
+                sent = producer.send(settings.topics.events, key=event["customer_id"].encode(),
+                                     value=orjson.dumps(event))
+                producer.flush(timeout=10)
+                applied.wait(sent.get(timeout=10))
+                follower.poll()
+            now = step
             FileClock.set(settings.clock_file, now)
             follower.poll()
             if now >= end and not pending:
@@ -112,6 +130,34 @@ def _run_clock(
             time.sleep(STEP_S)  # the pace of simulated time itself, not a synchronisation
     finally:
         producer.close(timeout=5)
+        applied.close()
+
+
+class _Commits:
+    """The worker's committed offsets: an input record is applied once its offset is."""
+
+    def __init__(self, bootstrap: str, group: str) -> None:
+        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="churnguard-demo")
+        self.group = group
+
+    def wait(self, sent: Any) -> None:
+        """Until the record `sent` (its RecordMetadata) is committed by the worker."""
+        where = TopicPartition(sent.topic, sent.partition)
+        deadline = time.monotonic() + APPLY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                found = self.admin.list_group_offsets({self.group: None}).get(
+                    self.group, {}).get(where)
+            except KafkaError:  # the group's coordinator not answering yet: ask again
+                found = None
+            if found is not None and found.offset > sent.offset:
+                return
+            time.sleep(0.005)  # polling the broker for the commit: there is no push
+        raise DemoError(f"the worker did not apply {sent.topic}/{sent.partition}@{sent.offset} "
+                        f"within {APPLY_TIMEOUT_S:.0f} s; see the worker log")
+
+    def close(self) -> None:
+        self.admin.close()
 
 
 class _Follower:
