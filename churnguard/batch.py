@@ -87,6 +87,8 @@ DLQ_RECORD_ROOM = 8192
 @dataclass(slots=True)
 class BatchContext:
     # Replaced between batches when a newer rule pack is published (streams/rules_feed.py).
+    # A partition batch read again after a failed write is evaluated by the engine of its
+    # first attempt instead (agents/score_events.py, `process_partition(engine=...)`).
     engine: Engine
     topics: TopicNames
     metrics: Metrics
@@ -133,9 +135,16 @@ def process_partition(
     ctx: BatchContext,
     *,
     now: float,
+    engine: Engine | None = None,
 ) -> PartitionResult:
     """`records` all belong to one partition (of one or several co-partitioned topics), in
-    the order they are to be applied. `load` multi-gets stored states by customer key."""
+    the order they are to be applied. `load` multi-gets stored states by customer key.
+
+    `engine` evaluates the events instead of `ctx.engine`: a batch read again after a
+    write that failed once its outputs may have gone out is evaluated by the pack of its
+    first attempt, so the same action ids carry the same payloads. The written states'
+    dues are still indexed under the running pack (`ctx.engine`), as the re-index would
+    put them: it may already have passed these customers."""
     result = PartitionResult()
     metrics = ctx.metrics
     valid: list[tuple[RawRecord, Event]] = []
@@ -159,12 +168,13 @@ def process_partition(
 
     keys = list(dict.fromkeys(event.customer_id.encode() for _, event in valid))
     stored = dict(zip(keys, load(keys), strict=True))
+    evaluator = ctx.engine if engine is None else engine
     try:
-        applied = _apply_all(valid, stored, ctx, now, isolate=False)
+        applied = _apply_all(valid, stored, ctx, now, evaluator, isolate=False)
     except Exception as exc:  # a record the core cannot process: find it, never stall
         log.warning("batch_isolating_failed_record", error=type(exc).__name__,
                     records=len(valid))
-        applied = _apply_all(valid, stored, ctx, now, isolate=True)
+        applied = _apply_all(valid, stored, ctx, now, evaluator, isolate=True)
     ctx.metrics.merge(applied.metrics)
     result.outputs += applied.outputs
     result.writes.update(applied.writes)
@@ -219,12 +229,13 @@ def _apply_all(
     stored: dict[bytes, bytes | None],
     ctx: BatchContext,
     now: float,
+    engine: Engine,
     *,
     isolate: bool,
 ) -> _Applied:
-    """Apply the events; with `isolate`, one at a time from the last good serialized state,
-    so that an event the core fails on is dead-lettered and its customer's state is the one
-    before it (slower: only used after a failure)."""
+    """Apply the events with `engine`; with `isolate`, one at a time from the last good
+    serialized state, so that an event the core fails on is dead-lettered and its customer's
+    state is the one before it (slower: only used after a failure)."""
     applied = _Applied(Metrics())
     metrics = applied.metrics
     states = {key: None if raw is None else CustomerState.from_bytes(raw)
@@ -237,7 +248,7 @@ def _apply_all(
     for record, event in valid:
         key = event.customer_id.encode()
         try:
-            outcome = apply_event(states[key], event, ctx.engine,
+            outcome = apply_event(states[key], event, engine,
                                   source=(record.topic, record.offset), noticed_at=now)
             outputs = _encode(outcome, key, ctx)
             _check_sizes(outputs, ctx)
@@ -276,6 +287,8 @@ def _apply_all(
             applied.evicted[key] = applied.evicted.get(key, 0) + len(outcome.evicted_tickets)
     applied.outputs += [Output(ctx.topics.scores, key, encode_record(change.to_record()))
                         for key, change in applied.scores.items()]
+    if engine.pack.version != ctx.engine.pack.version:
+        _due_under(ctx.engine, dirty, states)
     # A state over the limit (seen here first) is found per event by the isolate pass.
     applied.writes = _store(dirty, states, due_before, ctx)
     for key in dirty:
@@ -283,6 +296,19 @@ def _apply_all(
         if moved is not None:
             applied.census[key] = moved
     return applied
+
+
+def _due_under(
+    running: Engine, dirty: set[bytes], states: dict[bytes, CustomerState | None]
+) -> None:
+    """Evaluated by an earlier pack (a batch read again across a switch): the dues are
+    indexed under the running one, as `reindex` does, or a customer the re-index already
+    passed would keep the earlier pack's due until its next event."""
+    for key in dirty:
+        state = states[key]
+        assert state is not None  # every dirty key had an event applied
+        state.next_due = next_due(running.pack, state)
+        state.due_version = running.pack.version
 
 
 def process_due(
