@@ -3,13 +3,18 @@ newer pack that validates, between batches, without a restart.
 
 Every worker reads every partition of the topic (no consumer group: whatever partitions of
 the inputs it owns). A version that fails validation here (a pack written by a newer
-churnguard, a hand-made record) is refused, logged and counted; the running pack stays."""
+churnguard, a hand-made record) is refused, logged and counted; the running pack stays.
+
+Of several records of one version (publishers that raced), the first in its partition's
+offset order is the version, as for every reader (churnguard.rules.publishing.resolve); the
+others lost, and their publishers were told so."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -17,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from churnguard.core.pack import RulePack
 from churnguard.metrics import Metrics
 from churnguard.rules.loading import PackFileInvalid, load_pack
-from churnguard.rules.publishing import Published
+from churnguard.rules.publishing import Published, version_partition
 
 log = structlog.get_logger(__name__)
 
@@ -78,21 +83,44 @@ async def follow(bootstrap: str, topic: str, switch: PackSwitch, *,
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        seen: set[int] = set()  # versions whose first record was read
         while True:
             batches = await consumer.getmany(timeout_ms=poll_timeout_ms)
             found = []
             for records in batches.values():
-                for record in records:
-                    if record.value is None:
-                        continue
-                    try:
-                        found.append(Published.from_value(record.value))
-                    except (ValueError, KeyError, TypeError):
-                        switch.metrics.rule_packs_refused += 1
-                        log.error("rule_pack_unreadable", partition=record.partition,
-                                  offset=record.offset)
+                for record in records:  # in offset order
+                    published = _first_of_its_version(record, len(partitions), seen,
+                                                      switch)
+                    if published is not None:
+                        found.append(published)
             for published in sorted(found, key=lambda p: p.version):
                 switch.offer(published)
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(consumer.stop(), timeout=3.0)
+
+
+def _first_of_its_version(record: Any, partitions: int, seen: set[int],
+                          switch: PackSwitch) -> Published | None:
+    """`record`'s pack when it is the first record of its version in the version's
+    partition; None for a tombstone, a later record of a version (a publish that lost),
+    and a record that does not parse or is elsewhere (counted as refused)."""
+    if record.value is None:
+        return None
+    try:
+        published = Published.from_value(record.value)
+    except (ValueError, KeyError, TypeError):
+        switch.metrics.rule_packs_refused += 1
+        log.error("rule_pack_unreadable", partition=record.partition, offset=record.offset)
+        return None
+    home = version_partition(published.version, partitions)
+    if record.partition != home:
+        switch.metrics.rule_packs_refused += 1
+        log.error("rule_pack_refused", version=published.version, running=switch.version,
+                  problems=1, first_problem=f"in partition {record.partition}, not {home}: "
+                  "not written by `churnguard rules publish`")
+        return None
+    if published.version in seen:
+        return None
+    seen.add(published.version)
+    return published

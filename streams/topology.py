@@ -23,7 +23,7 @@ def ensure_all_topics(settings: Settings) -> None:
     """Every topic with the configured partition count. The changelog is compacted (the
     latest state per key is kept forever; deletes are tombstones): created with the broker's
     default delete policy, restores would lose every customer idle past the retention. So is
-    the rules topic: one key per version, so compaction keeps the whole history."""
+    the rules topic: one key per publish, so compaction keeps the whole history."""
     ensure_topics(
         settings.bootstrap,
         all_topics(settings),

@@ -43,8 +43,8 @@ from churnguard.engine import build_engine
 from churnguard.gc_policy import tune_for_throughput
 from churnguard.logging import install_exception_hooks, stdlib_logging_config
 from churnguard.metrics import Metrics
-from churnguard.rules.loading import load_pack, load_pack_file
-from churnguard.rules.publishing import Published, newest_valid, read_history
+from churnguard.rules.loading import load_pack
+from churnguard.rules.publishing import Published, load_publishable_file, newest_valid, read_history
 from streams.app import Topology, create_app
 from streams.batch_path import BatchPathConsumer, install_batch_path
 from streams.codecs import CONTRACT_VERSION
@@ -318,7 +318,8 @@ def run_worker(settings: Settings) -> int:
     """Run the worker until it is stopped. Raises `UserError` (before anything starts)
     when the store directory is in use by another worker or its rules file is invalid."""
     if settings.rules_file is not None:
-        load_pack_file(settings.rules_file)  # every problem of the file, before the broker
+        # Every problem of the file (as `rules validate` finds them), before the broker.
+        load_publishable_file(settings.rules_file)
     # Never released: held until the process exits, when the kernel drops it whatever the
     # way out (kill -9 too) — not earlier, while RocksDB may still be open.
     store_lock = acquire_store_lock(settings.store_dir) if settings.store == "rocksdb" else None

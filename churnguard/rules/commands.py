@@ -54,7 +54,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _validate(path: Path) -> int:
     # Unreadable: one line, exit 2; invalid: every problem, exit 1 (churnguard.cli.main).
-    pack = load_pack_file(path)
+    pack = publishing.load_publishable_file(path)
     print(f"{path}: valid: {len(pack.spec.rules)} rules ({len(pack.rules)} enabled), "
           f"{len(pack.rfm.segments)} segments, time zone {pack.spec.timezone}")
     return 0
@@ -68,7 +68,8 @@ def _diff(old_path: Path, new_path: Path) -> int:
 
 def _publish(args: argparse.Namespace) -> int:
     settings = command_settings(args.broker)
-    load_pack_file(args.file)  # every problem of the file, before the broker is asked
+    # Every problem of the file, as `rules validate` finds them, before the broker is asked.
+    publishing.load_publishable_file(args.file)
     text = args.file.read_text("utf-8")
     return _write(settings, text, str(args.file), author=args.author, message=args.message)
 
@@ -85,6 +86,13 @@ def _rollback(args: argparse.Namespace) -> int:
                   message=message, rollback_of=old.version, history=history)
 
 
+def _retry(rollback_of: int | None) -> str:
+    """What to do when another publish took the version (publishing.confirm)."""
+    if rollback_of is None:
+        return "redo your change on it and publish again"
+    return f"roll back again if version {rollback_of} should still replace it"
+
+
 def _write(
     settings: Settings, text: str, name: str, *, author: str, message: str,
     rollback_of: int | None = None, history: list[publishing.Published] | None = None,
@@ -94,7 +102,11 @@ def _write(
     record = publishing.prepare(text, name, history, author=author, message=message,
                                 now=time.time(), rollback_of=rollback_of)
     latest = publishing.newest_valid(history)
-    publishing.write(settings.bootstrap, settings.topics.rules, record)
+    command = "rules publish" if rollback_of is None else "rules rollback"
+    mine = publishing.write(settings.bootstrap, settings.topics.rules, record)
+    # Kafka has no compare-and-set: another publisher may have written this version too.
+    publishing.confirm(settings.bootstrap, settings.topics.rules, mine, command=command,
+                       retry=_retry(rollback_of))
     if latest is not None:
         changes = diff_packs(load_pack(latest.pack, "published").spec,
                              load_pack(record.pack, "new").spec)

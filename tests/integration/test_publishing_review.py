@@ -1,8 +1,9 @@
 """Publishing reviewed as a hostile user and an SRE, on the embedded broker: two publishers
-racing, hand-written records in the history, packs near the size limits, rollbacks to
-versions that no longer validate, authors and messages with control characters, exports of
-versions that do not exist, a broker that is down, and the worker's feed (a rules topic
-created late, a broker restart, a start whose newest version is invalid)."""
+racing (and records of the older, one-key-per-version format), hand-written records in the
+history, packs near the size limits, rollbacks to versions that no longer validate, authors
+and messages with control characters, exports of versions that do not exist, a broker that
+is down, and the worker's feed (a rules topic created late, a broker restart, a start whose
+newest version is invalid)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from churnguard import cli
 from churnguard.core.pack import RulePack
@@ -106,12 +107,6 @@ async def _stop(task: asyncio.Task[None]) -> BaseException | None:
 
 # --- two publishers ---------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: churnguard/rules/publishing.py:108 + commands.py:96-101 — the next version is "
-    "max(history)+1 read before the write, with no check at write time: two publishers "
-    "racing both write version N (same key); workers activate the first and ignore the "
-    "second (rules_feed.py:37, not newer) while `rules history`/`export --published` (last "
-    "record wins) and every restarted worker (after compaction) show the second"))
 async def test_two_publishers_racing_never_share_a_version(settings: Settings) -> None:
     stale = publishing.read_history(settings.bootstrap, settings.topics.rules)
     # Both CLIs read the (empty) history, then both write.
@@ -136,6 +131,151 @@ async def test_two_publishers_racing_never_share_a_version(settings: Settings) -
     assert len(history) == written, (
         f"{written} publishes told 'published'; history {[(p.version, p.author) for p in history]}")
     assert running[-1:] == shown[-1:], f"workers run {running}, history shows {shown}"
+
+
+def _raw_records(settings: Settings) -> list[tuple[int, int, bytes | None, bytes | None]]:
+    """Every record on the rules topic, as (partition, offset, key, value)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None,
+                             enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(settings.topics.rules, p)
+               for p in sorted(consumer.partitions_for_topic(settings.topics.rules))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        found: list[tuple[int, int, bytes | None, bytes | None]] = []
+        deadline = time.monotonic() + 10
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline
+            for batch in consumer.poll(timeout_ms=200).values():
+                found.extend((r.partition, r.offset, r.key, r.value) for r in batch)
+        return sorted(found)
+    finally:
+        consumer.close()
+
+
+async def test_the_publisher_that_lost_is_told_in_one_line_and_every_reader_runs_the_winner(
+    settings: Settings, quiet_cli: list[str], capsys: pytest.CaptureFixture[str],
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stale = publishing.read_history(settings.bootstrap, settings.topics.rules)
+    assert commands._write(settings, _template("from_alice"), "alice.yaml", author="alice",
+                           message="a", history=list(stale)) == 0
+    bob = tmp_path / "bob.yaml"
+    bob.write_text(_template("from_bob"))
+    capsys.readouterr()
+    with monkeypatch.context() as patched:  # bob's CLI read the history before alice wrote
+        patched.setattr(publishing, "read_history", lambda *args, **kwargs: list(stale))
+        code = cli.main(["rules", "publish", str(bob), "--author", "bob", *quiet_cli])
+    told = capsys.readouterr()
+    assert code == 2, told.err
+    assert told.out == ""  # no diff, no "published"
+    assert told.err.count("\n") == 1, told.err
+    assert told.err.startswith("churnguard: rules publish: another publish took version 1 "
+                               "a moment before yours (alice, ")
+    assert "yours was withdrawn and workers run that one" in told.err
+    assert "`churnguard rules export --published 1`" in told.err
+    # Bob's record is on the topic, withdrawn by a tombstone of its own key.
+    records = _raw_records(settings)
+    assert len(records) == 3
+    keys = [key for _, _, key, _ in records]
+    assert len(set(keys)) == 2
+    assert [value is None for *_, value in records] == [False, False, True]
+    # Every reader: history, export, a starting worker, a running worker's feed.
+    [only] = publishing.read_history(settings.bootstrap, settings.topics.rules)
+    assert (only.version, only.author) == (1, "alice")
+    assert cli.main(["rules", "history", *quiet_cli]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:-1]
+    assert [row.split()[:3] for row in rows] == [["1*", only.published_at, "alice"]]
+    assert cli.main(["rules", "export", "--published", *quiet_cli]) == 0
+    assert capsys.readouterr().out == only.pack
+    started = startup_pack(settings)
+    assert started is not None
+    assert started[0] == only
+    feed = Feed(settings.bootstrap, settings.topics.rules)
+    task = asyncio.create_task(follow(feed.bootstrap, feed.topic, feed.switch))
+    await feed.until(lambda: len(feed.activated) >= 1, 8, task)
+    await asyncio.sleep(1.0)
+    await _stop(task)
+    assert [r.spec.rules[0].actions[0].template for r in feed.activated] == [  # type: ignore[union-attr]
+        "from_alice"]
+    assert feed.metrics.rule_packs_refused == 0
+    # Bob publishes again: version 2, on top of alice's.
+    assert cli.main(["rules", "publish", str(bob), "--author", "bob", *quiet_cli]) == 0
+    assert "published version 2" in capsys.readouterr().out
+
+
+def test_two_publishes_written_before_either_reads_back_agree_on_the_first(
+    settings: Settings,
+) -> None:
+    alice = publishing.prepare(_template("from_alice"), "a", [], author="alice", message="",
+                               now=time.time())
+    bob = publishing.prepare(_template("from_bob"), "b", [], author="bob", message="",
+                             now=time.time())
+    theirs = publishing.write(settings.bootstrap, settings.topics.rules, alice)
+    mine = publishing.write(settings.bootstrap, settings.topics.rules, bob)
+    assert mine.partition == theirs.partition == publishing.version_partition(1, 4)
+    assert mine.offset > theirs.offset
+    assert mine.key != theirs.key
+    # Bob reads back first: alice's came first, so bob lost; alice then learns she won.
+    with pytest.raises(UserError, match=r"another publish took version 1 .*\(alice, "):
+        publishing.confirm(settings.bootstrap, settings.topics.rules, mine,
+                           command="rules publish")
+    publishing.confirm(settings.bootstrap, settings.topics.rules, theirs,
+                       command="rules publish")
+    [stored] = publishing.read_versions(settings.bootstrap, settings.topics.rules)
+    assert (stored.published, stored.offset) == (alice, theirs.offset)
+
+
+async def test_records_of_the_older_format_are_read_and_new_ones_go_beside_them(
+    settings: Settings, quiet_cli: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Records keyed by the ten digits alone, as churnguard wrote them before, sent with
+    the producer's default partitioner: they are in their version's partition, the last of
+    a key is the version (what compaction keeps), and the next publish follows them."""
+    first = publishing.prepare(_template("old_v1"), "p", [], author="old-cli", message="",
+                               now=time.time())
+    _raw(settings, publishing.record_key(1), first.to_value())
+    second = publishing.prepare(_template("old_v2"), "p", [first], author="old-cli",
+                                message="", now=time.time())
+    again = dataclasses.replace(second, author="old-cli-again")
+    _raw(settings, publishing.record_key(2), second.to_value())
+    _raw(settings, publishing.record_key(2), again.to_value())
+    placed = {(key, partition) for partition, _, key, _ in _raw_records(settings)}
+    assert placed == {(publishing.record_key(v), publishing.version_partition(v, 4))
+                      for v in (1, 2)}
+    assert publishing.read_history(settings.bootstrap, settings.topics.rules) == [first, again]
+    assert commands._write(settings, _template("new_v3"), "p", author="new-cli",
+                           message="") == 0
+    history = publishing.read_history(settings.bootstrap, settings.topics.rules)
+    assert [(p.version, p.author) for p in history] == [
+        (1, "old-cli"), (2, "old-cli-again"), (3, "new-cli")]
+    started = startup_pack(settings)
+    assert started is not None
+    assert started[0] == history[-1]
+
+
+async def test_a_record_outside_its_versions_partition_is_no_version(
+    settings: Settings,
+) -> None:
+    stray = publishing.prepare(_template("stray"), "p", [], author="mallory", message="",
+                               now=time.time())
+    home = publishing.version_partition(1, 4)
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap)
+    try:
+        producer.send(settings.topics.rules, key=publishing.publish_key(1),
+                      value=stray.to_value(), partition=(home + 1) % 4).get(timeout=30)
+    finally:
+        producer.close()
+    assert publishing.read_history(settings.bootstrap, settings.topics.rules) == []
+    feed = Feed(settings.bootstrap, settings.topics.rules)
+    task = asyncio.create_task(follow(feed.bootstrap, feed.topic, feed.switch))
+    await feed.until(lambda: feed.metrics.rule_packs_refused >= 1, 8, task)
+    await asyncio.sleep(0.5)
+    await _stop(task)
+    assert (feed.activated, feed.metrics.rule_packs_refused) == ([], 1)
+    published = _publish(settings, _template("real_v1"))
+    assert publishing.read_history(settings.bootstrap, settings.topics.rules) == [published]
 
 
 # --- the history as others may have written it ------------------------------------------------
@@ -258,7 +398,8 @@ def test_a_valid_pack_too_big_for_one_kafka_record_is_refused_in_one_line(
 ) -> None:
     """650 KB of YAML (backslashes, doubled by JSON) is a 1.3 MB record: over Apache Kafka's
     default message.max.bytes, unless the rules topic allows more — refused before sending
-    (the embedded broker would take it, so nothing else here would notice)."""
+    (the embedded broker would take it, so nothing else here would notice), and by
+    `rules validate` already, with the same problem line."""
     from streams import topology
 
     configs: dict[str, dict[str, str]] = {}
@@ -274,27 +415,26 @@ def test_a_valid_pack_too_big_for_one_kafka_record_is_refused_in_one_line(
     pack = tmp_path / "big.yaml"
     pack.write_text(_backslash_pack(6, 108_000))
     assert pack.stat().st_size < 700_000
-    assert cli.main(["rules", "validate", str(pack)]) == 0
-    capsys.readouterr()
+    validated = cli.main(["rules", "validate", str(pack)])
+    told = capsys.readouterr().err
     code = cli.main(["rules", "publish", str(pack), "--author", "alice", *quiet_cli])
     err = capsys.readouterr().err
     history = publishing.read_history(settings.bootstrap, settings.topics.rules)
     if code == 0:
-        size = len(history[-1].to_value()) + 10 + 128
+        assert validated == 0
+        size = len(history[-1].to_value()) + len(publishing.publish_key(1)) + 128
         assert size <= allowed, f"a {size:,}-byte record on a topic that allows {allowed:,}"
     else:
-        assert code == 2, err
-        assert err.count("\n") == 1, err
-        assert "bytes" in err
+        # Refused by validate as by publish: the same problem, before the broker is asked.
+        assert (validated, code) == (1, 1), err
+        assert err == told
+        problem, summary = err.splitlines()
+        assert problem.startswith(f"{pack}: ")
+        assert "bytes" in problem
+        assert summary.startswith("churnguard: the rule pack is invalid (1 problem)")
         assert history == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: churnguard/rules/commands.py:60-64 (_validate: load_pack_file only) vs "
-    "churnguard/rules/export.py:52-55 — `rules validate` says valid (exit 0) for a 724 KB "
-    "file (raw tabs in a variable) that `rules publish` then refuses ('the pack is 1,598,174 "
-    "bytes once written out'), and a rules-file worker runs it: validate does not check "
-    "what publish and export will"))
 def test_rules_validate_refuses_what_publish_refuses(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
