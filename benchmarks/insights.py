@@ -65,7 +65,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -661,16 +661,16 @@ def build_states(dbs: dict[int, Rdict], customers: int, events: int, template_cu
     began = time.perf_counter()
     templates = state_templates(events, template_customers, now)
     replayed = time.perf_counter() - began
-    # (customer_id bytes in the JSON, the JSON, the due-index time)
-    raws = [(b'"customer_id":"%s"' % s.customer_id.encode(), s.to_bytes(), s.next_due)
-            for s in templates]
     partitions = len(dbs)
     batches = {p: WriteBatch(raw_mode=True) for p in dbs}
     sizes = []
     for n in range(customers):
         key = customer_key(n)
-        old_id, raw, due = raws[n % len(raws)]
-        value = raw.replace(old_id, b'"customer_id":"%s"' % key, 1)
+        template = templates[n % len(templates)]
+        # A copy under this customer's id, as the worker stores it (the stored form is
+        # binary: a new state, not an edit of its bytes).
+        value = replace(template, customer_id=key.decode()).to_bytes()
+        due = template.next_due
         sizes.append(len(value))
         partition = partition_of(key, partitions)
         batch = batches[partition]
@@ -685,7 +685,7 @@ def build_states(dbs: dict[int, Rdict], customers: int, events: int, template_cu
         dbs[p].write(pending)
         dbs[p].flush()
     sizes.sort()
-    built = StatesBuilt(customers, len(raws), statistics.mean(sizes),
+    built = StatesBuilt(customers, len(templates), statistics.mean(sizes),
                         sizes[len(sizes) * 99 // 100], time.perf_counter() - began, replayed)
     return built, templates
 

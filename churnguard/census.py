@@ -23,6 +23,7 @@ import orjson
 
 from churnguard.core.scoring import BANDS, band_of
 from churnguard.core.state import CustomerState
+from churnguard.core.state_codec import score_and_segment
 
 # A customer's place in the census: (score band, RFM segment).
 Standing = tuple[str, str]
@@ -41,9 +42,9 @@ def standing(state: CustomerState | None) -> Standing | None:
 
 
 def standing_of_raw(raw: bytes) -> Standing:
-    """A stored state's standing from its JSON, without building the state (the scan)."""
-    data = orjson.loads(raw)
-    return band_of(data.get("score")), data.get("segment") or UNSCORED
+    """A stored state's standing (either format), without building the state (the scan)."""
+    score, segment = score_and_segment(raw)
+    return band_of(score), segment or UNSCORED
 
 
 def change(before: Standing | None, after: Standing | None) -> Change | None:

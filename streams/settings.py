@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     # Records buffered per input partition ahead of the cross-topic merge; above this the
     # partition's fetching pauses (Kafka Streams' buffered.records.per.partition).
     buffered_records_per_partition: int = Field(20_000, ge=1)
+    # How customer states are written (both are always read): `binary` (format 1, a third
+    # of JSON's bytes); `json` while a rolling upgrade still runs workers of a version that
+    # reads JSON only (docs/design.md, "Stored state").
+    state_format: Literal["binary", "json"] = "binary"
     # How often processed offsets are committed (faust's broker_commit_interval).
     commit_interval_s: float = Field(2.8, gt=0)
     log_level: str = "info"

@@ -38,6 +38,7 @@ from agents.score_events import ScoreEvents
 from churnguard import __version__
 from churnguard.batch import BatchContext
 from churnguard.clocks import Clock, clock_for
+from churnguard.core import state_codec
 from churnguard.core.pack import RulePack
 from churnguard.engine import build_engine
 from churnguard.gc_policy import tune_for_throughput
@@ -317,6 +318,7 @@ def create_worker(settings: Settings, topology: Topology) -> Worker:
 def run_worker(settings: Settings) -> int:
     """Run the worker until it is stopped. Raises `UserError` (before anything starts)
     when the store directory is in use by another worker or its rules file is invalid."""
+    state_codec.write_format(settings.state_format)
     if settings.rules_file is not None:
         # Every problem of the file (as `rules validate` finds them), before the broker.
         load_publishable_file(settings.rules_file)

@@ -134,16 +134,33 @@ class CustomerState:
     seen: list[str] = field(default_factory=list)
     # Source topic -> last applied offset: a redelivered record changes nothing.
     offsets: dict[str, int] = field(default_factory=dict)
+    # Not state (no argument, not compared, not stored): the actions log as the codec last
+    # read or wrote it, its entries and their stored bytes, so that to_bytes does not encode
+    # an unchanged log again (about half the writes: a batch that sent the customer nothing).
+    _stored_log: tuple[tuple[LoggedAction, ...], bytes] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     @property
     def lifetime_spend(self) -> float:
         return self.spend_e4 / SPEND_SCALE
 
     def to_bytes(self) -> bytes:
+        """The stored form (RocksDB and the changelog): core/state_codec.py."""
+        return state_codec.encode(self)
+
+    def to_json_bytes(self) -> bytes:
+        """The JSON form every state had before format 1, which workers on older code read
+        (their only one). Nothing stores it now: for tests of old states and diagnostics."""
         return orjson.dumps(self, option=orjson.OPT_NON_STR_KEYS, default=_as_list)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CustomerState:
+        """A stored state, of either format: binary (format 1) or JSON (older states)."""
+        return state_codec.decode(raw)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> CustomerState:
+        """A state in the JSON form (to_json_bytes)."""
         data: dict[str, Any] = orjson.loads(raw)
         data["purchase_days"] = {int(k): v for k, v in data["purchase_days"].items()}
         data["login_days"] = {int(k): v for k, v in data["login_days"].items()}
@@ -201,3 +218,9 @@ def remember(items: list[str], item: str, keep: int) -> None:
     items.append(item)
     if len(items) > keep:
         del items[: len(items) - keep]
+
+
+
+
+# The codec needs the classes above (a cycle resolved at call time).
+from churnguard.core import state_codec  # noqa: E402

@@ -95,18 +95,29 @@ def test_an_event_whose_action_is_too_large_is_dead_lettered_and_not_applied(
     assert metrics.applied_by_type() == {"purchase": 2, "custom": 1}
 
 
+# A customer whose state is larger than the records a firing sends: its tags are stored
+# (about a kilobyte), never sent.
+TAGS = [f"{n:02d}" + "t" * 48 for n in range(20)]
+
+
 @pytest.fixture
 def limit(engine, records, t0):
-    """A limit that a short ticket's state fits in but a 200-char id's does not."""
+    """A limit that the SLA breach's state with a short ticket id fits in, and its records
+    with a 200-char id, but not its state with that id: the state holds the id twice (the
+    open ticket and its SLA mark), the task record once."""
     store = Store()
     ctx = BatchContext.create(engine, TOPICS, Metrics(), 24)
     opened = process_partition(
-        records(("ticket", {"ticket_id": "t-1", "status": "opened", "priority": "urgent"})),
+        records(("profile", {"tags": TAGS}),
+                ("ticket", {"ticket_id": "t-1", "status": "opened", "priority": "urgent"})),
         store.load, ctx, now=t0 + HOUR)
     store.update(opened.writes)
     [entry] = [k for k in store if k.startswith(due_index.PREFIX)]
     probe = process_due([entry], store.load, ctx, until=t0 + 5 * HOUR, noticed_at=t0 + 5 * HOUR)
-    return max([*sizes(probe), len(store[b"c1"]) + 2 * len(LONG)]) + 50
+    breached = CustomerState.from_bytes(probe.writes[b"c1"])
+    assert "t-1" in breached.open_tickets
+    assert "ticket_sla_breach:t-1" in breached.marks
+    return max([*sizes(probe), len(probe.writes[b"c1"])]) + len(LONG) + 50
 
 
 def test_an_event_whose_state_would_be_too_large_is_dead_lettered(
@@ -139,7 +150,8 @@ def test_a_timer_firing_whose_state_is_too_large_is_dead_lettered_and_does_not_s
     # Opened with the default limit (its ack fits), breaching its SLA with a small one.
     store = Store()
     opened = process_partition(
-        records(("ticket", {"ticket_id": LONG, "status": "opened", "priority": "urgent"})),
+        records(("profile", {"tags": TAGS}),
+                ("ticket", {"ticket_id": LONG, "status": "opened", "priority": "urgent"})),
         store.load, BatchContext.create(engine, TOPICS, Metrics(), 24), now=t0 + HOUR)
     store.update(opened.writes)
     before = store[b"c1"]

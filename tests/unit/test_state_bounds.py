@@ -4,7 +4,6 @@ the customer's history."""
 
 from __future__ import annotations
 
-import orjson
 import pytest
 from structlog.testing import capture_logs
 
@@ -12,7 +11,7 @@ from churnguard.batch import BatchContext, process_partition
 from churnguard.core import triggers
 from churnguard.core.clock import DAY
 from churnguard.core.processor import apply_event
-from churnguard.core.state import MAX_OPEN_TICKETS
+from churnguard.core.state import MAX_OPEN_TICKETS, CustomerState
 from churnguard.metrics import Metrics
 from tests.unit.raw_records import TOPICS, Record
 
@@ -129,8 +128,8 @@ def test_evictions_are_counted_and_logged_once_per_batch(engine, raw_factory, t0
     assert evictions[0]["tickets"] == 60
     assert evictions[0]["customers"] == 2
     assert evictions[0]["limit"] == MAX_OPEN_TICKETS
-    state = orjson.loads(store[b"c1"])
-    assert len(state["open_tickets"]) == MAX_OPEN_TICKETS
+    state = CustomerState.from_bytes(store[b"c1"])
+    assert len(state.open_tickets) == MAX_OPEN_TICKETS
 
 
 @pytest.mark.parametrize("hours", [1.0, 100.0])
