@@ -4,10 +4,11 @@ partition at a time, in the background.
 
 Throttled: one chunk (`chunk` customers of one owned partition, under its lock) per call,
 so events and ticks go on between chunks. Restart-safe: the cursor
-(`due_index.REINDEX_CURSOR`: pack version, last customer key, done) is written with the
-chunk's states, changelog first, so a restarted or rebalanced worker resumes where the
-last one stopped — and a partition already done for the running pack is not scanned
-again."""
+(`due_index.REINDEX_CURSOR`: pack fingerprint and version, last customer key, done) is
+written with the chunk's states, changelog first, so a restarted or rebalanced worker
+resumes where the last one stopped — and a partition already done for the running pack is
+not scanned again. The pack is told by its fingerprint: a rules file edited under the same
+version is a new pack too."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import structlog
 from agents.locks import PartitionLocks
 from churnguard import due_index
 from churnguard.batch import BatchContext, reindex
+from churnguard.rules.loading import default_pack
 from tables.state_store import TableBatchWriter
 
 log = structlog.get_logger(__name__)
@@ -37,28 +39,31 @@ class Reindex:
         self.writer = writer
         self.locks = locks
         self.chunk = chunk
-        # Partitions known to be done for the running pack version (cheap skip).
+        # Partitions known to be done for the running pack (its fingerprint; cheap skip).
         self._done: dict[int, int] = {}
         self._started: dict[int, tuple[float, int, int]] = {}  # time, customers, moved
         self._turn = 0
 
     async def step(self, partitions: Iterable[int]) -> int:
         """One chunk of the next owned partition that needs it; customers looked at."""
-        version = self.ctx.engine.pack.version
-        pending = [p for p in sorted(partitions) if self._done.get(p) != version]
-        if version == 0 or not pending:
-            return 0  # the shipped default: what every state was indexed with
+        pack = self.ctx.engine.pack.fingerprint
+        pending = [p for p in sorted(partitions) if self._done.get(p) != pack]
+        if not pending:
+            return 0
         partition = pending[self._turn % len(pending)]
         self._turn += 1
         async with self.locks[partition]:
-            return await self._chunk(partition, version)
+            return await self._chunk(partition, pack)
 
-    async def _chunk(self, partition: int, version: int) -> int:
+    async def _chunk(self, partition: int, pack: int) -> int:
         cursor = self._cursor(partition)
-        if cursor.get("version") == version and cursor.get("done"):
-            self._done[partition] = version
+        # A partition never re-indexed has only ever been indexed by the shipped pack
+        # (every other pack leaves a cursor), so under that pack there is nothing to move.
+        if (cursor.get("pack") == pack and cursor.get("done")) or (
+                not cursor and pack == default_pack().fingerprint):
+            self._done[partition] = pack
             return 0
-        after = cursor.get("after") if cursor.get("version") == version else None
+        after = cursor.get("after") if cursor.get("pack") == pack else None
         lower = (bytes.fromhex(after) + b"\x00" if isinstance(after, str)
                  else due_index.FIRST_CUSTOMER)
         keys = self.writer.scan(partition, lower, due_index.AFTER_CUSTOMERS, self.chunk)
@@ -67,14 +72,16 @@ class Reindex:
         started, seen, moved_total = self._started.get(partition, (time.monotonic(), 0, 0))
         seen, moved_total = seen + len(keys), moved_total + moved
         result.writes[due_index.REINDEX_CURSOR] = orjson.dumps({
-            "version": version, "after": keys[-1].hex() if keys else after, "done": done})
+            "pack": pack, "version": self.ctx.engine.pack.version,
+            "after": keys[-1].hex() if keys else after, "done": done})
         await self.writer.write(partition, result.writes)
         self.ctx.metrics.timers_pending[partition] += due_index.entries_delta(result.writes)
         if done:
-            self._done[partition] = version
+            self._done[partition] = pack
             self._started.pop(partition, None)
             # One line per partition and pack version.
-            log.info("due_index_reindexed", partition=partition, pack_version=version,
+            log.info("due_index_reindexed", partition=partition,
+                     pack_version=self.ctx.engine.pack.version,
                      customers=seen, moved=moved_total,
                      seconds=round(time.monotonic() - started, 3))
         else:

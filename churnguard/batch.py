@@ -287,7 +287,7 @@ def _apply_all(
             applied.evicted[key] = applied.evicted.get(key, 0) + len(outcome.evicted_tickets)
     applied.outputs += [Output(ctx.topics.scores, key, encode_record(change.to_record()))
                         for key, change in applied.scores.items()]
-    if engine.pack.version != ctx.engine.pack.version:
+    if engine.pack.fingerprint != ctx.engine.pack.fingerprint:
         _due_under(ctx.engine, dirty, states)
     # A state over the limit (seen here first) is found per event by the isolate pass.
     applied.writes = _store(dirty, states, due_before, ctx)
@@ -308,7 +308,7 @@ def _due_under(
         state = states[key]
         assert state is not None  # every dirty key had an event applied
         state.next_due = next_due(running.pack, state)
-        state.due_version = running.pack.version
+        state.due_pack = running.pack.fingerprint
 
 
 def process_due(
@@ -396,7 +396,7 @@ def reindex(
             continue
         result.writes.update(due_index.moves(key, state.next_due, due))
         state.next_due = due
-        state.due_version = ctx.engine.pack.version
+        state.due_pack = ctx.engine.pack.fingerprint
         result.writes[key] = state.to_bytes()
         moved += 1
     return result, moved

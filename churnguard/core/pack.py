@@ -8,6 +8,7 @@ not the first, so one round of editing fixes a file."""
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
@@ -329,6 +330,10 @@ class RulePack:
     # Signals some rule listens to, and the candidate rules per set of them and kind of
     # evaluation (filled lazily; the sets are bounded by the pack's own triggers).
     signals: frozenset[str] = frozenset()
+    # The content's identity (the spec's digest, 63 bits): dues computed under another pack
+    # are recomputed (processor.apply_event, the re-index), whatever the version number says
+    # (a rules file edited and the worker restarted keeps version 0).
+    fingerprint: int = 0
     _candidates: dict[tuple[frozenset[str], bool], tuple[Rule, ...]] = field(
         default_factory=dict)
 
@@ -675,4 +680,6 @@ def _assemble(spec: PackSpec, rules: list[Rule]) -> RulePack:
                      if isinstance(r.spec.trigger, TIMER_TRIGGERS)),
         segment_rules=tuple(r for r in enabled if isinstance(r.spec.trigger, SegmentTrigger)),
         signals=frozenset(by_signal),
+        fingerprint=int.from_bytes(
+            hashlib.sha256(spec.model_dump_json().encode()).digest()[:8], "big") >> 1,
     )

@@ -135,7 +135,7 @@ def apply_event(
     more than its grace after it was due (a backfill of old events) expires instead of
     firing. Replay leaves it None: in event time nothing is ever late."""
     if state is None:
-        state = CustomerState(customer_id=event.customer_id, due_version=engine.pack.version)
+        state = CustomerState(customer_id=event.customer_id, due_pack=engine.pack.fingerprint)
         prime(engine.pack, state)
     if source is not None and state.offsets.get(source[0], -1) >= source[1]:
         return Outcome(state, duplicate=True)  # redelivered after a restart: already applied
@@ -149,7 +149,7 @@ def apply_event(
     # A live worker never lets an event stamped ahead of its clock (a fast device clock)
     # move the customer's time, and so fire timers, beyond the wall clock.
     horizon = until = occurred if noticed_at is None else min(occurred, noticed_at)
-    if state.due_version != engine.pack.version:
+    if state.due_pack != engine.pack.fingerprint:
         # A published pack moved this customer's dues (the background reindex has not come
         # to it yet): what the running pack has due by the customer's clock fires first, so
         # that, as after every transition, nothing due by the clock is left unfired.
@@ -183,7 +183,7 @@ def apply_event(
     if (isinstance(event, _ACTIVITY) and state.first_purchase_at == first_purchase
             and (tuple(state.armed), len(state.deferred), len(state.episodes)) == memory):
         # Most events: a lower bound, cheap to keep (see next_due_after_activity). The
-        # stored due is the running pack's (due_version, checked above).
+        # stored due is the running pack's (due_pack, checked above).
         state.next_due = next_due_after_activity(engine.pack, state, bound)
     else:
         _exact_due(engine.pack, state)
@@ -198,7 +198,7 @@ _ACTIVITY = (Login, Purchase)
 
 def _exact_due(pack: RulePack, state: CustomerState) -> None:
     state.next_due = next_due(pack, state)
-    state.due_version = pack.version
+    state.due_pack = pack.fingerprint
 
 
 def advance(
@@ -218,7 +218,7 @@ def advance(
         if not exact:
             exact = True
             really = next_due(engine.pack, state)
-            state.due_version = engine.pack.version
+            state.due_pack = engine.pack.fingerprint
             if really != due:
                 # A bound that came (really later) or a due a published pack moved earlier
                 # (fires at its own time, as a replay under that pack would).

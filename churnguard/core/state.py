@@ -118,9 +118,9 @@ class CustomerState:
     marks: dict[str, str] = field(default_factory=dict)
     # The earliest time a timer (or the score's decay) is due: the due index's sort key.
     next_due: float | None = None
-    # The pack version next_due was computed under: a bound kept after an activity event is
-    # only sound under the pack that computed it (processor.apply_event).
-    due_version: int = 0
+    # The fingerprint of the pack next_due was computed under (RulePack.fingerprint): a bound
+    # kept after an activity event is only sound under the pack that computed it.
+    due_pack: int = 0
     armed: list[str] = field(default_factory=list)
     # Guards (core/guards.py), kept only for rules and caps that need them: rule id ->
     # (firings, last firing time); (time, action type, channel) of capped actions sent in the

@@ -152,7 +152,7 @@ class _Wire(msgspec.Struct, array_like=True, gc=False):
     fired: list[_Text]
     marks: list[_Mark]
     next_due: _Num | None
-    due_version: int
+    due_pack: int
     armed: list[_Text]
     rule_fires: dict[_Text, tuple[int, _Num]]
     sent: list[tuple[_Num, _Text, _Text]]

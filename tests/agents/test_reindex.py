@@ -54,7 +54,8 @@ async def test_a_new_sla_moves_every_entry_in_chunks_and_is_done_once(
     assert [await reindex.step([0]) for _ in range(3)] == [10, 10, 5]
     assert _dues(fake) == (customers, {T0 + HOUR})
     cursor = orjson.loads(fake.data[0][due_index.REINDEX_CURSOR])
-    assert cursor == {"version": 1, "after": b"c024".hex(), "done": True}
+    assert cursor == {"pack": ctx.engine.pack.fingerprint, "version": 1,
+                      "after": b"c024".hex(), "done": True}
     for customer in customers:
         assert fake.state(0, customer).next_due == T0 + HOUR
     # Done for version 1: no more scans, even by a new Reindex (a restart) reading the cursor.

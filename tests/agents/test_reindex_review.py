@@ -131,11 +131,13 @@ async def test_a_second_publish_while_a_reindex_is_half_done_restarts_for_the_ne
     reindex = Reindex(ctx, writer, locks, chunk=10)
     ctx.engine = build_engine(settings, _pack(1, sla_urgent=2))
     assert await reindex.step([0]) == 10
-    assert _cursor(fake) == {"version": 1, "after": b"c009".hex(), "done": False}
+    assert _cursor(fake) == {"pack": ctx.engine.pack.fingerprint, "version": 1,
+                             "after": b"c009".hex(), "done": False}
     ctx.engine = build_engine(settings, _pack(2, sla_urgent=8))
     assert [await reindex.step([0]) for _ in range(3)] == [10, 10, 5]
     assert set(_dues(fake).values()) == {T0 + 8 * HOUR}
-    assert _cursor(fake) == {"version": 2, "after": b"c024".hex(), "done": True}
+    assert _cursor(fake) == {"pack": ctx.engine.pack.fingerprint, "version": 2,
+                             "after": b"c024".hex(), "done": True}
     assert await reindex.step([0]) == 0
 
 
@@ -221,11 +223,25 @@ async def test_a_restart_on_a_published_version_without_a_cursor_reindexes(
     restarted = Reindex(ctx, writer, locks)
     assert await restarted.step([0]) == 7
     assert set(_dues(fake).values()) == {T0 + HOUR}
-    # And on the shipped pack nothing is scanned.
+    # Back on the shipped pack (a cursor of another pack): its dues again.
     ctx.engine = build_engine(settings)
-    scans = len(fake.scans)
-    assert await Reindex(ctx, writer, locks).step([0]) == 0
-    assert len(fake.scans) == scans
+    assert await Reindex(ctx, writer, locks).step([0]) == 7
+    assert set(_dues(fake).values()) == {T0 + 4 * HOUR}
+
+
+async def test_a_rules_file_edited_under_the_same_version_is_a_new_pack(
+    tickets, ctx, writer, fake, locks, settings
+):
+    """A worker restarted on an edited rules file that kept its version: the fingerprint
+    differs, so the partition is re-indexed and the due moves (not left to expire)."""
+    customers = [f"c{n:03d}" for n in range(3)]
+    await tickets(customers)
+    ctx.engine = build_engine(settings, _pack(1, sla_urgent=2))
+    while await Reindex(ctx, writer, locks).step([0]):
+        pass
+    ctx.engine = build_engine(settings, _pack(1, sla_urgent=1))
+    assert await Reindex(ctx, writer, locks).step([0]) == 3
+    assert set(_dues(fake).values()) == {T0 + HOUR}
 
 
 async def test_the_cursor_and_index_keys_never_meet_customer_keys(

@@ -154,7 +154,7 @@ async def test_a_retried_batch_indexes_its_dues_under_the_running_pack(
         pass
     await score_events(batch_of(ticket))
     state = fake.state(0, "c1")
-    assert (state.next_due, state.due_version) == (T0 + HOUR, 1)
+    assert (state.next_due, state.due_pack) == (T0 + HOUR, ctx.engine.pack.fingerprint)
     assert fake.index(0) == [due_index.due_key(T0 + HOUR, b"c1")]
     assert ctx.metrics.timers_pending[0] == 1
     clock.advance_to(T0 + 2 * HOUR)

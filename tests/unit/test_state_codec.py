@@ -106,7 +106,7 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "fired": st.lists(texts, max_size=4),
     "marks": st.dictionaries(texts, texts, max_size=5),
     "next_due": st.none() | nums,
-    "due_version": ints,
+    "due_pack": ints,
     "armed": st.lists(texts, max_size=4),
     "rule_fires": st.dictionaries(texts, st.tuples(ints, nums), max_size=3),
     "sent": st.lists(st.tuples(nums, texts, texts), max_size=3),
@@ -260,7 +260,7 @@ ADDED_LATER = {
     "guards": ("rule_fires", "sent", "deferred", "timezone"),
     "kpis": ("region", "actions_log", "episodes"),
     "customer 360": ("score_trend",),
-    "due bounds": ("due_version",),
+    "due bounds": ("due_pack",),
 }
 
 
