@@ -167,9 +167,12 @@ def capped(pack: PackGuards, action_type: str, channel: str | None, state: Custo
     if not caps:
         return False
     for cap in caps:
-        since = moment - cap.days * DAY
+        # Every window of `days` holding this send: sends less than `days` before or after.
+        window = cap.days * DAY
+        since, until = moment - window, moment + window
         sent = sum(1 for at, kind, used in state.sent
-                   if at > since and kind == action_type and cap.channel in ("any", used))
+                   if since < at < until and kind == action_type
+                   and cap.channel in ("any", used))
         if sent >= cap.max:
             return True
     state.sent.append((moment, action_type, channel or ""))

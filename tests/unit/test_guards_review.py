@@ -509,3 +509,15 @@ def test_the_default_pack_with_pack_guards_keeps_service_messages_going():
     run(_event("ticket", "2026-03-01T13:00:00Z", ticket_id="T1", status="closed",
                satisfaction=4))
     assert [a.rule_id for a in run.actions] == ["ticket_opened_ack", "ticket_closed_survey"]
+
+
+def test_a_deferred_send_beyond_the_cap_window_does_not_stop_an_immediate_one():
+    """A cap of 1 per 6 h; a deferral pending 10.5 h ahead (quiet hours): an immediate
+    notification now is more than one window away from it, so it goes out."""
+    engine = _engine(_rule(), frequency_caps=[{"type": "notification", "max": 1, "days": 0.25}])
+    state = CustomerState(customer_id="c1", sent=[(_ts("2026-03-02T09:00:00Z"),
+                                                   "notification", "push")])
+    run = Run(engine)
+    run.raw = state.to_bytes()
+    run(_event("login", "2026-03-01T22:30:00Z", channel="web"))
+    assert [a.type for a in run.actions] == ["notification"], run.suppressed
