@@ -95,7 +95,8 @@ def steps(draw: st.DrawFn) -> list[tuple[str, Any]]:
     publish_at = draw(st.integers(0, count))
     for n in range(count):
         if n == publish_at:
-            out.append(("pack", draw(st.sampled_from(["shorter", "longer", "higher_bar", "edited"]))))
+            published = st.sampled_from(["shorter", "longer", "higher_bar", "edited"])
+            out.append(("pack", draw(published)))
         kind = draw(st.sampled_from(["login"] * 5 + ["purchase"] * 3 + [
             "ticket", "ticket", "profile", "feedback", "tick", "tick"]))
         at = draw(moment)
