@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser(
         "demo", help="run the whole pipeline on the embedded broker with a built-in scenario"
     )
-    demo.add_argument("--timeout", type=float, default=50.0,
-                      help="seconds to wait for every expected action (default 50)")
+    demo.add_argument("--timeout", type=float, default=90.0,
+                      help="seconds to wait for all expected action (default 90; a run takes 30)")
 
     worker = commands.add_parser("worker", help="run the stream worker against a broker")
     worker.add_argument("--broker", help="bootstrap URL, e.g. kafka://host:9092 "

@@ -69,10 +69,11 @@ def run_demo(*, timeout_s: float) -> int:
             wait_ready(log_path, worker, timeout_s=timeout_s)
             follower = _Follower(broker.bootstrap, settings)
             try:
-                _run_clock(broker.bootstrap, settings, events, follower, start, end)
+                _run_clock(broker.bootstrap, settings, events, follower, start, end, worker)
                 follower.until(expected, worker, deadline=started + timeout_s)
-            except DemoError as exc:
-                print(f"\ndemo: {exc}", file=sys.stderr)  # the summary says what is missing
+            except (DemoError, KafkaError) as exc:
+                # One line; the summary says what is missing.
+                print(f"\ndemo: {exc}", file=sys.stderr)
             finally:
                 follower.close()
         received = {k: v for k, v in follower.received.items() if v["created_at"] <= rfc3339(end)}
@@ -96,6 +97,7 @@ def _run_clock(
     follower: _Follower,
     start: float,
     end: float,
+    worker: subprocess.Popen[bytes],
 ) -> None:
     """Advance the worker's clock from `start` to `end` at SPEED. Each event is published
     once the clock has reached its moment, and the clock goes on only when the worker has
@@ -105,7 +107,7 @@ def _run_clock(
     in between — a ticket's SLA ending as it closes — would never fire.)"""
     assert settings.clock_file is not None
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
-    applied = _Commits(bootstrap, settings.app_id)
+    applied = _Commits(bootstrap, settings.app_id, worker)
     pending = deque(events)
     now = start
     try:
@@ -136,15 +138,20 @@ def _run_clock(
 class _Commits:
     """The worker's committed offsets: an input record is applied once its offset is."""
 
-    def __init__(self, bootstrap: str, group: str) -> None:
+    def __init__(self, bootstrap: str, group: str, worker: subprocess.Popen[bytes]) -> None:
         self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="churnguard-demo")
         self.group = group
+        self.worker = worker
 
     def wait(self, sent: Any) -> None:
         """Until the record `sent` (its RecordMetadata) is committed by the worker."""
         where = TopicPartition(sent.topic, sent.partition)
         deadline = time.monotonic() + APPLY_TIMEOUT_S
         while time.monotonic() < deadline:
+            code = self.worker.poll()
+            if code is not None:
+                raise DemoError(f"the worker exited with code {code} before applying "
+                                f"{sent.topic}/{sent.partition}@{sent.offset}; see its log")
             try:
                 found = self.admin.list_group_offsets({self.group: None}).get(
                     self.group, {}).get(where)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict
 
@@ -48,15 +47,24 @@ class RfmSettings(BaseModel):
     segments: tuple[SegmentRule, ...] = DEFAULT_SEGMENTS
     fallback_segment: str = "hibernating"
 
-    @cached_property
+    @property
     def segment_by_scores(self) -> dict[tuple[int, int, int], str]:
-        """Every (R, F, M) to its segment: 125 entries, looked up on every rescore."""
-        grades = range(1, 6)
-        return {(r, f, m): _first_segment(r, f, m, self)
-                for r in grades for f in grades for m in grades}
+        """Every (R, F, M) to its segment: 125 entries, looked up on every rescore; built
+        once per segment list (kept by identity: a model_copy with new segments gets its
+        own table)."""
+        found = _TABLES.get(id(self.segments))
+        if found is None or found[0] is not self.segments or found[1] != self.fallback_segment:
+            grades = range(1, 6)
+            found = _TABLES[id(self.segments)] = (self.segments, self.fallback_segment, {
+                (r, f, m): _first_segment(r, f, m, self)
+                for r in grades for f in grades for m in grades})
+        return found[2]
 
 
 PROSPECT = "prospect"
+# Segment tables by the id of their segment list (which the entry keeps alive, so the id
+# is not reused): one per pack's RFM settings, a handful per process.
+_TABLES: dict[int, tuple[tuple[SegmentRule, ...], str, dict[tuple[int, int, int], str]]] = {}
 
 
 def _grade(value: float, thresholds: Sequence[float], *, at_most: bool) -> int:
