@@ -366,7 +366,7 @@ class LatencyConfig:
     seed: int = 1
     linger_ms: int = 5
     commit_interval_s: float = 1.0
-    tick_interval_s: float | None = None  # None: the worker's default (1 s)
+    tick_interval_s: float | None = None  # None: the worker's default (0.25 s)
     ready_timeout_s: float = 120.0
     drain_timeout_s: float = 120.0
     load: float | None = None  # how the rate was chosen, for the report
@@ -755,7 +755,7 @@ def parse_config(argv: Sequence[str]) -> tuple[LatencyConfig, Path | None]:
     parser.add_argument("--commit-interval", type=float, default=1.0,
                         help="the worker's commit interval, s (default 1)")
     parser.add_argument("--tick-interval", type=float, default=None,
-                        help="the worker's timer tick, s (default: the worker's, 1)")
+                        help="the worker's timer tick, s (default: the worker's, 0.25)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     args = parser.parse_args(argv)
     if args.rate is not None:

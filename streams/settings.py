@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(2.8, gt=0)
     log_level: str = "info"
     # Wall-clock timer tick of the worker; due timers fire within one tick.
-    tick_interval_s: float = Field(1.0, gt=0)
+    tick_interval_s: float = Field(0.25, gt=0)
     # Customers advanced per partition per tick at most (the rest wait for the next tick).
     tick_limit: int = Field(5_000, ge=1)
     # Demo and tests only: read "now" from this file (see churnguard.clocks.FileClock).
