@@ -14,7 +14,14 @@ from churnguard.census import Change, change, standing
 from churnguard.core.clock import parse_rfc3339, rfc3339
 from churnguard.core.feedback import CommentTerms
 from churnguard.core.outcomes import OutcomeRecord
-from churnguard.core.processor import Engine, Outcome, ScoreChange, advance, apply_event
+from churnguard.core.processor import (
+    Engine,
+    Outcome,
+    ScoreChange,
+    advance,
+    apply_event,
+    exact_due,
+)
 from churnguard.core.rules import next_due
 from churnguard.core.state import MAX_OPEN_TICKETS, CustomerState
 from churnguard.core.validation import Rejected, parse_event
@@ -307,8 +314,7 @@ def _due_under(
     for key in dirty:
         state = states[key]
         assert state is not None  # every dirty key had an event applied
-        state.next_due = next_due(running.pack, state)
-        state.due_pack = running.pack.fingerprint
+        exact_due(running.pack, state)
 
 
 def process_due(

@@ -153,7 +153,7 @@ def apply_event(
         # A published pack moved this customer's dues (the background reindex has not come
         # to it yet): what the running pack has due by the customer's clock fires first, so
         # that, as after every transition, nothing due by the clock is left unfired.
-        _exact_due(engine.pack, state)
+        exact_due(engine.pack, state)
         until = max(horizon, state.clock)
     due = state.next_due
     outcome = (Outcome(state) if due is None or due > until
@@ -186,7 +186,7 @@ def apply_event(
         # stored due is the running pack's (due_pack, checked above).
         state.next_due = next_due_after_activity(engine.pack, state, bound)
     else:
-        _exact_due(engine.pack, state)
+        exact_due(engine.pack, state)
     return outcome
 
 
@@ -196,7 +196,8 @@ def apply_event(
 _ACTIVITY = (Login, Purchase)
 
 
-def _exact_due(pack: RulePack, state: CustomerState) -> None:
+def exact_due(pack: RulePack, state: CustomerState) -> None:
+    """next_due recomputed under `pack`, and the pack recorded with it (state.due_pack)."""
     state.next_due = next_due(pack, state)
     state.due_pack = pack.fingerprint
 
@@ -217,12 +218,11 @@ def advance(
     while due is not None and due <= until:
         if not exact:
             exact = True
-            really = next_due(engine.pack, state)
-            state.due_pack = engine.pack.fingerprint
-            if really != due:
+            exact_due(engine.pack, state)
+            if state.next_due != due:
                 # A bound that came (really later) or a due a published pack moved earlier
                 # (fires at its own time, as a replay under that pack would).
-                state.next_due = due = really
+                due = state.next_due
                 continue
         state.clock = max(state.clock, due)
         previous = state.segment
