@@ -340,11 +340,13 @@ def _fired(
     if isinstance(trigger, ThresholdTrigger):
         if not _crossed(rule.id, trigger, state):
             return []
-        if firing.time_driven and _late(firing, firing.now, trigger.grace_hours):
+        if not firing.time_driven:
+            return [(firing.trigger_key, _NO_EXTRA)]  # the event's id: fires once
+        if _late(firing, firing.now, trigger.grace_hours):
             # Time alone crossed it long before anyone looked (a backfill): disarmed, unfired.
             firing.expired.append(f"{rule.id}:{firing.trigger_key}")
             return []
-        return [(firing.trigger_key, _NO_EXTRA)]
+        return [(_arming_key(rule, state, firing.trigger_key), _NO_EXTRA)]
     due = earliest_due(rule.id, trigger, state, sla_hours=pack.ticket_sla_hours, tz=pack.tz)
     if due is None or due > firing.now:
         return []  # nothing due: no occurrence built (the common case after an event)
@@ -358,6 +360,22 @@ def _fired(
             continue
         fired.append((occurrence.key, {**occurrence.context, "due_at": rfc3339(occurrence.due)}))
     return fired
+
+
+def _arming_key(rule: Rule, state: CustomerState, key: str) -> str:
+    """A time-driven threshold firing's key, `at:<due>`, made unique per arming: a rule
+    re-armed and crossed again at the same moment (an event at that moment, a pack
+    published in between) fires anew with its own action ids, `at:<due>#2` and on."""
+    known = {logged.action_id for logged in state.actions_log}
+    known.update(record["action_id"] for _, record in state.deferred)
+    for episode in state.episodes:
+        known.update(episode.action_ids)
+    fresh, arming = key, 1
+    while any(action_id(state.customer_id, rule.id, fresh, template.index) in known
+              for template in rule.actions):
+        arming += 1
+        fresh = f"{key}#{arming}"
+    return fresh
 
 
 def _event_context(pack: RulePack, trigger: Any, firing: Firing) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 from unittest import mock
 from zoneinfo import ZoneInfo
 
+import orjson
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -203,6 +204,26 @@ def test_a_bound_changes_nothing_but_the_work(history):
     exact, exact_slack = _run(history, reference=True)
     assert kept == exact
     assert all(s in (None, 0.0) for s in exact_slack)  # the reference is exact
+    ids = [orjson.loads(record)["action_id"] for record in kept if isinstance(record, bytes)]
+    assert len(ids) == len(set(ids))
+
+
+def test_a_threshold_re_armed_and_crossed_again_at_the_same_moment_fires_with_new_ids():
+    """Crossed below the higher bar when it is published (time-driven, `at:<due>`), re-armed
+    at the same moment by the default's lower bar, then crossed again when the higher bar
+    comes back: two firings, two sets of action ids, not the first set sent twice."""
+    login = {"channel": "web"}
+    history = [_event(0, "login", T0, **login), _event(1, "purchase", T0, **_BUY),
+               ("pack", "higher_bar"), _event(2, "login", T0, **login),
+               ("pack", "default"), _event(3, "login", T0, **login),
+               ("pack", "higher_bar"), ("tick", T0)]
+    produced, _slack = _run(history, reference=False)
+    winbacks = [orjson.loads(record) for record in produced if isinstance(record, bytes)
+                and orjson.loads(record)["rule_id"] == "health_winback"]
+    assert {w["created_at"] for w in winbacks} == {rfc3339(T0)}
+    ids = [w["action_id"] for w in winbacks]
+    assert len(ids) == 2 * 3  # twice its three actions for a customer who is not a vip
+    assert len(set(ids)) == len(ids)
 
 
 def test_a_login_keeps_the_bound_and_the_bound_fires_nothing(engine_factory):
