@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -17,6 +18,9 @@ def day_number(ts: float) -> int:
     return int(ts // DAY)
 
 
+# Both are pure and hot (every action, outcome record and score record renders its times;
+# the same moment several times over): memoised, bounded.
+@lru_cache(maxsize=4096)
 def rfc3339(ts: float) -> str:
     """Deterministic rendering: always UTC, `Z`, milliseconds only when present."""
     moment = datetime.fromtimestamp(ts, UTC)
@@ -25,6 +29,7 @@ def rfc3339(ts: float) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+@lru_cache(maxsize=4096)
 def parse_rfc3339(text: str) -> float:
     """Inverse of rfc3339 for any aware ISO 8601 timestamp; raises ValueError otherwise."""
     moment = datetime.fromisoformat(text)

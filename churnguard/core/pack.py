@@ -144,6 +144,7 @@ Trigger = Annotated[
 ]
 TIMER_TRIGGERS = (AfterTrigger, AnniversaryTrigger, InactivityTrigger, TicketOverdueTrigger)
 EVENT_TRIGGERS = (SignalTrigger, SegmentTrigger, TagTrigger, CustomTrigger)
+EventTrigger = SignalTrigger | SegmentTrigger | TagTrigger | CustomTrigger
 # A condition as written in the pack (see churnguard.core.conditions): compiled by build_pack.
 ConditionData = Any
 
@@ -289,10 +290,19 @@ class Rule:
     condition: Condition
     actions: tuple[ActionTemplate, ...]
     order: int  # position in the pack: actions come out in pack order
+    # The spec's, as plain attributes (read for every rule of every evaluation), and what
+    # kind of trigger it has: "event", "threshold" or "timer".
+    id: str = field(init=False)
+    trigger: Trigger = field(init=False)
+    kind: str = field(init=False)
 
-    @property
-    def id(self) -> str:
-        return self.spec.id
+    def __post_init__(self) -> None:
+        trigger = self.spec.trigger
+        kind = ("event" if isinstance(trigger, EVENT_TRIGGERS)
+                else "timer" if isinstance(trigger, TIMER_TRIGGERS) else "threshold")
+        object.__setattr__(self, "id", self.spec.id)
+        object.__setattr__(self, "trigger", trigger)
+        object.__setattr__(self, "kind", kind)
 
     @property
     def version(self) -> int:

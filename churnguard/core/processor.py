@@ -185,6 +185,7 @@ def apply_event(
         # Most events: a lower bound, cheap to keep (see next_due_after_activity). The
         # stored due is the running pack's (due_pack, checked above).
         state.next_due = next_due_after_activity(engine.pack, state, bound)
+        state._due_exact = False
     else:
         exact_due(engine.pack, state)
     return outcome
@@ -200,6 +201,7 @@ def exact_due(pack: RulePack, state: CustomerState) -> None:
     """next_due recomputed under `pack`, and the pack recorded with it (state.due_pack)."""
     state.next_due = next_due(pack, state)
     state.due_pack = pack.fingerprint
+    state._due_exact = True
 
 
 def advance(
@@ -214,7 +216,7 @@ def advance(
     # event that only added activity): what is really due is asked before acting, so a
     # bound that comes fires nothing, changes nothing but the bound, as if never kept.
     due = state.next_due
-    exact = False
+    exact = state._due_exact and state.due_pack == engine.pack.fingerprint
     while due is not None and due <= until:
         if not exact:
             exact = True
@@ -240,7 +242,8 @@ def advance(
         released = release_deferred(state, state.clock) if state.deferred else []
         _settle(engine.pack, state, firing, released + evaluate(engine.pack, state, firing),
                 outcome)
-        following = state.next_due = next_due(engine.pack, state)
+        exact_due(engine.pack, state)
+        following = state.next_due
         # Progress guard: a due that fired nothing and stays due would loop forever.
         due = None if following is not None and following <= due else following
     return outcome

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
 
@@ -23,9 +23,9 @@ from churnguard.core.guards import (
 )
 from churnguard.core.outcomes import Arm
 from churnguard.core.pack import (
-    EVENT_TRIGGERS,
     ActionTemplate,
     CouponSpec,
+    EventTrigger,
     Metric,
     NotificationSpec,
     ProfileUpdateSpec,
@@ -116,7 +116,7 @@ def metric_value(state: CustomerState, metric: Metric) -> float:
             return float(len(state.open_tickets))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every evaluation, and frozen costs per field
 class Firing:
     """Why a rule is evaluated: what happened, at what event time, caused by which events."""
 
@@ -332,12 +332,14 @@ def _fired(
     pack: RulePack, rule: Rule, state: CustomerState, firing: Firing
 ) -> list[tuple[str, dict[str, Any]]]:
     """The trigger keys (one per firing) this rule fires with now, and their context."""
-    trigger = rule.spec.trigger
-    if isinstance(trigger, EVENT_TRIGGERS):
-        if trigger.signal not in firing.signals:
+    # By the rule's kind (compiled with the pack): no isinstance chain per rule visited.
+    kind = rule.kind
+    if kind == "event":
+        if cast(EventTrigger, rule.trigger).signal not in firing.signals:
             return []
-        return [(firing.trigger_key, _event_context(pack, trigger, firing))]
-    if isinstance(trigger, ThresholdTrigger):
+        return [(firing.trigger_key, _event_context(pack, rule.trigger, firing))]
+    if kind == "threshold":
+        trigger = cast(ThresholdTrigger, rule.trigger)
         if not _crossed(rule.id, trigger, state):
             return []
         if not firing.time_driven:
@@ -347,15 +349,16 @@ def _fired(
             firing.expired.append(f"{rule.id}:{firing.trigger_key}")
             return []
         return [(_arming_key(rule, state, firing.trigger_key), _NO_EXTRA)]
-    due = earliest_due(rule.id, trigger, state, sla_hours=pack.ticket_sla_hours, tz=pack.tz)
+    timer = cast(TimerTrigger, rule.trigger)
+    due = earliest_due(rule.id, timer, state, sla_hours=pack.ticket_sla_hours, tz=pack.tz)
     if due is None or due > firing.now:
         return []  # nothing due: no occurrence built (the common case after an event)
     fired = []
-    for occurrence in _pending(pack, rule.id, trigger, state, firing.now):
+    for occurrence in _pending(pack, rule.id, timer, state, firing.now):
         if occurrence.due > firing.now:
             continue
-        mark(rule.id, trigger, state, occurrence)
-        if _late(firing, occurrence.due, trigger.grace_hours):
+        mark(rule.id, timer, state, occurrence)
+        if _late(firing, occurrence.due, timer.grace_hours):
             firing.expired.append(occurrence.key)  # a backfill found it too late to matter
             continue
         fired.append((occurrence.key, {**occurrence.context, "due_at": rfc3339(occurrence.due)}))
@@ -366,6 +369,13 @@ def _arming_key(rule: Rule, state: CustomerState, key: str) -> str:
     """A time-driven threshold firing's key, `at:<due>`, made unique per arming: a rule
     re-armed and crossed again at the same moment (an event at that moment, a pack
     published in between) fires anew with its own action ids, `at:<due>#2` and on."""
+    now = state.clock
+    # (A logged action's time is its created_at, in milliseconds.)
+    if not (any(logged.rule_id == rule.id and abs(logged.at - now) < 0.001
+                for logged in state.actions_log)
+            or any(e.rule_id == rule.id and e.started_at == now for e in state.episodes)
+            or any(record["rule_id"] == rule.id for _, record in state.deferred)):
+        return key  # this rule sent nothing at this moment: its first firing here
     known = {logged.action_id for logged in state.actions_log}
     known.update(record["action_id"] for _, record in state.deferred)
     for episode in state.episodes:

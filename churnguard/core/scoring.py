@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -54,8 +54,8 @@ class ScoringSettings(BaseModel):
         return self
 
 
-@dataclass(frozen=True, slots=True)
-class Health:
+class Health(NamedTuple):
+    # A tuple: built for every rescore, cheaper than a frozen dataclass.
     score: float
     recency: float
     engagement: float
@@ -82,6 +82,8 @@ def engagement_component(state: CustomerState, now: float, cfg: ScoringSettings)
 
 def service_component(state: CustomerState, now: float, cfg: ScoringSettings) -> float:
     base = _service_base(state, cfg)
+    if not state.open_tickets:
+        return base
     overdue_after = cfg.overdue_ticket_hours * HOUR
     overdue = sum(1 for t in state.open_tickets.values() if now - t.opened_at > overdue_after)
     return max(0.0, base - cfg.overdue_ticket_penalty * overdue)

@@ -139,6 +139,9 @@ class CustomerState:
     # an unchanged log again (about half the writes: a batch that sent the customer nothing).
     _stored_log: tuple[tuple[LoggedAction, ...], bytes] | None = field(
         default=None, init=False, repr=False, compare=False)
+    # Not state either: next_due is exact (processor.exact_due) under due_pack, not a bound,
+    # so advance need not recompute it before acting. A state just read does not know.
+    _due_exact: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
     def lifetime_spend(self) -> float:
@@ -203,13 +206,19 @@ def _as_list(value: object) -> list[Any]:
 
 
 def count_in_window(buckets: dict[int, int], today: int, window_days: int) -> int:
+    if not buckets:
+        return 0
     first = today - window_days + 1
+    if first <= min(buckets) and max(buckets) <= today:
+        return sum(buckets.values())  # the usual case (pruned to the window): no filter
     return sum(n for day, n in buckets.items() if first <= day <= today)
 
 
 def prune(buckets: dict[int, int], today: int, window_days: int) -> None:
     """Drop buckets that fell out of the window (they can never count again)."""
     first = today - window_days + 1
+    if not buckets or min(buckets) >= first:
+        return
     for day in [d for d in buckets if d < first]:
         del buckets[day]
 
