@@ -115,7 +115,7 @@ def report(
     def counted() -> Iterator[Event]:
         nonlocal applied, first, last
         for event in events:
-            occurred = event.occurred_at.timestamp()
+            occurred = event.at
             if until is not None and occurred > until:
                 return  # replay stops here too
             applied += 1
@@ -584,5 +584,5 @@ class _HistoryReader:
             if isinstance(parsed, Rejected):
                 self.bad += 1
             else:
-                self.found.append((parsed.occurred_at.timestamp(), record.topic,
+                self.found.append((parsed.at, record.topic,
                                    record.partition, record.offset, parsed))

@@ -40,7 +40,7 @@ def read_events(
         if isinstance(parsed, Rejected):
             bad.append(BadLine(number, parsed.kind, parsed.reason))
         else:
-            events.append((parsed.occurred_at.timestamp(), number, parsed))
+            events.append((parsed.at, number, parsed))
     # Event-time order; the file order breaks ties so the result is deterministic.
     events.sort(key=lambda item: (item[0], item[1]))
     return [event for _, _, event in events], bad
@@ -86,7 +86,7 @@ def replay(
                 heapq.heappush(dues, (state.next_due, customer))
 
     for event in events:
-        occurred = event.occurred_at.timestamp()
+        occurred = event.at
         if until is not None and occurred > until:
             break
         clock.advance_to(occurred)

@@ -8,6 +8,7 @@ import math
 import re
 from datetime import date, datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
@@ -192,6 +193,12 @@ class _Event(BaseModel):
     event_id: Id
     customer_id: Id
     occurred_at: Timestamp
+
+    @cached_property
+    def at(self) -> float:
+        """occurred_at in epoch seconds, computed once (validation, ordering and the core
+        all read it)."""
+        return self.occurred_at.timestamp()
 
 
 class Purchase(_Event):

@@ -145,7 +145,7 @@ def apply_event(
         return Outcome(state, duplicate=True)
     remember(state.seen, event.event_id, engine.dedup_window)
 
-    occurred = event.occurred_at.timestamp()
+    occurred = event.at
     # A live worker never lets an event stamped ahead of its clock (a fast device clock)
     # move the customer's time, and so fire timers, beyond the wall clock.
     horizon = until = occurred if noticed_at is None else min(occurred, noticed_at)

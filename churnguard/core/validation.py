@@ -67,7 +67,7 @@ def parse_event(
         event: Event = _ADAPTERS[event_type].validate_json(raw)
     except ValidationError as exc:
         return _explain(exc)
-    occurred = event.occurred_at.timestamp()
+    occurred = event.at
     if occurred < EARLIEST_VALID or occurred > now + max_future_hours * HOUR:
         return Rejected(
             "absurd_timestamp",
