@@ -358,8 +358,8 @@ class RulePack:
             listening = {rule.order for signal in key[0] for rule in self.by_signal[signal]}
             found = self._candidates[key] = tuple(
                 rule for rule in self.rules
-                if rule.order in listening or isinstance(rule.spec.trigger, ThresholdTrigger)
-                or (time_driven and isinstance(rule.spec.trigger, TIMER_TRIGGERS)))
+                if rule.order in listening or rule.kind == "threshold"
+                or (time_driven and rule.kind == "timer"))
         return found
 
     @property
