@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -67,6 +67,9 @@ class ScoreEvents:
         self.applied_until: dict[TP, float] = {}
         # Partition -> its failed batch still to be read again (see the module's docstring).
         self._pins: dict[int, _Pin] = {}
+        # Told the earliest due each written batch indexes (partition, due): the timer tick
+        # (FireTimers.note_due) wakes for it instead of finding it at its next poll.
+        self.on_due: Callable[[int, float], None] | None = None
 
     async def __call__(self, batch: Mapping[TP, Sequence[SourceRecord]]) -> None:
         started = time.perf_counter()
@@ -135,8 +138,11 @@ class ScoreEvents:
             if self.insights is not None:
                 self.insights.publish(partition, added)
             metrics = self.ctx.metrics
-            metrics.timers_pending[partition] += due_index.entries_delta(result.writes)
+            delta, first = due_index.index_changes(result.writes)
+            metrics.timers_pending[partition] += delta
             metrics.customers[partition] += result.new_customers
+            if first is not None and self.on_due is not None:
+                self.on_due(partition, due_index.due_of(first))
             if counted is not None:
                 metrics.census[partition] = counted
         if result.sources:

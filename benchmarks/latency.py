@@ -25,9 +25,10 @@ events, so `--timers N` extra customers each open an urgent ticket, sent just be
 run but with an `occurred_at` its SLA (4 h) before a moment in the run's middle part (those
 moments spread evenly); `ticket_sla_breach` fires for them during the run. A time-driven
 action has `caused_by` = [] and `created_at` = the moment it fell due (the contract; a task's
-`payload.due_at` is the task's own deadline): delay = its record timestamp - `created_at`,
-against the tick interval (1 s). Those customers' event-driven actions at the seeding are
-left out of the latency figures.
+`payload.due_at` is the task's own deadline): delay = its record timestamp - `created_at`.
+The worker ticks at the earliest pending due (within the tick interval, `--tick-interval`,
+its longest wait between ticks), so the delay is the watermark's lag plus the tick itself.
+Those customers' event-driven actions at the seeding are left out of the latency figures.
 
 Keeping up: the group's committed offsets are sampled every 2 s against the acknowledged
 produced offsets (counted here: the embedded broker's ListOffsets answers are wrong): the
@@ -755,7 +756,8 @@ def parse_config(argv: Sequence[str]) -> tuple[LatencyConfig, Path | None]:
     parser.add_argument("--commit-interval", type=float, default=1.0,
                         help="the worker's commit interval, s (default 1)")
     parser.add_argument("--tick-interval", type=float, default=None,
-                        help="the worker's timer tick, s (default: the worker's, 0.25)")
+                        help="the worker's longest wait between timer ticks, s "
+                             "(default: the worker's, 0.25)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     args = parser.parse_args(argv)
     if args.rate is not None:

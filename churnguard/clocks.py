@@ -1,6 +1,10 @@
 """The two clocks behind one interface. The worker reads the wall clock (its ticks fire what
 is due); replay reads event time, which advances with the events (and to `--until`). Tests
-inject a ManualClock into a worker to make time pass without waiting."""
+inject a ManualClock into a worker to make time pass without waiting.
+
+`wall` says whether the clock's seconds pass as real ones: only then can the worker's tick
+loop sleep until a due time (agents/fire_timers.py); a clock driven by hand, by events or by
+the demo's file (60 days in seconds) gets a tick every interval instead."""
 
 from __future__ import annotations
 
@@ -10,16 +14,23 @@ from typing import Protocol
 
 
 class Clock(Protocol):
+    @property
+    def wall(self) -> bool: ...
+
     def now(self) -> float: ...
 
 
 class WallClock:
+    wall = True
+
     def now(self) -> float:
         return time.time()
 
 
 class EventClock:
     """Event time: never goes back."""
+
+    wall = False
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
@@ -39,6 +50,8 @@ class FileClock:
     """Reads the current time (epoch seconds, as text) from a file, so another process — the
     demo, which compresses 60 days into seconds, or a test — can drive a worker's clock.
     Never used in production (settings.clock_file is unset there)."""
+
+    wall = False
 
     def __init__(self, path: Path) -> None:
         self.path = path

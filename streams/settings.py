@@ -129,7 +129,8 @@ class Settings(BaseSettings):
     # How often processed offsets are committed (faust's broker_commit_interval).
     commit_interval_s: float = Field(2.8, gt=0)
     log_level: str = "info"
-    # Wall-clock timer tick of the worker; due timers fire within one tick.
+    # The longest wait between the worker's timer ticks: it ticks at the earliest pending due
+    # of its partitions (agents/fire_timers.py), and within this for a due no tick saw.
     tick_interval_s: float = Field(0.25, gt=0)
     # Customers advanced per partition per tick at most (the rest wait for the next tick).
     tick_limit: int = Field(5_000, ge=1)

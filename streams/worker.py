@@ -18,6 +18,7 @@ Lifecycle:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -166,18 +167,24 @@ def build_worker_app(
         return until
 
     timers = FireTimers(ctx, writer, locks, clock, limit=settings.tick_limit,
-                        watermark=watermark, insights=insights)
+                        watermark=watermark, insights=insights,
+                        interval=settings.tick_interval_s, floor=settings.fetch_max_wait_s)
+    score_events.on_due = timers.note_due
     reindexing = Reindex(ctx, writer, locks)
     census = CensusScan(writer, locks, metrics)
 
-    @app.timer(interval=settings.tick_interval_s)  # type: ignore[untyped-decorator]
+    @app.task  # type: ignore[untyped-decorator]
     async def fire_timers() -> None:
-        consumer = app.consumer
-        if not isinstance(consumer, BatchPathConsumer):
-            return
-        await consumer.run_guarded(
-            timers.tick, topics=inputs
-        )
+        # Not an app.timer: the next tick is due at the owned partitions' earliest pending
+        # due, between a floor and the tick interval after this one (FireTimers.pause).
+        loop = asyncio.get_running_loop()
+        while not app.should_stop:
+            consumer = app.consumer
+            if not isinstance(consumer, BatchPathConsumer) or await consumer.run_guarded(
+                timers.tick, topics=inputs
+            ) is None:
+                timers.forget()  # no tick ran: wait the interval
+            await timers.pause(loop.time())
 
     if settings.rules_file is None:
         def activate(pack: RulePack) -> None:

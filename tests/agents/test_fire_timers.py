@@ -64,14 +64,21 @@ async def test_sla_breach_fires_once_at_its_due_time_and_moves_the_index(
     writes_before = len(fake.writes)
 
     clock.advance_to(T0 + 4 * HOUR - 1)
+    scans_before = len(fake.scans)
     assert await fire_timers.tick([0]) == 0
     assert len(fake.writes) == writes_before  # nothing due: nothing written
-    assert fake.scans[-1] == (
-        0, due_index.PREFIX, due_index.scan_upper_bound(T0 + 4 * HOUR - 1), 100,
-    )
+    # One seek: the first entry, not yet due.
+    assert fake.scans[scans_before:] == [(0, due_index.PREFIX, due_index.PREFIX_END, 1)]
 
     clock.advance_to(T0 + 4 * HOUR)
+    scans_before = len(fake.scans)
     assert await fire_timers.tick([0]) == 1
+    # The first entry, what is due up to the clock, the first entry after the write.
+    assert fake.scans[scans_before:] == [
+        (0, due_index.PREFIX, due_index.PREFIX_END, 1),
+        (0, due_index.PREFIX, due_index.scan_upper_bound(T0 + 4 * HOUR), 100),
+        (0, due_index.PREFIX, due_index.PREFIX_END, 1),
+    ]
     [write] = fake.writes[writes_before:]
     [task] = emitted(write)
     assert (task.topic, task.key, task.partition) == (TOPICS.tasks, b"c1", 0)
@@ -132,7 +139,7 @@ async def test_a_tick_reads_only_the_partitions_it_is_given(
     scans_before, writes_before = len(fake.scans), len(fake.writes)
 
     assert await fire_timers.tick([2, 0]) == 2
-    assert [s[0] for s in fake.scans[scans_before:]] == [0, 2]
+    assert [s[0] for s in fake.scans[scans_before:]] == [0, 0, 0, 2, 2, 2]
     # Counted 1 each, and the fired SLA breach left no pending timer behind.
     assert metrics.timers_pending == {0: 0, 1: 1, 2: 0}  # 1: counted by its writes
     written = fake.writes[writes_before:]

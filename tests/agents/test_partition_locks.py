@@ -45,18 +45,20 @@ async def test_a_tick_waits_for_the_batch_writing_its_partition(
     await other
     assert not tick_0.done()
     assert not batch.done()
+    # A tick's reads: the first index entry, what is due, then the first entry after its
+    # write (when the next tick is due) — all under the lock.
     assert fake.log == [
         ("write-start", 0),
-        ("scan", 1), ("write-start", 1), ("write-end", 1),
+        ("scan", 1), ("scan", 1), ("write-start", 1), ("write-end", 1), ("scan", 1),
         ("write-start", 1), ("write-end", 1),
     ]
 
     gate.release.set()
     await batch
     assert await tick_0 == 1
-    assert fake.log[6:] == [
+    assert fake.log[8:] == [
         ("write-end", 0),
-        ("scan", 0), ("write-start", 0), ("write-end", 0),
+        ("scan", 0), ("scan", 0), ("write-start", 0), ("write-end", 0), ("scan", 0),
     ]
     # The tick read the batch's state: the login is in it, and the breach fired once.
     state = fake.state(0, "a")
@@ -83,12 +85,13 @@ async def test_a_batch_waits_for_the_tick_writing_its_partition(
     )))
     await other
     assert not batch.done()
-    assert fake.log == [("scan", 0), ("write-start", 0), ("write-start", 1), ("write-end", 1)]
+    assert fake.log == [("scan", 0), ("scan", 0), ("write-start", 0),
+                        ("write-start", 1), ("write-end", 1)]
 
     gate.release.set()
     assert await tick == 1
     await batch
-    assert fake.log[4:] == [("write-end", 0), ("write-start", 0), ("write-end", 0)]
+    assert fake.log[5:] == [("write-end", 0), ("scan", 0), ("write-start", 0), ("write-end", 0)]
     # The close saw the fired breach (its mark is dropped with the closed ticket) and
     # fired nothing twice.
     close_write = fake.writes[-1]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,8 +23,9 @@ def pipeline_factory(
 ) -> Iterator[type[Pipeline] | object]:
     made: list[Pipeline] = []
 
-    def make(now: float | None = None) -> Pipeline:
-        pipeline = Pipeline(shared_broker, tmp_path / f"p{len(made)}", now or time.time())
+    def make(now: float | None = None, **settings: Any) -> Pipeline:
+        pipeline = Pipeline(shared_broker, tmp_path / f"p{len(made)}", now or time.time(),
+                            **settings)
         made.append(pipeline)
         return pipeline
 

@@ -37,7 +37,8 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = DEADLINE_S) 
 class Pipeline:
     """One isolated churnguard deployment on the shared embedded broker."""
 
-    def __init__(self, broker: EmbeddedBroker, tmp: Path, now: float) -> None:
+    def __init__(self, broker: EmbeddedBroker, tmp: Path, now: float, **overrides: Any) -> None:
+        """`overrides`: settings of this worker (e.g. `clock_file=None`: the wall clock)."""
         name = f"t{next(_names)}-{int(time.time() * 1000) % 10**8}"
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,7 @@ class Pipeline:
             session_timeout_s=6.0,
             rebalance_timeout_s=6.0,
             web_port=0,  # each worker's endpoints on a free port (logged: http_listening)
-        )
+        ).model_copy(update=overrides)
         self.topics = self.settings.topics
         ensure_all_topics(self.settings)
         self.producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1)
@@ -66,6 +67,8 @@ class Pipeline:
             enable_auto_commit=False, group_id=None,
         )
         self.records: dict[str, list[dict[str, Any]]] = {}
+        # action_id -> its record's timestamp (ms; CreateTime: when the worker produced it).
+        self.stamps: dict[str, int] = {}
         self.worker: subprocess.Popen[bytes] | None = None
         self.others: list[subprocess.Popen[bytes]] = []
         self.log_path = tmp / "worker.log"
@@ -118,7 +121,10 @@ class Pipeline:
     def poll(self) -> None:
         for messages in self.reader.poll(timeout_ms=100).values():
             for message in messages:
-                self.records.setdefault(message.topic, []).append(orjson.loads(message.value))
+                record = orjson.loads(message.value)
+                self.records.setdefault(message.topic, []).append(record)
+                if "action_id" in record:
+                    self.stamps.setdefault(record["action_id"], message.timestamp)
 
     def actions(self) -> list[dict[str, Any]]:
         self.poll()
