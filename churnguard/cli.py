@@ -1,4 +1,5 @@
-"""The `churnguard` command: demo, worker, broker, topics, replay, rules."""
+"""The `churnguard` command: demo, worker, broker, topics, replay, rules, lag, and the
+connectors: gateway, deliver, import."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from churnguard.core.kpis import GROUP_BY
 from churnguard.errors import UserError
 from churnguard.logging import configure_logging
 from churnguard.rules.loading import PackFileInvalid
+from connectors.delivery.command import add_deliver_command, run_deliver_command
+from connectors.gateway.command import add_gateway_command, run_gateway_command
+from connectors.spreadsheet.command import add_import_command, run_import_command
 
 if TYPE_CHECKING:
     from churnguard.core.processor import Engine
@@ -60,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
     _add_rules_commands(commands)
     _add_lag_command(commands)
+    add_gateway_command(commands)
+    add_deliver_command(commands)
+    add_import_command(commands)
 
     args = parser.parse_args(argv)
     try:
@@ -222,6 +229,12 @@ def _run(args: argparse.Namespace) -> int:
             from churnguard.lag_view import run_lag_command
 
             return run_lag_command(args)
+        case "gateway":
+            return run_gateway_command(args)
+        case "deliver":
+            return run_deliver_command(args)
+        case "import":
+            return run_import_command(args)
     return 2
 
 

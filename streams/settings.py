@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from churnguard.errors import UserError
+from connectors.delivery.settings import DeliverySettings
+from connectors.gateway.settings import GatewaySettings
+from connectors.spreadsheet.settings import ImportSettings
 
 # Read before rule packs existed; now the pack's (a deployment still setting them is told).
 RETIRED_PREFIXES = ("CHURNGUARD_RULES__", "CHURNGUARD_SCORING__", "CHURNGUARD_RFM__")
@@ -37,6 +40,8 @@ class TopicNames(BaseModel):
     # Win-back episodes, coupons, feedback and purchases that KPIs are computed from.
     outcomes: str = "churnguard.outcomes"
     dlq: str = "churnguard.dlq"
+    # Actions `churnguard deliver` gave up on (refused, or out of attempts), with the reason.
+    delivery_dlq: str = "churnguard.delivery-dlq"
     # Published rule packs, one record per version (compacted; every worker reads it all).
     rules: str = "churnguard.rules"
 
@@ -51,10 +56,14 @@ class TopicNames(BaseModel):
             self.events: "",
         }
 
+    def actions(self) -> list[str]:
+        """The action topics: what notification services, the CRM and `deliver` consume."""
+        return [self.notifications, self.tasks, self.coupons, self.profile_updates]
+
     def outputs(self) -> list[str]:
         return [
-            self.notifications, self.tasks, self.coupons, self.profile_updates,
-            self.suppressed, self.scores, self.outcomes, self.dlq,
+            *self.actions(), self.suppressed, self.scores, self.outcomes, self.dlq,
+            self.delivery_dlq,
         ]
 
     def with_prefix(self, prefix: str) -> TopicNames:
@@ -136,6 +145,10 @@ class Settings(BaseSettings):
     tick_limit: int = Field(5_000, ge=1)
     # Demo and tests only: read "now" from this file (see churnguard.clocks.FileClock).
     clock_file: Path | None = None
+    # The connectors' groups (CHURNGUARD_GATEWAY__*, CHURNGUARD_DELIVERY__*, CHURNGUARD_IMPORTS__*).
+    gateway: GatewaySettings = GatewaySettings()
+    delivery: DeliverySettings = DeliverySettings()
+    imports: ImportSettings = ImportSettings()
 
     @model_validator(mode="after")
     def _no_retired_variables(self) -> Settings:

@@ -1,0 +1,1 @@
+"""Webhook delivery: `churnguard deliver` POSTs every action to the endpoints that take them."""

@@ -1,0 +1,1 @@
+"""HTTP ingest: `churnguard gateway` validates POSTed events and produces them to Kafka."""
