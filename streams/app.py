@@ -11,6 +11,9 @@ from faust.types import TableT
 from streams.health import BrokerHealth
 from streams.settings import Settings
 from streams.topology import STATE_TABLE
+from tables.rocksdb_memory import share_memory
+
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,9 @@ def create_app(settings: Settings) -> Topology:
         value_type=bytes,
         partitions=settings.partitions,
         default=None,
-        # Bounded memory per partition (faust's RocksDBOptions; a fresh dict: faust pops
-        # keys out of the one it is given).
-        options={
-            "write_buffer_size": settings.rocksdb_write_buffer_mb * 1024 * 1024,
-            "max_write_buffer_number": 2,
-            "block_cache_size": settings.rocksdb_block_cache_mb * 1024 * 1024,
-        },
     )
+    if settings.store == "rocksdb":
+        # One memory budget for all the partitions this worker opens, not one per partition.
+        share_memory(table.data, memory_bytes=settings.rocksdb_memory_mb * MIB,
+                     write_buffer_bytes=settings.rocksdb_write_buffer_mb * MIB)
     return Topology(app=app, inputs=list(settings.topics.inputs()), customer_to_state=table)

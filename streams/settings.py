@@ -18,6 +18,8 @@ from connectors.spreadsheet.settings import ImportSettings
 
 # Read before rule packs existed; now the pack's (a deployment still setting them is told).
 RETIRED_PREFIXES = ("CHURNGUARD_RULES__", "CHURNGUARD_SCORING__", "CHURNGUARD_RFM__")
+# A block cache per state partition: now one budget for all of them (CHURNGUARD_ROCKSDB_MEMORY_MB).
+RETIRED_BLOCK_CACHE = "CHURNGUARD_ROCKSDB_BLOCK_CACHE_MB"
 
 
 class TopicNames(BaseModel):
@@ -85,10 +87,13 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
     store_dir: Path = Path("data")
     store: Literal["rocksdb", "memory"] = "rocksdb"
-    # RocksDB memory per state partition: faust's defaults (3 write buffers of 64 MiB and a
-    # 2 GiB block cache, each partition its own) let the process grow by gigabytes.
+    # RocksDB memory of all the state partitions this worker holds, together: one block
+    # cache that their memtables (at most half of it), index and filter blocks are charged
+    # to (tables/rocksdb_memory.py). faust's defaults (3 write buffers of 64 MiB and a 2 GiB
+    # block cache, each partition its own) let the process grow by gigabytes.
+    rocksdb_memory_mb: int = Field(64, ge=8, le=65536)
+    # A partition's memtable is flushed at this size (or earlier, for the budget).
     rocksdb_write_buffer_mb: int = Field(16, ge=1, le=1024)
-    rocksdb_block_cache_mb: int = Field(32, ge=1, le=65536)
     # /metrics, /health, /ready (streams/web.py); port 0 takes a free one (logged).
     web_enabled: bool = True
     web_host: str = "0.0.0.0"
@@ -159,6 +164,13 @@ class Settings(BaseSettings):
                 "rules, score and RFM parameters live in the rule pack; start one with "
                 "`churnguard rules export > pack.yaml`, edit it, and point "
                 "CHURNGUARD_RULES_FILE at it (or publish it), then unset the variable"
+            )
+        if RETIRED_BLOCK_CACHE in os.environ:
+            raise UserError(
+                f"{RETIRED_BLOCK_CACHE} (a block cache per state partition) is no longer "
+                "read: CHURNGUARD_ROCKSDB_MEMORY_MB bounds the RocksDB memory of all the "
+                "worker's partitions together (block cache, memtables, index and filters); "
+                "set that instead, then unset the variable"
             )
         return self
 

@@ -76,6 +76,14 @@ def test_retired_rule_settings_are_refused_not_ignored(fails, monkeypatch, event
     assert "CHURNGUARD_RULES_FILE" in line
 
 
+def test_the_per_partition_block_cache_setting_is_refused(fails, monkeypatch, events):
+    """One RocksDB memory budget replaced a cache per partition: the old variable is named."""
+    monkeypatch.setenv("CHURNGUARD_ROCKSDB_BLOCK_CACHE_MB", "32")
+    line = fails("replay", str(events))
+    assert "CHURNGUARD_ROCKSDB_BLOCK_CACHE_MB" in line
+    assert "CHURNGUARD_ROCKSDB_MEMORY_MB" in line
+
+
 def test_json_that_does_not_parse(fails, monkeypatch, events):
     monkeypatch.setenv("CHURNGUARD_TOPICS", "{events")
     line = fails("replay", str(events))
