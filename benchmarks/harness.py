@@ -32,11 +32,13 @@ from kafka.structs import TopicPartition
 
 from churnguard.clocks import FileClock
 from churnguard.core.clock import parse_rfc3339, rfc3339
+from churnguard.core.pack import BACKFILL_HORIZON_MAX_HOURS
 from churnguard.core.processor import Engine
 from churnguard.core.rules import Action
 from churnguard.core.state import CustomerState
 from churnguard.processes import READY_MARK, start_worker, stop_process_group, wait_ready
 from churnguard.replay import replay
+from churnguard.rules.loading import default_pack_text
 from connectors.admin import ensure_topics
 from connectors.embedded_broker import EmbeddedBroker, embedded_broker
 from schemas.events import Event
@@ -53,6 +55,14 @@ class HarnessError(RuntimeError):
 
 
 # -- the deployment -----------------------------------------------------------------------
+
+
+def _longest_horizon(pack_text: str) -> str:
+    """The pack's text with `backfill_horizon_hours` at its maximum (ten years)."""
+    line = "backfill_horizon_hours: 72\n"
+    if line not in pack_text:
+        raise HarnessError("the default pack no longer sets backfill_horizon_hours: 72")
+    return pack_text.replace(line, f"backfill_horizon_hours: {BACKFILL_HORIZON_MAX_HOURS}\n")
 
 
 @dataclass
@@ -79,6 +89,11 @@ class Deployment:
         tmp.mkdir(parents=True, exist_ok=True)
         clock_file = tmp / "clock"
         FileClock.set(clock_file, pinned)
+        # The default pack with the longest backfill horizon: the workload's events are weeks
+        # older than the pinned clock, and their event-driven rules are what is checked (with
+        # the default 72 h they would all expire, in the workers as in the reference).
+        rules_file = tmp / "pack.yaml"
+        rules_file.write_text(_longest_horizon(default_pack_text()), "utf-8")
         settings = Settings(
             broker=broker_url,
             app_id=name,
@@ -87,6 +102,7 @@ class Deployment:
             store_dir=tmp / "store",
             topics=TopicNames().with_prefix(f"{name}."),
             clock_file=clock_file,
+            rules_file=rules_file,
             tick_interval_s=tick_interval_s,
             commit_interval_s=commit_interval_s,
             session_timeout_s=6.0,

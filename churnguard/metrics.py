@@ -85,7 +85,7 @@ class Metrics:
     timer_ticks: int = 0
     due_customers: int = 0  # customers advanced by ticks
     timers_fired: int = 0  # actions of time-driven firings
-    timers_expired: int = 0  # occurrences noticed past their grace (backfills): not fired
+    timers_expired: int = 0  # noticed too late (past the grace, older than the horizon): not fired
     tickets_evicted: int = 0  # oldest open tickets dropped beyond MAX_OPEN_TICKETS a customer
     pack_version: int = 0  # the published rule pack running (0: the shipped default)
     # Due-index entries (customers with a pending timer) per owned partition: counted once

@@ -130,7 +130,9 @@ class WorkerCollector(Collector):
                        "Feedback on an action not among the customer's latest 50 (ignored)", [],
                        {(): m.feedback_unmatched})
         yield _counter("timers_fired", "Actions of time-driven firings", [], {(): m.timers_fired})
-        yield _counter("timers_expired", "Timer occurrences noticed past their grace", [],
+        yield _counter("timers_expired",
+                       "Firings noticed too late to act on: timer occurrences past their "
+                       "grace, rules of events older than the backfill horizon", [],
                        {(): m.timers_expired})
         yield _counter("rebalances", "Partition assignments received", [], {(): m.rebalances})
         yield _counter("failed_batches", "Batches that failed and were read again", [],

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from churnguard.core.clock import ZoneName
+from churnguard.core.clock import HOUR, ZoneName
 from churnguard.core.conditions import (
     ALWAYS,
     Condition,
@@ -56,6 +56,8 @@ Metric = Literal[
 ]
 PRIORITIES = ("urgent", "high", "normal", "low")
 MAX_RULES = 500
+# The longest backfill horizon a pack may set: ten years.
+BACKFILL_HORIZON_MAX_HOURS = 24 * 3660
 # Problems reported at most (after the first ones, fixing them is the next step anyway).
 MAX_PROBLEMS = 200
 # Names of rules, segments, tags in triggers and custom events.
@@ -236,6 +238,10 @@ class _Settings(_Spec):
     guards: PackGuards = PackGuards()
     # Recovery window, margin and action costs of the KPIs (core/outcomes.py).
     kpis: KpiSettings = KpiSettings()
+    # An event processed more than this after it occurred (an import, a backlog) is history:
+    # it builds state, score, segment and KPIs, but its event-driven rules expire unfired —
+    # as a timer noticed past its grace does — so old history never messages a customer.
+    backfill_horizon_hours: float = Field(72, gt=0, le=BACKFILL_HORIZON_MAX_HOURS)
     rules: list[Any] = Field(max_length=MAX_RULES)
 
     @field_validator("ticket_sla_hours")
@@ -331,6 +337,8 @@ class RulePack:
     kpis: KpiSettings
     # Any frequency cap or quiet hours: else actions skip those checks.
     guarded: bool
+    # backfill_horizon_hours in seconds: compared once per event (processor.apply_event).
+    backfill_horizon: float
     # Rules by the signal that fires them (event triggers) or may make them due (timers:
     # triggers.moved_by), and the ones metrics fire: evaluate visits only what can fire.
     by_signal: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
@@ -683,6 +691,7 @@ def _assemble(spec: PackSpec, rules: list[Rule]) -> RulePack:
         guards=spec.guards,
         kpis=spec.kpis,
         guarded=bool(spec.guards.frequency_caps) or spec.guards.quiet_hours is not None,
+        backfill_horizon=spec.backfill_horizon_hours * HOUR,
         by_signal={signal: tuple(group) for signal, group in by_signal.items()},
         thresholds=tuple((r, r.spec.trigger) for r in enabled
                          if isinstance(r.spec.trigger, ThresholdTrigger)),

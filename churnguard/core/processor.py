@@ -101,7 +101,8 @@ class Outcome:
     # Every score or segment change, for the scores topic.
     score_changes: list[ScoreChange] = field(default_factory=list)
     duplicate: bool = False
-    # Timer occurrences found past their grace (a backfill): recorded, not fired.
+    # Noticed too late to act on: timer occurrences past their grace, rules an event older
+    # than the pack's backfill horizon fired (history) — recorded, not fired.
     expired: list[str] = field(default_factory=list)
     # Open tickets dropped to keep the state bounded (MAX_OPEN_TICKETS): their SLA is no
     # longer watched and they no longer count in the service score.
@@ -133,7 +134,9 @@ def apply_event(
     due before the event fire first, at their due times, as they would have live.
     `noticed_at` is the live worker's wall clock: a timer occurrence that is only noticed
     more than its grace after it was due (a backfill of old events) expires instead of
-    firing. Replay leaves it None: in event time nothing is ever late."""
+    firing, and so do the rules of an event older than the pack's backfill horizon (its
+    state, score and segment are applied all the same). Replay leaves it None: in event
+    time nothing is ever late."""
     if state is None:
         state = CustomerState(customer_id=event.customer_id, due_pack=engine.pack.fingerprint)
         prime(engine.pack, state)
@@ -177,6 +180,10 @@ def apply_event(
         event=event,
         noticed_at=noticed_at,
         previous_segment=previous,
+        # History (an import, a long backlog) builds the state above but messages no one:
+        # older than the horizon by the worker's clock, its rules expire. Replay applies
+        # each event at its own moment on the event clock, as a caught-up worker: never.
+        stale=noticed_at is not None and noticed_at - occurred > engine.pack.backfill_horizon,
     )
     _settle(engine.pack, state, firing, evaluate(engine.pack, state, firing), outcome)
     # (A segment change alone moves no due: the segment rules it fires change memory.)

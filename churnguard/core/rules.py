@@ -131,9 +131,13 @@ class Firing:
     noticed_at: float | None = None
     # Set by advance(): no event, time alone brought this evaluation.
     time_driven: bool = False
+    # Set by apply_event: the event is older than the pack's backfill horizon when noticed
+    # (history: an import, a long backlog); the rules it fires expire instead.
+    stale: bool = False
     # The segment before this evaluation's rescore, when it changed (segment triggers).
     previous_segment: str | None = None
-    # Filled by evaluate: timer occurrences that were past their grace and did not fire.
+    # Filled by evaluate: what was noticed too late to act on and did not fire — timer
+    # occurrences past their grace, the firings of a stale event.
     expired: list[str] = field(default_factory=list)
     # Filled by evaluate: what the guards stopped or deferred (core/guards.py).
     suppressed: list[Suppressed] = field(default_factory=list)
@@ -145,8 +149,9 @@ class Firing:
 def evaluate(pack: RulePack, state: CustomerState, firing: Firing) -> list[Action]:
     """Run the rules that may fire (pack.candidates) against the state after the event (or
     at a due time); update the rules' trigger memory and apply profile updates to `state` in
-    place; return the actions in pack order. Timer occurrences found past their grace are
-    marked `expired`; what the guards stop goes to `firing.suppressed`."""
+    place; return the actions in pack order. Timer occurrences found past their grace, and
+    the firings of a stale event, are recorded in `firing.expired`; what the guards stop
+    goes to `firing.suppressed`."""
     actions: list[Action] = []
     for rule in pack.candidates(firing.signals, time_driven=firing.time_driven):
         for trigger_key, extra in _fired(pack, rule, state, firing):
@@ -337,12 +342,19 @@ def _fired(
     if kind == "event":
         if cast(EventTrigger, rule.trigger).signal not in firing.signals:
             return []
+        if firing.stale:  # last year's ticket is acknowledged by no one (a backfill)
+            firing.expired.append(f"{rule.id}:{firing.trigger_key}")
+            return []
         return [(firing.trigger_key, _event_context(pack, rule.trigger, firing))]
     if kind == "threshold":
         trigger = cast(ThresholdTrigger, rule.trigger)
         if not _crossed(rule.id, trigger, state):
             return []
         if not firing.time_driven:
+            if firing.stale:
+                # Crossed by an old event: disarmed unfired, as a late time-driven crossing.
+                firing.expired.append(f"{rule.id}:{firing.trigger_key}")
+                return []
             return [(firing.trigger_key, _NO_EXTRA)]  # the event's id: fires once
         if _late(firing, firing.now, trigger.grace_hours):
             # Time alone crossed it long before anyone looked (a backfill): disarmed, unfired.

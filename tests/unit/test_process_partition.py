@@ -23,6 +23,13 @@ def metrics():
 
 
 @pytest.fixture
+def engine(engine_factory):
+    # The records lie up to 90 days before the worker's clock (`now`): a backfill horizon
+    # beyond that keeps their rules firing (the horizon: tests/unit/test_backfill_horizon.py).
+    return engine_factory(changes={"backfill_horizon_hours": 100 * 24})
+
+
+@pytest.fixture
 def ctx(engine, metrics):
     return BatchContext.create(engine, TOPICS, metrics, 24)
 
