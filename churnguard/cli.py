@@ -1,5 +1,4 @@
-"""The `churnguard` command: demo, worker, broker, topics, replay, rules, lag, and the
-connectors: gateway, deliver, import."""
+"""The `churnguard` command: demo, worker, broker, topics, replay, rules, lag, import."""
 
 from __future__ import annotations
 
@@ -18,8 +17,6 @@ from churnguard.core.kpis import GROUP_BY
 from churnguard.errors import UserError
 from churnguard.logging import configure_logging
 from churnguard.rules.loading import PackFileInvalid
-from connectors.delivery.command import add_deliver_command, run_deliver_command
-from connectors.gateway.command import add_gateway_command, run_gateway_command
 from connectors.spreadsheet.command import add_import_command, run_import_command
 
 if TYPE_CHECKING:
@@ -64,8 +61,6 @@ def main(argv: list[str] | None = None) -> int:
 
     _add_rules_commands(commands)
     _add_lag_command(commands)
-    add_gateway_command(commands)
-    add_deliver_command(commands)
     add_import_command(commands)
 
     args = parser.parse_args(argv)
@@ -229,10 +224,6 @@ def _run(args: argparse.Namespace) -> int:
             from churnguard.lag_view import run_lag_command
 
             return run_lag_command(args)
-        case "gateway":
-            return run_gateway_command(args)
-        case "deliver":
-            return run_deliver_command(args)
         case "import":
             return run_import_command(args)
     return 2

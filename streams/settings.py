@@ -12,8 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from churnguard.errors import UserError
-from connectors.delivery.settings import DeliverySettings
-from connectors.gateway.settings import GatewaySettings
 from connectors.spreadsheet.settings import ImportSettings
 
 # Read before rule packs existed; now the pack's (a deployment still setting them is told).
@@ -42,8 +40,6 @@ class TopicNames(BaseModel):
     # Win-back episodes, coupons, feedback and purchases that KPIs are computed from.
     outcomes: str = "churnguard.outcomes"
     dlq: str = "churnguard.dlq"
-    # Actions `churnguard deliver` gave up on (refused, or out of attempts), with the reason.
-    delivery_dlq: str = "churnguard.delivery-dlq"
     # Published rule packs, one record per version (compacted; every worker reads it all).
     rules: str = "churnguard.rules"
 
@@ -65,7 +61,6 @@ class TopicNames(BaseModel):
     def outputs(self) -> list[str]:
         return [
             *self.actions(), self.suppressed, self.scores, self.outcomes, self.dlq,
-            self.delivery_dlq,
         ]
 
     def with_prefix(self, prefix: str) -> TopicNames:
@@ -150,9 +145,7 @@ class Settings(BaseSettings):
     tick_limit: int = Field(5_000, ge=1)
     # Demo and tests only: read "now" from this file (see churnguard.clocks.FileClock).
     clock_file: Path | None = None
-    # The connectors' groups (CHURNGUARD_GATEWAY__*, CHURNGUARD_DELIVERY__*, CHURNGUARD_IMPORTS__*).
-    gateway: GatewaySettings = GatewaySettings()
-    delivery: DeliverySettings = DeliverySettings()
+    # `churnguard import` (CHURNGUARD_IMPORTS__*).
     imports: ImportSettings = ImportSettings()
 
     @model_validator(mode="after")

@@ -1,1 +1,0 @@
-"""HTTP ingest: `churnguard gateway` validates POSTed events and produces them to Kafka."""
