@@ -76,6 +76,14 @@ def _full_date_text(value: object) -> object:
     return value
 
 
+def _number_or_text(value: object) -> object:
+    # pydantic reads a 3-item list as a Decimal tuple (sign, digits, exponent) and raises a
+    # plain ValueError past its own errors for a bad one: a record would crash validation.
+    if isinstance(value, list | tuple | dict):
+        raise ValueError("must be a number or a numeric string, e.g. 129.90 or \"129.90\"")
+    return value
+
+
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
 
 # Loaded once: the ISO 4217 codes pycountry maintains.
@@ -206,7 +214,8 @@ class Purchase(_Event):
     order_id: Id
     # At most a billion per order: lifetime spend stays exact in 64-bit ten-thousandths.
     amount: Annotated[
-        Decimal, Field(gt=0, le=1_000_000_000, max_digits=18, decimal_places=4, allow_inf_nan=False)
+        Decimal, BeforeValidator(_number_or_text),
+        Field(gt=0, le=1_000_000_000, max_digits=18, decimal_places=4, allow_inf_nan=False),
     ]
     currency: Currency
     items: Annotated[list[dict[str, object]], Field(max_length=MAX_ITEMS)] | None = None

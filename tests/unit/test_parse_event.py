@@ -164,6 +164,17 @@ def test_amount_must_be_positive(reject, raw_factory, amount, event_type):
     assert "greater than 0" in rejected.reason
 
 
+# A 3-item list is a Decimal tuple to pydantic (sign, digits, exponent): a bad one raised a
+# plain ValueError out of validation (found by test_properties), which would stall a partition.
+@pytest.mark.parametrize("amount", [["", "", ""], [1, [2], 3], [0, [1, 2], -2], {"v": 1}])
+@pytest.mark.parametrize("event_type", ["", "purchase"])
+def test_amount_that_is_a_list_or_an_object_is_rejected(reject, raw_factory, amount,
+                                                         event_type):
+    rejected = reject(raw_factory("purchase", amount=amount), event_type)
+    assert rejected.kind == "invalid_event"
+    assert "amount: must be a number or a numeric string" in rejected.reason
+
+
 def test_reason_lists_several_errors(reject, raw_factory):
     rejected = reject(raw_factory("purchase", amount=-1, currency="E"), "purchase")
     assert "amount" in rejected.reason
