@@ -37,6 +37,10 @@ PACK = make_pack(
         "scoring.service_weight": 0.0,
         "kpis": {"recovery_window_days": 30, "recovery_score": 30, "gross_margin": 0.3,
                  "costs": {"push": 0.5, "task": 5}},
+        # The live tests (tests/integration/test_kpis_live.py, test_insights_*) run a worker
+        # whose clock is the scenario's end, months after its first events, against a replay:
+        # with the default horizon those events' rules would expire there.
+        "backfill_horizon_hours": 24 * 365,
     },
     extra_rules=[{
         "id": RULE, "kind": "winback",
