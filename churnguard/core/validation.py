@@ -67,6 +67,12 @@ def parse_event(
         event: Event = _ADAPTERS[event_type].validate_json(raw)
     except ValidationError as exc:
         return _explain(exc)
+    except Exception as exc:  # a validator bug must dead-letter the record, not stall it
+        return Rejected(
+            "invalid_event",
+            f"the validator failed on this record ({type(exc).__name__}: {exc}); the record "
+            "is kept in the dead-letter topic: report it with this reason",
+        )
     occurred = event.at
     if occurred < EARLIEST_VALID or occurred > now + max_future_hours * HOUR:
         return Rejected(

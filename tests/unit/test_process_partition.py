@@ -374,3 +374,33 @@ def test_a_record_the_core_fails_on_is_dead_lettered_and_the_partition_goes_on(
     # The retry after the failure counted nothing twice.
     assert sum(metrics.actions.values()) == sum(
         1 for o in result.outputs if o.topic not in (TOPICS.dlq, TOPICS.scores, TOPICS.outcomes))
+
+
+def test_a_record_the_validator_fails_on_is_dead_lettered_and_the_partition_goes_on(
+    records, store, ctx, now, metrics, monkeypatch
+):
+    """A bug in validation (an exception other than pydantic's ValidationError) must not
+    fail the batch: the record is dead-lettered and its neighbours apply."""
+    from churnguard.core import validation
+
+    real = validation._ADAPTERS["purchase"]
+
+    class Failing:
+        def validate_json(self, raw):
+            if b"poison" in raw:
+                raise ValueError("unexpected tuple")
+            return real.validate_json(raw)
+
+    monkeypatch.setitem(validation._ADAPTERS, "purchase", Failing())
+    recs = records(
+        (TOPICS.purchases, {"day": 80, "amount": "100", "event_id": "before"}),
+        (TOPICS.purchases, {"day": 81, "amount": "200", "event_id": "poison"}),
+        (TOPICS.purchases, {"day": 82, "amount": "300", "event_id": "after"}),
+    )
+    result = run(recs, store, ctx, now)
+    [dead] = [orjson.loads(o.value) for o in result.outputs if o.topic == TOPICS.dlq]
+    assert dead["kind"] == "invalid_event"
+    assert "ValueError: unexpected tuple" in dead["reason"]
+    assert dead["source"]["offset"] == 1
+    assert CustomerState.from_bytes(store.data[b"c1"]).seen == ["before", "after"]
+    assert metrics.dead_letters == {"invalid_event": 1}
