@@ -1,4 +1,5 @@
-"""The `churnguard` command: demo, worker, broker, topics, replay, rules, lag, import."""
+"""The `churnguard` command: demo, worker, broker, topics, replay, rules, lag, import,
+deliver."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from churnguard.core.kpis import GROUP_BY
 from churnguard.errors import UserError
 from churnguard.logging import configure_logging
 from churnguard.rules.loading import PackFileInvalid
+from connectors.delivery.command import add_deliver_command, run_deliver_command
 from connectors.spreadsheet.command import add_import_command, run_import_command
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_rules_commands(commands)
     _add_lag_command(commands)
     add_import_command(commands)
+    add_deliver_command(commands)
 
     args = parser.parse_args(argv)
     try:
@@ -226,6 +229,8 @@ def _run(args: argparse.Namespace) -> int:
             return run_lag_command(args)
         case "import":
             return run_import_command(args)
+        case "deliver":
+            return run_deliver_command(args)
     return 2
 
 

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from churnguard.errors import UserError
+from connectors.delivery.settings import DeliverySettings
+from connectors.gateway.settings import GatewaySettings
 from connectors.spreadsheet.settings import ImportSettings
 
 # Read before rule packs existed; now the pack's (a deployment still setting them is told).
@@ -42,6 +44,8 @@ class TopicNames(BaseModel):
     dlq: str = "churnguard.dlq"
     # Published rule packs, one record per version (compacted; every worker reads it all).
     rules: str = "churnguard.rules"
+    # Actions `churnguard deliver` could not deliver (refused, or out of attempts).
+    delivery_dlq: str = "churnguard.delivery-dlq"
 
     def inputs(self) -> dict[str, str]:
         """Input topic -> event type it carries ("" for the combined, `type`-tagged topic)."""
@@ -147,6 +151,10 @@ class Settings(BaseSettings):
     clock_file: Path | None = None
     # `churnguard import` (CHURNGUARD_IMPORTS__*).
     imports: ImportSettings = ImportSettings()
+    # `churnguard gateway` (CHURNGUARD_GATEWAY__*).
+    gateway: GatewaySettings = GatewaySettings()
+    # `churnguard deliver` (CHURNGUARD_DELIVERY__*).
+    delivery: DeliverySettings = DeliverySettings()
 
     @model_validator(mode="after")
     def _no_retired_variables(self) -> Settings:

@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from churnguard.http_listen import listen
 from streams.dashboard import Dashboard
 from streams.insights import InsightsViews
 
@@ -85,18 +86,11 @@ class WorkerWeb:
 
     async def start(self) -> int:
         """Listen; returns the port (0 asks the system for a free one)."""
-        runner = web.AppRunner(self.app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        self._runner = runner
-        server: Any = site._server  # aiohttp keeps the asyncio server: its sockets say the port
-        sockets = list(server.sockets) if server is not None else []
-        port = sockets[0].getsockname()[1] if sockets else self.port
+        self._runner, port = await listen(self.app, self.host, self.port)
         self.url = f"http://{self.advertised_host}:{port}"
         log.info("http_listening", host=self.host, port=port, url=self.url,
                  endpoints=self.endpoints)
-        return int(port)
+        return port
 
     async def stop(self) -> None:
         if self.insights is not None:

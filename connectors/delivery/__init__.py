@@ -1,0 +1,1 @@
+"""Webhook delivery: `churnguard deliver` (the action topics -> HTTP endpoints)."""

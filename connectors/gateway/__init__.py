@@ -1,0 +1,1 @@
+"""HTTP ingest: `churnguard gateway` (POST /v1/events -> the input topics)."""
