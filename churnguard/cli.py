@@ -1,5 +1,5 @@
 """The `churnguard` command: demo, worker, broker, topics, replay, rules, lag, import,
-deliver."""
+deliver, gateway, token."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from typing import IO, TYPE_CHECKING
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from churnguard.access_tokens import add_token_command, run_token_command
 from churnguard.core.kpis import GROUP_BY
 from churnguard.errors import UserError
 from churnguard.logging import configure_logging
 from churnguard.rules.loading import PackFileInvalid
 from connectors.delivery.command import add_deliver_command, run_deliver_command
+from connectors.gateway.command import add_gateway_command, run_gateway_command
 from connectors.spreadsheet.command import add_import_command, run_import_command
 
 if TYPE_CHECKING:
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_lag_command(commands)
     add_import_command(commands)
     add_deliver_command(commands)
+    add_gateway_command(commands)
+    add_token_command(commands)
 
     args = parser.parse_args(argv)
     try:
@@ -231,6 +235,10 @@ def _run(args: argparse.Namespace) -> int:
             return run_import_command(args)
         case "deliver":
             return run_deliver_command(args)
+        case "gateway":
+            return run_gateway_command(args)
+        case "token":
+            return run_token_command(args)
     return 2
 
 

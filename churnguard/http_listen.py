@@ -3,8 +3,6 @@ the worker's endpoints, the gateway and deliver all listen this way."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 
@@ -14,6 +12,4 @@ async def listen(app: web.Application, host: str, port: int) -> tuple[web.AppRun
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server: Any = site._server  # aiohttp keeps the asyncio server: its sockets say the port
-    sockets = list(server.sockets) if server is not None else []
-    return runner, int(sockets[0].getsockname()[1]) if sockets else port
+    return runner, int(runner.addresses[0][1])

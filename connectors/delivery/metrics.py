@@ -6,8 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # How each action ended (the `status` label): delivered (2xx), refused (a permanent 4xx),
 # gave_up (out of attempts), no_route, unreadable (not an action record), skipped (a
-# `skip: true` route).
-OUTCOMES = ("delivered", "refused", "gave_up", "no_route", "unreadable", "skipped")
+# `skip: true` route), error (deliver failed on it: dead-lettered, a bug to report).
+OUTCOMES = ("delivered", "refused", "gave_up", "no_route", "unreadable", "skipped", "error")
 
 
 class DeliveryMetrics:

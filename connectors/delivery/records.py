@@ -4,6 +4,7 @@ action_feedback event (the feedback topic) per finished action. Wire formats: do
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,15 +26,17 @@ class Source:
 def delivery_dead_letter(
     source: Source, value: bytes | None, action: dict[str, Any] | None, *, kind: str,
     reason: str, endpoint: str | None, attempts: int, http_status: int | None, at: float,
+    action_id: str | None = None,
 ) -> bytes:
     """`kind`: refused | gave_up | no_route | unreadable. The action record itself is kept
-    (actions carry no personal data); a value that is not one is only described."""
+    (actions carry no personal data); a value that is not one, or an action too large to
+    keep (`action_id` then names it), is only described."""
     record: dict[str, Any] = {
         "kind": kind,
         "reason": reason[:_ERROR_LIMIT],
         "source": {"topic": source.topic, "partition": source.partition,
                    "offset": source.offset},
-        "action_id": None if action is None else action.get("action_id"),
+        "action_id": action_id if action is None else action.get("action_id"),
         "endpoint": endpoint,
         "attempts": attempts,
         "last_status": http_status,
@@ -60,8 +63,9 @@ def feedback_event(action: dict[str, Any], status: str, *, at: float) -> bytes:
 
 
 def readable_action(value: bytes | None) -> dict[str, Any] | None:
-    """The action record, None unless it is one (a JSON object with string action_id,
-    customer_id and type)."""
+    """The action record, None unless it is one: a JSON object with action_id, customer_id
+    and type as strings fit for a header and an event id (the worker's are 32 hex digits,
+    ids of at most 200 characters, one word)."""
     if not value:
         return None
     try:
@@ -70,7 +74,16 @@ def readable_action(value: bytes | None) -> dict[str, Any] | None:
         return None
     if not isinstance(action, dict):
         return None
-    fields = ("action_id", "customer_id", "type")
-    if not all(isinstance(action.get(name), str) and action[name] for name in fields):
-        return None
+    for name, (limit, unfit) in _FIELDS.items():
+        text = action.get(name)
+        if not isinstance(text, str) or not 0 < len(text) <= limit or unfit.search(text):
+            return None
     return action
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+# action_id and type go into headers; the feedback event's id (`delivery-delivered-` +
+# action_id) stays within an id's 200 characters.
+_FIELDS = {"action_id": (160, _CONTROL_OR_SPACE), "type": (40, _CONTROL_OR_SPACE),
+           "customer_id": (200, _CONTROL)}

@@ -36,7 +36,7 @@ def retry_after_s(status: int, header: str | None, *, now: float) -> float | Non
     if status not in _RETRY_AFTER or not header:
         return None
     text = header.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # ("²".isdigit() is true too)
         return float(text)
     try:
         when = parsedate_to_datetime(text)
@@ -49,9 +49,12 @@ def retry_after_s(status: int, header: str | None, *, now: float) -> float | Non
 
 def backoff_s(attempt: int, settings: DeliverySettings, *, asked: float | None = None,
               rng: random.Random | None = None) -> float:
-    """The wait after failed attempt number `attempt` (1-based)."""
-    if asked is not None:
-        return min(asked, settings.retry_after_max_s)
+    """The wait after failed attempt number `attempt` (1-based). A Retry-After asks for
+    "not before": it lengthens the backoff, never shortens it (`Retry-After: 0` on every
+    answer would otherwise spend all the attempts at once)."""
     ceiling = min(settings.backoff_max_s, settings.backoff_initial_s * 2 ** (attempt - 1))
-    return (rng or random).uniform(ceiling / 2, ceiling)
+    backoff = (rng or random).uniform(ceiling / 2, ceiling)
+    if asked is not None:
+        return max(backoff, min(asked, settings.retry_after_max_s))
+    return backoff
 

@@ -16,6 +16,7 @@ An action no route fits, without a default, is dead-lettered (`no_route`): never
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,6 +28,17 @@ from churnguard.errors import UserError
 from churnguard.rules.yaml_file import YamlFileError, format_loc, read_yaml_file
 
 ActionType = Literal["notification", "task", "coupon", "profile_update"]
+# Not in a URL, a header value or an id that goes into one (aiohttp would refuse the request).
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # a header value may hold tabs
+
+
+def _header_value(value: str) -> str:
+    if _VALUE_CONTROL.search(value):
+        raise ValueError("a header value must not contain line breaks or control characters")
+    return value
+
+
 # Headers deliver sets itself: a route cannot replace them.
 _OWN_HEADERS = frozenset({"content-type", "idempotency-key", "x-churnguard-signature",
                           "content-length", "host"})
@@ -36,6 +48,12 @@ def _http_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")
+    try:
+        parts.port  # noqa: B018 (urllib checks the port only when it is read)
+    except ValueError:
+        raise ValueError("has an invalid port (1-65535)") from None
+    if _CONTROL.search(url):
+        raise ValueError("must not contain control characters or spaces")
     return url
 
 
@@ -46,9 +64,7 @@ def shown_url(url: str) -> str:
     """The URL without user:password and query (where tokens hide): what logs and the
     delivery DLQ say."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 class Match(BaseModel):
@@ -68,7 +84,7 @@ class Route(BaseModel):
     skip: bool = False
     headers: dict[Annotated[str, Field(min_length=1, max_length=200,
                                        pattern=r"^[A-Za-z0-9-]+$")],
-                  Annotated[str, Field(max_length=4000)]] = {}
+                  Annotated[str, Field(max_length=4000), AfterValidator(_header_value)]] = {}
 
     @model_validator(mode="after")
     def _url_or_skip(self) -> Route:
@@ -130,9 +146,10 @@ def load_routes(path: Path) -> Router:
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_url=False, include_input=False)[:10]:
-            loc = tuple(p for p in error["loc"] if isinstance(p, str | int))
-            unknown = error["type"] == "extra_forbidden"
-            message = (_unknown(str(loc[-1]), error["loc"]) if unknown
+            # ("[key]": pydantic's mark of a dict key that is itself wrong)
+            loc = tuple(p for p in error["loc"] if isinstance(p, str | int) and p != "[key]")
+            unknown = error["type"] == "extra_forbidden" or len(loc) < len(error["loc"])
+            message = (_unknown(str(loc[-1]), error["loc"]) if error["type"] == "extra_forbidden"
                        else str(error["msg"]).removeprefix("Value error, "))
             where = document.where(loc, key=unknown)
             problems.append(f"{where}: {format_loc(loc)}: {message}" if loc

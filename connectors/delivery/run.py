@@ -118,7 +118,8 @@ class DeliveryRun:
             async with aiohttp.ClientSession(connector=connector) as session:
                 sender = Sender(session, delivery, self.metrics)
                 self.deliverer = Deliverer(delivery, topics, self.router, sender, producer,
-                                           self.metrics)
+                                           self.metrics,
+                                           max_record_bytes=settings.max_record_bytes)
                 consumer.subscribe(topics.actions(), listener=_Revocations(self))
                 await consumer.start()
                 log.info("deliver_started", routes=self.router.source,

@@ -10,6 +10,7 @@ re-delivers what was not committed under the same Idempotency-Key: at-least-once
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -54,6 +55,7 @@ class Producer(Protocol):
 class Deliverer:
     def __init__(self, settings: DeliverySettings, topics: TopicNames, router: Router,
                  sender: Sender, producer: Producer, metrics: DeliveryMetrics, *,
+                 max_record_bytes: int = 1_000_000,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._settings = settings
         self._topics = topics
@@ -62,6 +64,8 @@ class Deliverer:
         self._producer = producer
         self._metrics = metrics
         self._sleep = sleep
+        # Room for the record's key and framing (as the worker's limit counts them).
+        self._max_record_bytes = max_record_bytes - 1024
         self.progress: dict[TopicPartition, PartitionProgress] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._tails: dict[bytes | None, asyncio.Task[None]] = {}  # each customer's last
@@ -122,11 +126,21 @@ class Deliverer:
     async def _finish(self, tp: TopicPartition, record: Record,
                       previous: asyncio.Task[None] | None) -> None:
         if previous is not None:
+            # Whatever became of it: cancelled with a partition this process lost (its
+            # partition of this topic goes too, with the range assignor), or failed.
             await asyncio.wait([previous])
-            if previous.cancelled():
-                # Not sent before the customer's earlier action: order is kept.
-                raise asyncio.CancelledError
-        status = await self._deliver(record)
+        try:
+            status = await self._deliver(record)
+        except Exception as exc:  # a bug must not hold the partition's commits forever
+            log.error("delivery_failed_unexpectedly", topic=record.topic,
+                      partition=record.partition, offset=record.offset,
+                      error=type(exc).__name__)
+            status = "error"
+            await self._dead_letter(record, Source(record.topic, record.partition,
+                                                   record.offset),
+                                    readable_action(record.value), "error",
+                                    f"deliver failed on this action ({type(exc).__name__}: "
+                                    f"{exc}); report it", None, 0, None)
         self.finished[status] += 1
         self._metrics.deliveries.labels(status=status).inc()
         progress = self.progress.get(tp)
@@ -169,9 +183,14 @@ class Deliverer:
     async def _dead_letter(self, record: Record, source: Source, action: dict[str, Any] | None,
                            kind: str, reason: str, endpoint: str | None, attempts: int,
                            http_status: int | None) -> None:
-        value = delivery_dead_letter(source, record.value, action, kind=kind, reason=reason,
-                                     endpoint=endpoint, attempts=attempts,
-                                     http_status=http_status, at=time.time())
+        letter = functools.partial(delivery_dead_letter, source, record.value, kind=kind,
+                                   reason=reason, endpoint=endpoint, attempts=attempts,
+                                   http_status=http_status, at=time.time())
+        value = letter(action)
+        if len(value) > self._max_record_bytes:
+            # The action with its dead letter's fields would not fit in one record: only
+            # described then (it stays readable at its source offset for the retention).
+            value = letter(None, action_id=None if action is None else action["action_id"])
         await self._produce(self._topics.delivery_dlq, value, record.key)
         if action is not None:
             await self._feedback(record, action, "failed")
