@@ -7,12 +7,14 @@ mid-day instant, so that day-bucket edges are explicit in the tests.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
+from aiohttp.test_utils import TestServer
 
 from churnguard.core.clock import DAY, rfc3339
 from churnguard.core.pack import RulePack
@@ -23,6 +25,7 @@ from churnguard.core.state import CustomerState
 from churnguard.engine import build_engine
 from schemas.events import MODEL_BY_TYPE, Event
 from streams.settings import Settings
+from tests.unit.delivery_endpoint import Endpoint
 from tests.unit.packs import make_pack
 
 # 2024-03-01T12:00:00Z: mid-day, so "day N" and "day N ± 12 h" fall in different buckets.
@@ -174,3 +177,21 @@ def ids_of() -> Callable[[Iterable[Action]], list[tuple[str, str]]]:
         return [(a.rule_id, a.type) for a in actions]
 
     return pick
+
+
+# --- the delivery tests' local HTTP server and client (tests/unit/test_delivery_*.py) -------
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[Endpoint]:
+    served = Endpoint()
+    async with TestServer(served.app(), host="127.0.0.1", port=0,
+                          handler_cancellation=True) as server:
+        served.server = server
+        yield served
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client

@@ -3,10 +3,8 @@ local HTTP server answering scripted statuses; backoff waits are recorded, never
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -14,97 +12,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
-from multidict import CIMultiDict
 
 from connectors.delivery.metrics import DeliveryMetrics
 from connectors.delivery.routes import Route
 from connectors.delivery.sender import USER_AGENT, Attempted, Sender
 from connectors.delivery.settings import DeliverySettings
 from connectors.delivery.signing import sign, verify
+from tests.unit.delivery_endpoint import HANG, Answer, Endpoint, Sleeps
 
 SECRET = "s" * 16
-HANG = "hang"  # an answer that never comes (the handler waits on an event never set)
-Answer = int | tuple[int, dict[str, str]] | str
-
-
-@dataclass(frozen=True)
-class Hit:
-    path: str
-    headers: CIMultiDict[str]
-    body: bytes
-
-
-@dataclass
-class Endpoint:
-    """A local HTTP server: POST /NAME answers NAME's script, one answer per request (the
-    last one repeats), and records every request in arrival order."""
-
-    hits: list[Hit] = field(default_factory=list)
-    scripts: dict[str, list[Answer]] = field(default_factory=dict)
-    never: asyncio.Event = field(default_factory=asyncio.Event)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    server: TestServer | None = None
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/{name}", self._handle)
-        return app
-
-    def url(self, name: str, *answers: Answer) -> str:
-        assert self.server is not None
-        self.scripts[name] = list(answers) or [200]
-        return str(self.server.make_url(f"/{name}"))
-
-    def hits_of(self, name: str) -> list[Hit]:
-        return [hit for hit in self.hits if hit.path == name]
-
-    async def wait_until(self, condition: Callable[[], bool]) -> None:
-        """Until requests that arrived make `condition` true (each arrival wakes it)."""
-        async with asyncio.timeout(5):
-            while not condition():
-                self.arrived.clear()
-                await self.arrived.wait()
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
-        self.hits.append(Hit(name, CIMultiDict(request.headers), await request.read()))
-        self.arrived.set()
-        script = self.scripts.get(name, [200])
-        answer = script.pop(0) if len(script) > 1 else script[0]
-        if answer == HANG:
-            await self.never.wait()
-        status, headers = answer if isinstance(answer, tuple) else (answer, {})
-        assert isinstance(status, int)
-        return web.Response(status=status, headers=headers, text="answer body")
-
-
-@pytest.fixture
-async def endpoint() -> AsyncIterator[Endpoint]:
-    served = Endpoint()
-    async with TestServer(served.app(), host="127.0.0.1", port=0,
-                          handler_cancellation=True) as server:
-        served.server = server
-        yield served
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-class Sleeps:
-    """A fake asyncio.sleep: records each wait and returns at once."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
 def settings(**overrides: Any) -> DeliverySettings:
     values: dict[str, Any] = {"secret": SECRET, "backoff_initial_s": 0.01, "timeout_s": 2.0,
                               **overrides}

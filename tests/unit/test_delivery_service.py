@@ -5,7 +5,7 @@ behind finished actions."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any
@@ -13,7 +13,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaTimeoutError
 
@@ -23,7 +22,7 @@ from connectors.delivery.sender import Sender
 from connectors.delivery.service import PRODUCE_RETRY_S, Deliverer, commit
 from connectors.delivery.settings import DeliverySettings
 from streams.settings import TopicNames
-from tests.unit.test_delivery_sender import HANG, Endpoint, Sleeps
+from tests.unit.delivery_endpoint import HANG, Endpoint, Sleeps
 
 TOPICS = TopicNames().with_prefix("t.")
 NOTIFICATIONS = TOPICS.notifications
@@ -88,19 +87,6 @@ class GatedSleeps(Sleeps):
         await self.gate.wait()
 
 
-@pytest.fixture
-async def endpoint() -> AsyncIterator[Endpoint]:
-    served = Endpoint()
-    async with TestServer(served.app(), host="127.0.0.1", port=0,
-                          handler_cancellation=True) as server:
-        served.server = server
-        yield served
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 def action(customer: str = "cust-1", action_id: str = "act-1", *, type_: str = "notification",
