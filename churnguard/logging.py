@@ -1,5 +1,6 @@
 """structlog, configured once: JSON (orjson) off a terminal, console on one. Never pass
-personal data (name, email, phone) to a logger.
+personal data (name, email, phone) to a logger; e-mail addresses and phone numbers that slip
+into a line anyway are masked (churnguard/log_masking.py).
 
 Everything a worker writes to stderr is one JSON object per line: structlog's own lines,
 the standard library loggers of faust, aiokafka and mode (`stdlib_logging_config`, with
@@ -22,6 +23,8 @@ from typing import Any
 
 import orjson
 import structlog
+
+from churnguard.log_masking import mask_personal_data
 
 __all__ = [
     "REPEAT_INTERVAL_S",
@@ -48,6 +51,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        mask_personal_data,
     ]
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(serializer=orjson.dumps)
@@ -88,6 +92,7 @@ def stdlib_logging_config(
                 "processors": [
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info,
+                    mask_personal_data,
                     structlog.processors.JSONRenderer(),
                 ],
                 "foreign_pre_chain": [
