@@ -80,7 +80,9 @@ class TokenRegistry:
         return len(self.tokens)
 
     def find(self, presented: str) -> AccessToken | None:
-        if not presented or len(presented) > MAX_TOKEN_CHARS:
+        # Tokens are URL-safe base64: anything else (a header aiohttp decoded with
+        # surrogate escapes included) is no token, not an error.
+        if not presented or len(presented) > MAX_TOKEN_CHARS or not presented.isascii():
             return None
         digest = hash_token(presented).encode()
         found = None

@@ -95,7 +95,8 @@ def _explain(exc: ValidationError) -> Rejected:
     first = errors[0]
     kind = first["type"]
     if kind == "json_invalid":
-        return Rejected("malformed_json", f"not valid JSON: {first['msg']}")
+        detail = str(first["msg"]).removeprefix("Invalid JSON: ")
+        return Rejected("malformed_json", f"not valid JSON: {detail}")
     if kind in {"union_tag_invalid", "union_tag_not_found"}:
         return Rejected(
             "unknown_type",

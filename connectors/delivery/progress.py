@@ -25,5 +25,6 @@ class PartitionProgress:
             self.commit_point = done + 1
 
     @property
-    def in_flight(self) -> int:
+    def uncommitted(self) -> int:
+        """Offsets read past the commit point: in flight, or finished behind one that is."""
         return len(self._read)

@@ -64,6 +64,8 @@ class DeliveryRun:
         self.consumer: Any = None
         self.web_port: int | None = None
         self._lag_shown: set[TopicPartition] = set()
+        self._paused_all = False
+        self._lag_base: dict[TopicPartition, int] = {}  # partitions never committed
 
     async def release(self, partitions: set[TopicPartition]) -> None:
         if self.deliverer is None:
@@ -72,6 +74,7 @@ class DeliveryRun:
         await self.deliverer.drop(partitions)
         for tp in partitions:
             self.committed.pop(tp, None)
+            self._lag_base.pop(tp, None)
             if tp in self._lag_shown:
                 self._lag_shown.discard(tp)
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
@@ -79,10 +82,19 @@ class DeliveryRun:
     async def take(self, partitions: set[TopicPartition]) -> None:
         """The group's committed offsets of newly owned partitions: where delivery resumes,
         what lag is measured from."""
+        fresh = []
         for tp in partitions:
             offset = await self.consumer.committed(tp)
-            if offset is not None:
+            if offset is None:
+                fresh.append(tp)
+            else:
                 self.committed[tp] = offset
+        if fresh:
+            # Never committed (a new group): lag counts from where delivery starts, so a
+            # partition stuck on its first action shows its whole backlog.
+            starts = (self.consumer.beginning_offsets if self.settings.delivery.start_from
+                      == "earliest" else self.consumer.end_offsets)
+            self._lag_base.update(await starts(fresh))
 
     async def run(self) -> None:
         settings = self.settings
@@ -133,20 +145,13 @@ class DeliveryRun:
 
     async def _loop(self, consumer: Any, deliverer: Deliverer) -> None:
         delivery = self.settings.delivery
-        paused = False
         next_commit = next_summary = time.monotonic()
         while not self.stopping.is_set():
             batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
             for records in batches.values():
                 for record in records:
                     deliverer.submit(record)
-            in_flight = deliverer.in_flight
-            if not paused and in_flight >= delivery.max_pending:
-                consumer.pause(*consumer.assignment())
-                paused = True
-            elif paused and in_flight <= delivery.max_pending // 2:
-                consumer.resume(*consumer.assignment())
-                paused = False
+            self._flow_control(consumer, deliverer)
             now = time.monotonic()
             if now >= next_commit:
                 await commit(consumer, deliverer, self.committed)
@@ -156,26 +161,48 @@ class DeliveryRun:
                 self._summary(deliverer)
                 next_summary = now + SUMMARY_INTERVAL_S
 
+    def _flow_control(self, consumer: Any, deliverer: Deliverer) -> None:
+        """Bounded read-ahead: all partitions pause while `max_pending` actions are running,
+        one partition while `max_pending` of its offsets wait behind its commit point (a
+        customer whose endpoint keeps failing holds up its own partition only); each
+        resumes at half."""
+        limit = self.settings.delivery.max_pending
+        assignment = consumer.assignment()
+        paused = consumer.paused()
+        running = deliverer.running
+        self._paused_all = running >= limit or (running > limit // 2 and self._paused_all)
+        if self._paused_all:
+            wanted = set(assignment)
+        else:
+            wanted = {tp for tp in assignment
+                      if (backlog := deliverer.uncommitted_of(tp)) >= limit
+                      or (backlog > limit // 2 and tp in paused)}
+        if wanted - paused:
+            consumer.pause(*(wanted - paused))
+        if paused - wanted:
+            consumer.resume(*(paused - wanted))
+
     async def _stop(self, consumer: Any, deliverer: Deliverer) -> None:
         """Finish what is being sent (one attempt's timeout at most), commit it; the rest is
         re-delivered by whoever takes the partitions next."""
         drained = await deliverer.drain(self.settings.delivery.timeout_s + 1)
         await commit(consumer, deliverer, self.committed)
-        in_flight = deliverer.in_flight
+        left = deliverer.running
         await deliverer.drop(list(deliverer.progress))
         self._summary(deliverer)
-        log.info("deliver_stopped", drained=drained, left_for_redelivery=in_flight)
+        log.info("deliver_stopped", drained=drained, left_for_redelivery=left)
 
     def _summary(self, deliverer: Deliverer) -> None:
         if deliverer.finished:
-            log.info("delivery_progress", in_flight=deliverer.in_flight,
+            log.info("delivery_progress", running=deliverer.running,
+                     uncommitted=deliverer.uncommitted,
                      **dict(deliverer.finished))
             deliverer.finished.clear()
 
     def _update_lag(self, consumer: Any) -> None:
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
-            point = self.committed.get(tp)
+            point = self.committed.get(tp, self._lag_base.get(tp))
             if highwater is not None and point is not None:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(highwater - point)
                 self._lag_shown.add(tp)

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import aiohttp
 
@@ -54,6 +55,7 @@ class Sender:
         status: int | None = None
         error = ""
         attempt = 0
+        first = time.monotonic()
         while True:
             attempt += 1
             headers["X-Churnguard-Attempt"] = str(attempt)
@@ -64,9 +66,9 @@ class Sender:
                     async with self._session.post(route.url, data=body, headers=headers,
                                                   timeout=self._timeout,
                                                   allow_redirects=False) as answer:
-                        await answer.read()  # the connection is reused only once read
+                        await _drain(answer)
                         status = answer.status
-                        error = f"HTTP {status} {answer.reason or ''}".rstrip()
+                        error = _http_error(status)
                         asked = retry_after_s(status, answer.headers.get("Retry-After"),
                                               now=time.time())
                 except TimeoutError:
@@ -80,7 +82,32 @@ class Sender:
                 return Attempted("delivered", attempt, status, "")
             if settled is Verdict.REFUSED:
                 return Attempted("refused", attempt, status, error)
-            if attempt >= self._settings.max_attempts:
+            wait = backoff_s(attempt, self._settings, asked=asked)
+            if attempt >= self._settings.max_attempts or (
+                    time.monotonic() - first + wait > self._settings.give_up_after_s):
                 return Attempted("gave_up", attempt, status, error)
             self._metrics.retries.inc()
-            await self._sleep(backoff_s(attempt, self._settings, asked=asked))
+            await self._sleep(wait)
+
+
+# An answer's body is never used: read this much at most (the connection is reused only
+# once an answer is read whole; a larger one is closed instead of filling memory).
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+async def _drain(answer: aiohttp.ClientResponse) -> None:
+    size = 0
+    async for chunk in answer.content.iter_chunked(16 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            answer.close()
+            return
+
+
+def _http_error(status: int) -> str:
+    """`HTTP 503 Service Unavailable`: the standard phrase, never the endpoint's own text
+    (which lands in the delivery DLQ and may hold anything)."""
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"

@@ -72,8 +72,18 @@ class Deliverer:
         self.finished: Counter[str] = Counter()  # since the last summary line
 
     @property
-    def in_flight(self) -> int:
-        return sum(p.in_flight for p in self.progress.values())
+    def running(self) -> int:
+        """Actions started and not finished (sending, waiting to retry, or queued behind
+        their customer's previous one)."""
+        return sum(len(tasks) for tasks in self._tasks.values())
+
+    @property
+    def uncommitted(self) -> int:
+        return sum(p.uncommitted for p in self.progress.values())
+
+    def uncommitted_of(self, tp: TopicPartition) -> int:
+        progress = self.progress.get(tp)
+        return 0 if progress is None else progress.uncommitted
 
     def submit(self, record: Record) -> None:
         """Start delivering `record` (after its customer's previous action)."""

@@ -24,6 +24,9 @@ class DeliverySettings(BaseModel):
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(300.0, gt=0)
     retry_after_max_s: float = Field(3600.0, gt=0)
+    # An action still failing this long after its first attempt is dead-lettered, whatever
+    # its attempts: a customer's later actions, and its partition's commits, wait behind it.
+    give_up_after_s: float = Field(3600.0, gt=0)
     # Requests in flight at once (different customers; one customer's actions go one by one).
     concurrency: int = Field(32, ge=1, le=10_000)
     # Actions read ahead of their delivery; above this the consumer pauses fetching.

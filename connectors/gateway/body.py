@@ -21,7 +21,17 @@ class BodyRefused:
     message: str
 
 
+_BOM = b"\xef\xbb\xbf"
+_EMPTY = ("the body holds no event: send a JSON object, a JSON array of objects or NDJSON "
+          "(Content-Type: application/x-ndjson)")
+
+
 def split_events(body: bytes, content_type: str, *, max_events: int) -> list[bytes] | BodyRefused:
+    if body.startswith(_BOM):
+        return BodyRefused(400, "malformed_json", "the body starts with a UTF-8 byte-order "
+                           "mark: send it without one (JSON is UTF-8 without a BOM)")
+    if not body.strip():
+        return BodyRefused(400, "empty", _EMPTY)
     if content_type in NDJSON_TYPES:
         items = [line for line in body.splitlines() if line.strip()]
     else:
@@ -30,8 +40,7 @@ def split_events(body: bytes, content_type: str, *, max_events: int) -> list[byt
             return items_or_refusal
         items = items_or_refusal
     if not items:
-        return BodyRefused(400, "empty", "the body holds no event: send a JSON object, a JSON "
-                           "array of objects or NDJSON (Content-Type: application/x-ndjson)")
+        return BodyRefused(400, "empty", _EMPTY)
     if len(items) > max_events:
         return BodyRefused(413, "too_many_events",
                            f"the body holds {len(items):,} events, over the limit of "

@@ -118,8 +118,10 @@ def openapi_document(limits: GatewaySettings) -> dict[str, Any]:
                                 {"$ref": "#/components/schemas/Error"}]}}}},
                     "401": _error("no valid bearer token"),
                     "403": _error("the token lacks the `ingest` scope"),
+                    "408": _error(f"the body took over {limits.body_timeout_s:g} s to arrive"),
                     "413": _error(f"body over {limits.max_body_bytes:,} bytes or more than "
                                   f"{batch:,} events"),
+                    "415": _error("a Content-Encoding other than gzip or deflate"),
                     "429": _error("the token's rate limit", _RETRY_AFTER),
                     "503": _error("starting, stopping, or the broker did not acknowledge in "
                                   "time: nothing reported accepted", _RETRY_AFTER),

@@ -4,6 +4,7 @@ describes each status."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from churnguard.access_tokens import AccessToken, Scope, TokenRegistry
@@ -25,6 +28,8 @@ from streams.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 INGEST_PATH = "/v1/events"
+# What aiohttp decodes (brotli would need a package the gateway does not install).
+_ENCODINGS = frozenset({"identity", "gzip", "deflate"})
 
 
 class Refused(Exception):
@@ -169,12 +174,28 @@ class Gateway:
                             f"the body is over the limit of {limit:,} bytes: split the batch")
         if request.content_length is not None and request.content_length > limit:
             raise too_large
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in _ENCODINGS:
+            raise Refused(415, "unsupported_encoding",
+                          f"Content-Encoding {encoding[:40]!r} is not supported: send the body "
+                          "as it is, or gzip or deflate it")
         chunks, size = [], 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
+        try:
+            # A client that stops sending holds its request no longer than this.
+            async with asyncio.timeout(self.limits.body_timeout_s):
+                async for chunk in request.content.iter_any():
+                    size += len(chunk)
+                    if size > limit:  # (after decompression: a gzip bomb stops here)
+                        raise too_large
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise Refused(408, "body_timeout",
+                          f"the body did not arrive within {self.limits.body_timeout_s:g} s: "
+                          "send it at once") from None
+        except (HttpProcessingError, RequestPayloadError):
+            raise Refused(400, "malformed_body",
+                          f"the body could not be decoded as Content-Encoding {encoding}: "
+                          "check the compression, or send it as it is") from None
         return b"".join(chunks)
 
     def _split_duplicates(self, admitted: list[Admitted]) -> tuple[list[Admitted], list[Admitted]]:

@@ -31,6 +31,10 @@ class GatewaySettings(BaseModel):
     # answered as a duplicate and not produced again (the worker de-duplicates anyway).
     idempotency_window_s: float = Field(600.0, ge=0)
     idempotency_max_ids: int = Field(200_000, ge=0)
+    # How long a request's body may take to arrive (408 after): a client that stops
+    # sending does not hold a request open. Slow headers and idle connections are a reverse
+    # proxy's to bound (docs/gateway.md).
+    body_timeout_s: float = Field(30.0, gt=0)
     # How long a request waits for the broker's acknowledgements (acks=all) before it is
     # answered 503; and the Retry-After it is given.
     broker_timeout_s: float = Field(10.0, gt=0)

@@ -3,7 +3,9 @@ on the topics afterwards (read back with kafka-python: topic, key, partition, va
 
 from __future__ import annotations
 
+import gzip
 import itertools
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -227,7 +229,45 @@ def test_bodies_the_gateway_refuses_whole(shared_broker: EmbeddedBroker) -> None
         assert (malformed.status_code, malformed.json()["error"]) == (400, "malformed_json")
         empty = post(gateway, [])
         assert (empty.status_code, empty.json()["error"]) == (400, "empty")
+        nothing = post(gateway, b"")
+        assert (nothing.status_code, nothing.json()["error"]) == (400, "empty")
+        bom = post(gateway, b"\xef\xbb\xbf" + orjson.dumps([event("login", "e")]))
+        assert (bom.status_code, bom.json()["error"]) == (400, "malformed_json")
+        assert "byte-order mark" in bom.json()["message"]
         assert records(settings, settings.topics.logins, 0) == []
+
+
+def test_encodings_and_a_body_that_never_ends(shared_broker: EmbeddedBroker) -> None:
+    settings = gateway_settings(shared_broker, body_timeout_s=0.5)
+    with GatewayThread(settings) as gateway:
+        url = f"{gateway.url}/v1/events"
+        auth = {"Authorization": f"Bearer {INGEST_TOKEN}", "Content-Type": "application/json"}
+        body = orjson.dumps([event("login", "gz")])
+        gzipped = requests.post(url, data=gzip.compress(body), timeout=10,
+                                headers={**auth, "Content-Encoding": "gzip"})
+        assert (gzipped.status_code, gzipped.json()["accepted"]) == (202, ["gz"])
+        broken = requests.post(url, data=b"not deflate at all", timeout=10,
+                               headers={**auth, "Content-Encoding": "deflate"})
+        assert (broken.status_code, broken.json()["error"]) == (400, "malformed_body")
+        other = requests.post(url, data=body, timeout=10,
+                               headers={**auth, "Content-Encoding": "compress"})
+        assert (other.status_code, other.json()["error"]) == (415, "unsupported_encoding")
+
+        # A client that announces a body and stops sending: answered 408, not held.
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+            client.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                           b"Authorization: Bearer " + INGEST_TOKEN.encode() + b"\r\n\r\n[")
+            answer = client.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408")
+
+
+def test_a_token_that_is_not_ascii_is_no_token(gateway: GatewayThread) -> None:
+    # aiohttp decodes header bytes that are not UTF-8 with surrogate escapes.
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+        client.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                       b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n{}")
+        answer = client.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 401")
 
 
 def test_a_token_over_its_rate_is_told_when_to_retry(shared_broker: EmbeddedBroker) -> None:

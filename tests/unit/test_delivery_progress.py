@@ -18,21 +18,21 @@ def _reading(*offsets: int) -> PartitionProgress:
 def test_nothing_to_commit_before_anything_finished() -> None:
     progress = _reading(10, 11)
     assert progress.commit_point is None
-    assert progress.in_flight == 2
+    assert progress.uncommitted == 2
     assert PartitionProgress().commit_point is None
-    assert PartitionProgress().in_flight == 0
+    assert PartitionProgress().uncommitted == 0
 
 
 def test_in_order_finishes_advance_one_by_one() -> None:
     progress = _reading(5, 6, 7)
     progress.finish(5)
     assert progress.commit_point == 6
-    assert progress.in_flight == 2
+    assert progress.uncommitted == 2
     progress.finish(6)
     assert progress.commit_point == 7
     progress.finish(7)
     assert progress.commit_point == 8
-    assert progress.in_flight == 0
+    assert progress.uncommitted == 0
 
 
 def test_a_later_finish_waits_behind_an_unfinished_offset() -> None:
@@ -40,13 +40,13 @@ def test_a_later_finish_waits_behind_an_unfinished_offset() -> None:
     progress.finish(2)
     progress.finish(1)
     assert progress.commit_point is None
-    assert progress.in_flight == 4
+    assert progress.uncommitted == 4
     progress.finish(0)
     assert progress.commit_point == 3  # 0, 1, 2 contiguous; 3 still in flight
-    assert progress.in_flight == 1
+    assert progress.uncommitted == 1
     progress.finish(3)
     assert progress.commit_point == 4
-    assert progress.in_flight == 0
+    assert progress.uncommitted == 0
 
 
 def test_gaps_in_offsets_are_fine() -> None:
@@ -68,7 +68,7 @@ def test_commit_point_stays_when_more_is_read() -> None:
     assert progress.commit_point == 1
     progress.finish(2)
     assert progress.commit_point == 1
-    assert progress.in_flight == 2
+    assert progress.uncommitted == 2
 
 
 def test_any_finishing_order_commits_only_a_finished_prefix() -> None:
@@ -88,5 +88,5 @@ def test_any_finishing_order_commits_only_a_finished_prefix() -> None:
             # The commit point is as far as it may be: the first unfinished offset.
             first_open = next((o for o in offsets if o not in finished), 140)
             assert point == (first_open if first_open > 100 else None)
-            assert progress.in_flight == 140 - first_open
+            assert progress.uncommitted == 140 - first_open
         assert progress.commit_point == 140

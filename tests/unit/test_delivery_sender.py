@@ -8,10 +8,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from connectors.delivery.metrics import DeliveryMetrics
 from connectors.delivery.routes import Route
@@ -271,3 +274,38 @@ async def test_an_unparsable_retry_after_from_the_endpoint_is_ignored(
         endpoint: Endpoint, rig: Rig) -> None:
     attempted = await rig.send(endpoint.url("hook", (429, {"Retry-After": "\u00b2"}), 200))
     assert attempted == Attempted("delivered", 2, 200, "")
+
+
+# --- what an endpoint answers beyond the status ---------------------------------------------
+
+
+async def test_an_endless_answer_body_is_not_read_to_its_end(rig: Rig) -> None:
+    """A 200 whose body never ends (or is gigabytes): deliver reads 64 KiB at most and
+    closes the connection, instead of holding the attempt until the timeout (or memory)."""
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        answer = web.StreamResponse(status=200)
+        await answer.prepare(request)
+        chunk = b"x" * 65_536
+        while True:  # until deliver hangs up
+            await answer.write(chunk)
+
+    app = web.Application()
+    app.router.add_post("/endless", endless)
+    async with TestServer(app, host="127.0.0.1", port=0) as server:
+        attempted = await rig.send(str(server.make_url("/endless")), timeout_s=30.0)
+    assert attempted.status == "delivered"
+    assert attempted.attempts == 1
+
+
+async def test_the_dead_letter_error_is_the_standard_phrase_not_the_endpoints_text(
+        rig: Rig) -> None:
+    async def odd(_: web.Request) -> web.Response:
+        return web.Response(status=422, reason="Nope, ask alice@example.com")
+
+    app = web.Application()
+    app.router.add_post("/odd", odd)
+    async with TestServer(app, host="127.0.0.1", port=0) as server:
+        attempted = await rig.send(str(server.make_url("/odd")))
+    assert attempted.status == "refused"
+    assert attempted.error == f"HTTP 422 {HTTPStatus(422).phrase}"

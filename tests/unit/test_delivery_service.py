@@ -175,7 +175,7 @@ async def test_delivered_action_gets_delivered_feedback(
     assert rig.count("delivered") == 1
     assert rig.deliverer.finished == {"delivered": 1}
     assert rig.deliverer.committable({}) == {TP0: 42}
-    assert rig.deliverer.in_flight == 0
+    assert rig.deliverer.uncommitted == 0
     assert rig.in_flight_gauge() == 0
 
 
@@ -324,7 +324,7 @@ async def test_one_customers_actions_go_in_order_while_others_go_ahead(
     assert "a2" not in {hit.path for hit in endpoint.hits}
     # Offset 1 is finished, offset 0 is not: nothing may be committed yet.
     assert deliverer.committable({}) == {}
-    assert deliverer.in_flight == 3
+    assert deliverer.uncommitted == 3
 
     sleeps.gate.set()
     assert await deliverer.drain(5)
@@ -335,7 +335,7 @@ async def test_one_customers_actions_go_in_order_while_others_go_ahead(
     assert [p.value["action_id"] for p in rig.producer.to(TOPICS.feedback)] == ["b1", "a1", "a2"]
     assert deliverer.committable({}) == {TP0: 3}
     assert deliverer.committable({TP0: 3}) == {}
-    assert deliverer.in_flight == 0
+    assert deliverer.uncommitted == 0
 
 
 async def test_a_customers_actions_are_sent_one_at_a_time(
@@ -366,7 +366,7 @@ async def test_committable_stops_at_an_unfinished_offset(
     assert deliverer.committable({}) == {TP0: 11, TP1: 1}
     assert deliverer.committable({TP0: 11}) == {TP1: 1}
     assert deliverer.committable({TP0: 11, TP1: 1}) == {}
-    assert deliverer.in_flight == 2  # 11 (sending) and 12 (finished behind it)
+    assert deliverer.uncommitted == 2  # 11 (sending) and 12 (finished behind it)
     assert not await deliverer.drain(0.01)
     async with asyncio.timeout(5):
         await deliverer.drop([TP0, TP1])
@@ -416,7 +416,7 @@ async def test_drop_cancels_a_partitions_unfinished_actions(
     async with asyncio.timeout(5):
         await deliverer.drop([TP0])
     assert TP0 not in deliverer.progress
-    assert deliverer.in_flight == 0
+    assert deliverer.uncommitted == 0
     assert rig.in_flight_gauge() == 0
     assert deliverer.committable({}) == {TP1: 1}
     sleeps.gate.set()
@@ -441,7 +441,7 @@ async def test_drain_is_true_once_everything_finished(
     assert rig.count("delivered") == 5
     assert len(rig.producer.sent) == 5
     assert rig.deliverer.committable({}) == {TP0: 5}
-    assert rig.deliverer.in_flight == 0
+    assert rig.deliverer.uncommitted == 0
 
 
 async def test_drain_is_false_while_an_attempt_hangs(
@@ -450,7 +450,7 @@ async def test_drain_is_false_while_an_attempt_hangs(
     rig.deliverer.submit(record(0, action()))
     await endpoint.wait_until(lambda: len(endpoint.hits) == 1)
     assert not await rig.deliverer.drain(0.01)
-    assert rig.deliverer.in_flight == 1
+    assert rig.deliverer.uncommitted == 1
     async with asyncio.timeout(5):
         await rig.deliverer.drop([TP0])
     assert await rig.deliverer.drain(0)
