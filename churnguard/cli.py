@@ -8,10 +8,11 @@ import contextlib
 import signal
 import subprocess
 import sys
+import typing
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from pydantic import ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import SettingsError
 
 from churnguard.access_tokens import add_token_command, run_token_command
@@ -181,8 +182,6 @@ def _fail(message: str) -> int:
 
 def _explain_settings(exc: ValidationError) -> str:
     """Settings errors named by their environment variables (CHURNGUARD_TOPICS__EVENTS)."""
-    from pydantic import BaseModel
-
     from streams.settings import Settings
 
     parts = []
@@ -198,11 +197,27 @@ def _explain_settings(exc: ValidationError) -> str:
             variable += f" (item {', '.join(items)})"
         message = error["msg"].removeprefix("Value error, ")
         value = error.get("input")
-        if isinstance(value, str | int | float) and len(repr(value)) <= 80:
+        if (isinstance(value, str | int | float) and len(repr(value)) <= 80
+                and not _is_secret(Settings, names)):
             message += f", got {value!r}"
         parts.append(f"{variable}: {message}")
     plural = "s" if len(parts) > 1 else ""
     return "; ".join(parts) + f"; fix the environment variable{plural}"
+
+
+def _is_secret(model: type[BaseModel], names: list[str]) -> bool:
+    """Whether the setting at `names` holds a secret (SecretStr): its value is never echoed."""
+    for name in names:
+        field = model.model_fields.get(name)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if annotation is SecretStr or SecretStr in typing.get_args(annotation):
+            return True
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return False
+        model = annotation
+    return False
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """Running the connectors' processes in the integration tests: a misbehaving webhook
-receiver (tests/integration/webhook_receiver.py) and `churnguard deliver`, each its own
-process so that a test can kill it; reading a topic whole."""
+receiver (tests/integration/webhook_receiver.py), `churnguard gateway` and `churnguard
+deliver`, each its own process so that a test can kill it; reading a topic whole."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from kafka import KafkaConsumer
 from churnguard.processes import stop_process_group, wait_logged
 from connectors.embedded_broker import EmbeddedBroker
 from streams.settings import TopicNames
-from tests.integration.pipeline_support import wait_for
+from tests.integration.pipeline_support import Pipeline, wait_for
 
 SECRET = "a-test-secret-of-enough-length"
 
@@ -97,6 +98,47 @@ class Deliver:
             if '"deliver_started"' in line:
                 return int(orjson.loads(line)["web_port"])
         raise AssertionError("deliver logged no deliver_started")
+
+
+class Gateway:
+    """`churnguard gateway --port 0` with one stored token (`token_line`), on a pipeline's
+    broker, partitions and topics, or, without a pipeline, on `broker` with `topics`."""
+
+    def __init__(self, pipeline: Pipeline | None, token_line: str, tmp: Path, *,
+                 broker: EmbeddedBroker | None = None, topics: TopicNames | None = None,
+                 partitions: int = 4) -> None:
+        if pipeline is not None:
+            url, partitions, topics = (pipeline.settings.broker, pipeline.settings.partitions,
+                                       pipeline.topics)
+        else:
+            assert broker is not None
+            assert topics is not None
+            url = broker.url
+        self.log = tmp / "gateway.log"
+        env = {**os.environ, "CHURNGUARD_BROKER": url,
+               "CHURNGUARD_PARTITIONS": str(partitions),
+               "CHURNGUARD_TOPICS": topics.model_dump_json(),
+               "CHURNGUARD_GATEWAY__TOKENS": f"[{token_line}]"}
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "churnguard", "gateway", "--port", "0"], env=env,
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        wait_logged(self.log, b"gateway_ready", self.process, timeout_s=60)
+        for line in self.log.read_text().splitlines():
+            if '"gateway_listening"' in line:
+                self.port = int(orjson.loads(line)["port"])
+
+    def post(self, events: list[dict[str, Any]], token: str) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/v1/events", data=orjson.dumps(events),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, orjson.loads(answer.read())
+
+    def stop(self) -> int | None:
+        stop_process_group(self.process)
+        return self.process.returncode
 
 
 def read_all(broker: EmbeddedBroker, topic: str) -> list[dict[str, Any]]:

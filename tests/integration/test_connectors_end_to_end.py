@@ -6,11 +6,7 @@ worker counts the deliver's feedback."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +16,9 @@ import pytest
 from churnguard.access_tokens import new_token
 from churnguard.core.clock import rfc3339
 from churnguard.engine import build_engine
-from churnguard.processes import stop_process_group, wait_logged
 from churnguard.replay import read_events, replay
 from connectors.embedded_broker import EmbeddedBroker
-from tests.integration.connector_support import Deliver, Receiver, read_all
+from tests.integration.connector_support import Deliver, Gateway, Receiver, read_all
 from tests.integration.pipeline_support import Pipeline, wait_for
 
 pytestmark = pytest.mark.integration
@@ -49,34 +44,6 @@ def _events(now: float) -> list[dict[str, Any]]:
              "occurred_at": rfc3339(at + 20), "ticket_id": f"T{c}", "status": "closed"},
         ]
     return sorted(events, key=lambda e: e["occurred_at"])
-
-
-class Gateway:
-    def __init__(self, pipeline: Pipeline, token_line: str, tmp: Path) -> None:
-        self.log = tmp / "gateway.log"
-        env = {**os.environ, "CHURNGUARD_BROKER": pipeline.settings.broker,
-               "CHURNGUARD_PARTITIONS": str(pipeline.settings.partitions),
-               "CHURNGUARD_TOPICS": pipeline.topics.model_dump_json(),
-               "CHURNGUARD_GATEWAY__TOKENS": f"[{token_line}]"}
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "churnguard", "gateway", "--port", "0"], env=env,
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
-        wait_logged(self.log, b"gateway_ready", self.process, timeout_s=60)
-        for line in self.log.read_text().splitlines():
-            if '"gateway_listening"' in line:
-                self.port = int(orjson.loads(line)["port"])
-
-    def post(self, events: list[dict[str, Any]], token: str) -> tuple[int, dict[str, Any]]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/v1/events", data=orjson.dumps(events),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, orjson.loads(answer.read())
-
-    def stop(self) -> None:
-        stop_process_group(self.process)
 
 
 def test_events_posted_to_the_gateway_reach_the_webhook_as_the_replays_actions(

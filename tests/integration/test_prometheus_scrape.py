@@ -184,16 +184,22 @@ class Prometheus:
 
 
 @contextlib.contextmanager
-def running_prometheus(tmp: Path, worker_port: int) -> Iterator[Prometheus]:
-    """Prometheus 2.42 scraping the worker every second, with docker/alerts.yaml."""
+def running_prometheus(tmp: Path, worker_port: int | None = None, *,
+                       jobs: dict[str, list[str]] | None = None) -> Iterator[Prometheus]:
+    """Prometheus 2.42 scraping every second, with docker/alerts.yaml: the worker on
+    `worker_port` (job `churnguard`), or the `jobs` given (job name -> targets; shared with
+    tests/integration/test_connectors_prometheus.py)."""
+    if jobs is None:
+        assert worker_port is not None
+        jobs = {"churnguard": [f"127.0.0.1:{worker_port}"]}
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "prometheus.yml"
     config.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
                    "evaluation_interval": "1s"},
         "rule_files": [str(ALERTS)],
-        "scrape_configs": [{"job_name": "churnguard",
-                            "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]}],
+        "scrape_configs": [{"job_name": name, "static_configs": [{"targets": targets}]}
+                           for name, targets in jobs.items()],
     }))
     port = _free_port()
     log = tmp / "prometheus.log"

@@ -159,3 +159,10 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "cannot read EVENTS" in done.stderr
+
+
+def test_a_bad_secret_is_named_but_never_echoed(fails, monkeypatch):
+    monkeypatch.setenv("CHURNGUARD_DELIVERY__SECRET", "hunter2")
+    line = fails("deliver", "--url", "http://127.0.0.1:1/hook")
+    assert line.startswith("churnguard: CHURNGUARD_DELIVERY__SECRET: ")
+    assert "hunter2" not in line

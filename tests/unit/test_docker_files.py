@@ -1,11 +1,13 @@
 """The files of docker/ (no broker, no Docker): every YAML and JSON file parses, compose
-refers to files that exist, Prometheus scrapes every worker, the dashboard and the alert
-rules use only metrics the worker declares and cover what an SRE needs, every alert has a
-runbook entry, and `promtool` accepts the config and the rules and passes their unit tests
-(docker/alerts_test.yaml).
+refers to files that exist, Prometheus scrapes every worker and each connector (gateway,
+deliver: the opt-in compose profile `connectors`), the dashboard and the alert rules use
+only metrics the process they come from declares and cover what an SRE needs, every alert
+has a runbook entry, and `promtool` accepts the config and the rules and passes their unit
+tests (docker/alerts_test.yaml).
 
-The helpers at the top are shared with tests/integration/test_prometheus_scrape.py, which
-checks the same metric names against a real worker's /metrics."""
+The helpers at the top are shared with tests/integration/test_prometheus_scrape.py and
+tests/integration/test_connectors_prometheus.py, which check the same metric names against
+a real worker's, gateway's and deliver's /metrics."""
 
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
+from churnguard.access_tokens import load_token_file
 from churnguard.metrics import Metrics
+from connectors.delivery.metrics import OUTCOMES, DeliveryMetrics
+from connectors.gateway.metrics import GatewayMetrics
 from streams.metrics_export import PartitionOffsets, WorkerCollector, WorkerView, registry_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +39,11 @@ DASHBOARDS = DOCKER / "grafana" / "dashboards"
 DATASOURCES = DOCKER / "grafana" / "provisioning" / "datasources"
 DASHBOARD_PROVIDERS = DOCKER / "grafana" / "provisioning" / "dashboards"
 WEB_PORT = 6066  # the workers' CHURNGUARD_WEB_PORT default
+GATEWAY_PORT = 8080  # CHURNGUARD_GATEWAY__PORT's default
+DELIVER_PORT = 6068  # CHURNGUARD_DELIVERY__WEB_PORT's default
+# Prometheus job of each connector (docker/prometheus.yml), by the churnguard command run.
+CONNECTOR_JOBS = {"gateway": "churnguard-gateway", "deliver": "churnguard-deliver"}
+CONNECTOR_PROFILE = "connectors"
 
 # --- shared helpers -------------------------------------------------------------------------
 
@@ -79,8 +89,28 @@ def dashboard_exprs() -> dict[str, list[str]]:
             for path in sorted(DASHBOARDS.glob("*.json"))}
 
 
-def used_metric_names() -> dict[str, set[str]]:
-    """churnguard metric name -> where it is used (alert names, dashboard files)."""
+def connector_declared_names() -> dict[str, set[str]]:
+    """Names each connector's registry declares (`# TYPE` lines expanded), by process."""
+    return {
+        "gateway": exposed_names(generate_latest(GatewayMetrics().registry).decode())[1],
+        "deliver": exposed_names(generate_latest(DeliveryMetrics().registry).decode())[1],
+    }
+
+
+def process_of(name: str, connectors: dict[str, set[str]] | None = None) -> str:
+    """Which process exports a churnguard metric: a connector that declares it, else the
+    worker (a misspelt name lands there, and the worker's check reports it)."""
+    declared = connector_declared_names() if connectors is None else connectors
+    for process, names in declared.items():
+        if name in names:
+            return process
+    return "worker"
+
+
+def used_metric_names(process: str | None = "worker") -> dict[str, set[str]]:
+    """churnguard metric name -> where it is used (alert names, dashboard files), of the
+    metrics `process` exports ("worker", "gateway", "deliver"; None: all of them)."""
+    connectors = connector_declared_names()
     used: dict[str, set[str]] = {}
     for rule in alert_rules():
         for name in metric_names_in(rule["expr"]):
@@ -89,7 +119,10 @@ def used_metric_names() -> dict[str, set[str]]:
         for expr in exprs:
             for name in metric_names_in(expr):
                 used.setdefault(name, set()).add(f"grafana/dashboards/{file}")
-    return used
+    if process is None:
+        return used
+    return {name: where for name, where in used.items()
+            if process_of(name, connectors) == process}
 
 
 def exposed_names(text: str) -> tuple[set[str], set[str]]:
@@ -166,6 +199,12 @@ def _worker_services(compose: dict[str, Any]) -> list[str]:
                   if service.get("command") == ["worker"])
 
 
+def _connector_services(compose: dict[str, Any], command: str) -> list[str]:
+    """Services running `churnguard <command>` (gateway, deliver)."""
+    return sorted(name for name, service in compose["services"].items()
+                  if (service.get("command") or [None])[0] == command)
+
+
 def test_compose_services_refer_to_files_that_exist() -> None:
     compose = _compose()
     declared_volumes = set(compose.get("volumes") or {})
@@ -209,6 +248,71 @@ def test_workers_have_their_own_state_volume() -> None:
     assert len(set(volumes)) == len(workers), "two workers share a store volume"
 
 
+def _healthcheck_url(service: dict[str, Any]) -> str:
+    [url] = re.findall(r"http://127\.0\.0\.1:\d+/\w+", " ".join(service["healthcheck"]["test"]))
+    return url
+
+
+def test_the_connectors_are_an_opt_in_profile() -> None:
+    """`docker compose up` runs what it ran before; `--profile connectors` adds exactly
+    one gateway and one deliver, after the topics exist, checked on /health like the
+    workers."""
+    compose = _compose()
+    services = compose["services"]
+    profiled = {name: service["profiles"] for name, service in services.items()
+                if "profiles" in service}
+    gateways = _connector_services(compose, "gateway")
+    delivers = _connector_services(compose, "deliver")
+    assert len(gateways) == 1
+    assert len(delivers) == 1
+    assert profiled == {name: [CONNECTOR_PROFILE] for name in [*gateways, *delivers]}
+    worker = services[_worker_services(compose)[0]]
+    for name in [*gateways, *delivers]:
+        service = services[name]
+        assert service["image"] == "churnguard:latest", name
+        assert service["depends_on"] == {
+            "topics": {"condition": "service_completed_successfully"}}, name
+        # The workers' broker, partitions and topics: the same deployment.
+        for key, value in worker["environment"].items():
+            assert service["environment"][key] == value, (name, key)
+        assert service["restart"] == "unless-stopped", name
+        assert service["healthcheck"]["test"][0] == "CMD", name
+    [gateway], [deliver] = gateways, delivers
+    assert services[gateway]["command"] == ["gateway"]
+    command = services[deliver]["command"]
+    assert len(command) == 3, command
+    assert command[1] in {"--url", "--routes"}, command
+    assert services[gateway]["environment"]["CHURNGUARD_GATEWAY__PORT"] == str(GATEWAY_PORT)
+    assert services[deliver]["environment"]["CHURNGUARD_DELIVERY__WEB_PORT"] == \
+        str(DELIVER_PORT)
+    assert _healthcheck_url(services[gateway]) == f"http://127.0.0.1:{GATEWAY_PORT}/health"
+    assert _healthcheck_url(services[deliver]) == f"http://127.0.0.1:{DELIVER_PORT}/health"
+    assert _healthcheck_url(worker) == f"http://127.0.0.1:{WEB_PORT}/health"
+    # The gateway is published on the host's loopback only; deliver not at all.
+    assert services[gateway]["ports"] == [f"127.0.0.1:{GATEWAY_PORT}:{GATEWAY_PORT}"]
+    assert "ports" not in services[deliver]
+    assert str(DELIVER_PORT) in str(services[deliver].get("expose"))
+
+
+def test_the_connectors_secrets_come_from_outside_the_files() -> None:
+    """The gateway's token file is mounted from here and holds no token (the gateway
+    loads it as it would: comments only, or stored hashes); deliver's secret is the
+    environment's, never written in compose.yaml."""
+    compose = _compose()
+    [gateway] = [compose["services"][n] for n in _connector_services(compose, "gateway")]
+    [deliver] = [compose["services"][n] for n in _connector_services(compose, "deliver")]
+    token_file = _container_path(gateway,
+                                 gateway["environment"]["CHURNGUARD_GATEWAY__TOKEN_FILE"])
+    assert token_file is not None
+    assert token_file.is_file()
+    assert next(v for v in gateway["volumes"] if token_file.name in v).endswith(":ro")
+    assert all(t.sha256 for t in load_token_file(token_file))
+    assert re.fullmatch(r"\$\{CHURNGUARD_GATEWAY_TOKENS:-\[\]\}",
+                        gateway["environment"]["CHURNGUARD_GATEWAY__TOKENS"])
+    assert re.fullmatch(r"\$\{CHURNGUARD_DELIVERY_SECRET:-\}",
+                        deliver["environment"]["CHURNGUARD_DELIVERY__SECRET"])
+
+
 def test_prometheus_gets_its_config_and_alert_rules_from_this_directory() -> None:
     prometheus = _compose()["services"]["prometheus"]
     flags = dict(f.split("=", 1) for f in prometheus["command"] if "=" in f)
@@ -229,6 +333,28 @@ def test_prometheus_scrapes_every_worker_and_only_workers() -> None:
     targets = {t for static in job["static_configs"] for t in static["targets"]}
     assert targets == {f"{w}:{WEB_PORT}" for w in _worker_services(_compose())}
     assert "6066" in str(_compose()["services"]["worker-1"].get("expose"))
+
+
+def _jobs() -> dict[str, dict[str, Any]]:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    return {job["job_name"]: job for job in config["scrape_configs"]}
+
+
+def test_prometheus_scrapes_each_connector_in_its_own_job() -> None:
+    """One job per connector, its targets listed (a connector that is down stays a target
+    with up == 0); the workers' job `churnguard` stays the workers' only."""
+    compose = _compose()
+    jobs = _jobs()
+    ports = {"gateway": GATEWAY_PORT, "deliver": DELIVER_PORT}
+    for command, job_name in CONNECTOR_JOBS.items():
+        job = jobs[job_name]
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        assert "dns_sd_configs" not in job
+        assert "file_sd_configs" not in job
+        targets = {t for static in job["static_configs"] for t in static["targets"]}
+        assert targets == {f"{s}:{ports[command]}"
+                           for s in _connector_services(compose, command)}, job_name
+    assert set(jobs) == {"churnguard", "prometheus", *CONNECTOR_JOBS.values()}
 
 
 def test_grafana_provisions_the_datasource_and_dashboards_it_is_given() -> None:
@@ -325,6 +451,21 @@ REQUIRED_ALERTS = {
 }
 
 
+CONNECTOR_ALERTS = {
+    # alert: (metric it must read, text its expression must hold)
+    "ChurnguardDeliveriesFailing": ("churnguard_deliveries_total",
+                                    'status=~"refused|gave_up|no_route|unreadable|error"'),
+    "ChurnguardDeliveryDeadLetters": ("churnguard_deliveries_total",
+                                      'status=~"refused|gave_up|no_route|unreadable|error"'),
+    "ChurnguardDeliveryStalled": ("churnguard_delivery_lag_records", "churnguard_deliveries"),
+    "ChurnguardDeliveryLagGrowing": ("churnguard_delivery_lag_records", "by (topic, partition)"),
+    "ChurnguardDeliveryRetriesHigh": ("churnguard_delivery_retries_total", "rate("),
+    "ChurnguardGatewayServerErrors": ("churnguard_gateway_requests_total", 'status=~"5.."'),
+    "ChurnguardGatewayNotReady": ("churnguard_gateway_ready", "== 0"),
+    "ChurnguardConnectorDown": (None, "up{"),
+}
+
+
 def _anchors(markdown: str) -> set[str]:
     """GitHub's anchors of a Markdown file's headings."""
     anchors = set()
@@ -348,6 +489,32 @@ def test_alert_rules_cover_what_an_sre_pages_on() -> None:
     assert 'status="STALL"' in rules["ChurnguardPartitionStalled"]["expr"]
     assert "> 300" in rules["ChurnguardConsumerLagHigh"]["expr"]
     assert re.search(r"\bup\{", rules["ChurnguardWorkerDown"]["expr"])
+
+
+def test_alert_rules_cover_what_an_sre_pages_on_for_the_connectors() -> None:
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    assert set(CONNECTOR_ALERTS) <= set(rules)
+    for alert, (metric, text) in CONNECTOR_ALERTS.items():
+        expr = rules[alert]["expr"]
+        if metric is not None:
+            assert metric in metric_names_in(expr), alert
+        assert text in expr, alert
+    # Every status deliver dead-letters with is in the failure alerts; no other.
+    failed = set(re.search(r'status=~"([^"]+)"', rules["ChurnguardDeliveriesFailing"]["expr"])
+                 .group(1).split("|"))
+    assert failed == set(OUTCOMES) - {"delivered", "skipped"}
+
+
+def test_every_up_alert_names_scrape_jobs_that_exist() -> None:
+    """An `up{job=...}` matcher of a job renamed in prometheus.yml would never fire."""
+    jobs = set(_jobs())
+    covered: set[str] = set()
+    for rule in alert_rules():
+        for matcher in re.findall(r'\bup\{job(=~?)"([^"]+)"\}', rule["expr"]):
+            names = set(matcher[1].split("|")) if matcher[0] == "=~" else {matcher[1]}
+            assert names <= jobs, (rule["alert"], names - jobs)
+            covered |= names
+    assert covered == jobs - {"prometheus"}, "a churnguard job without a down alert"
 
 
 def test_every_alert_has_a_severity_and_a_runbook_entry() -> None:
@@ -382,14 +549,55 @@ def test_metric_name_extraction() -> None:
                         "churnguard_g"}
 
 
-def test_dashboard_and_alerts_use_only_metrics_the_worker_declares() -> None:
-    """The collector's families, rendered without a broker: catches a misspelt name early
-    (tests/integration/test_prometheus_scrape.py checks a real worker's samples)."""
+def test_the_processes_metric_names_do_not_overlap() -> None:
+    """A name tells which process it comes from (used_metric_names relies on it)."""
+    declared = {"worker": _worker_declared(), **connector_declared_names()}
+    for a, names in declared.items():
+        assert names, a
+        for b, others in declared.items():
+            if a < b:
+                assert not names & others, (a, b, names & others)
+
+
+def test_used_metric_names_by_process() -> None:
+    every = used_metric_names(None)
+    parts = [used_metric_names(p) for p in ("worker", "gateway", "deliver")]
+    assert sum(len(part) for part in parts) == len(every)
+    assert "churnguard_ready" in parts[0]
+    assert "churnguard_gateway_requests_total" in parts[1]
+    assert "churnguard_delivery_lag_records" in parts[2]
+
+
+def _worker_declared() -> set[str]:
     view = WorkerView(offsets=[PartitionOffsets("t", 0, 1, 2, 0.5)], timers_pending={0: 1},
                       recovery_remaining={0: 1}, store_bytes={}, customers={},
                       customers_by_band={}, statuses={("t", 0): "OK"}, ready=True)
     collector = WorkerCollector(Metrics(), lambda: view, version="0", contract_version="1")
-    _, declared = exposed_names(generate_latest(registry_for(collector)).decode())
+    return exposed_names(generate_latest(registry_for(collector)).decode())[1]
+
+
+def test_connector_alerts_use_only_metrics_the_connectors_declare() -> None:
+    """The alerts of the group `churnguard-connectors` read only the gateway's and
+    deliver's metrics (their registries, built as the processes build them), and the
+    workers' group none of those."""
+    connectors = connector_declared_names()
+    document = yaml.safe_load(ALERTS.read_text())
+    groups = {group["name"]: group["rules"] for group in document["groups"]}
+    assert set(groups) == {"churnguard", "churnguard-connectors"}
+    used = {name for rule in groups["churnguard-connectors"]
+            for name in metric_names_in(rule["expr"])}
+    assert len(used) >= 6
+    unknown = used - connectors["gateway"] - connectors["deliver"]
+    assert not unknown, f"not declared by connectors/*/metrics.py: {sorted(unknown)}"
+    for rule in groups["churnguard"]:
+        assert {process_of(n, connectors) for n in metric_names_in(rule["expr"])} <= \
+            {"worker"}, rule["alert"]
+
+
+def test_dashboard_and_alerts_use_only_metrics_the_worker_declares() -> None:
+    """The collector's families, rendered without a broker: catches a misspelt name early
+    (tests/integration/test_prometheus_scrape.py checks a real worker's samples)."""
+    declared = _worker_declared()
     used = used_metric_names()
     assert len(used) >= 15
     unknown = {name: sorted(where) for name, where in used.items() if name not in declared}
