@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
-from churnguard.http_listen import listen
+from churnguard.http_listen import listen, metrics_response
 from streams.dashboard import Dashboard
 from streams.insights import InsightsViews
 
@@ -86,7 +86,8 @@ class WorkerWeb:
 
     async def start(self) -> int:
         """Listen; returns the port (0 asks the system for a free one)."""
-        self._runner, port = await listen(self.app, self.host, self.port)
+        self._runner, port = await listen(self.app, self.host, self.port,
+                                          setting="CHURNGUARD_WEB_PORT")
         self.url = f"http://{self.advertised_host}:{port}"
         log.info("http_listening", host=self.host, port=port, url=self.url,
                  endpoints=self.endpoints)
@@ -100,8 +101,7 @@ class WorkerWeb:
             self._runner = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return metrics_response(self.registry)
 
     async def _health(self, request: web.Request) -> web.Response:
         age = self.heartbeat.age()

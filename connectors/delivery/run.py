@@ -15,10 +15,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from churnguard.errors import UserError
-from churnguard.http_listen import listen
+from churnguard.http_listen import listen, metrics_response
 from connectors.admin import ensure_topics
 from connectors.delivery.metrics import DeliveryMetrics
 from connectors.delivery.routes import Router
@@ -109,6 +108,7 @@ class DeliveryRun:
             raise UserError(f"deliver: the broker at {settings.bootstrap} failed "
                             f"({type(exc).__name__}); check it and --broker / "
                             "CHURNGUARD_BROKER") from None
+        web_runner = await self._start_web()  # first: a port in use stops it before any client
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
                                     linger_ms=5, client_id="churnguard-deliver",
                                     max_request_size=settings.max_record_bytes)
@@ -124,7 +124,6 @@ class DeliveryRun:
             max_poll_records=min(delivery.max_pending, 1000))
         self.consumer = consumer
         connector = aiohttp.TCPConnector(limit=delivery.concurrency)
-        web_runner = await self._start_web()
         try:
             await producer.start()
             async with aiohttp.ClientSession(connector=connector) as session:
@@ -213,12 +212,12 @@ class DeliveryRun:
         app.router.add_get("/health", self._health_view)
         app.router.add_get("/ready", self._ready_view)
         runner, self.web_port = await listen(app, self.settings.delivery.web_host,
-                                             self.settings.delivery.web_port)
+                                             self.settings.delivery.web_port,
+                                             setting="CHURNGUARD_DELIVERY__WEB_PORT")
         return runner
 
     async def _metrics_view(self, _: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return metrics_response(self.metrics.registry)
 
     async def _health_view(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -2,7 +2,7 @@
 
 A customer's actions are delivered one after another in the order read (a task waits for
 the customer's previous one); different customers' go concurrently, bounded by the sender's
-slots and by `max_pending` actions read ahead (above it fetching pauses). An action is
+slots (the read-ahead is bounded by run.py's flow control). An action is
 finished when it is delivered, skipped, or its dead letter is acknowledged by the broker;
 only then can its offset be committed (PartitionProgress). A crash or a lost partition
 re-delivers what was not committed under the same Idempotency-Key: at-least-once."""

@@ -14,9 +14,9 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from churnguard.access_tokens import AccessToken, Scope, TokenRegistry
+from churnguard.http_listen import metrics_response
 from connectors.gateway.admission import Admitted, admit
 from connectors.gateway.body import BodyRefused, split_events
 from connectors.gateway.idempotency import EventKey, RecentEvents
@@ -238,9 +238,7 @@ class Gateway:
                               "stopping": self.stopping}, 200 if ready else 503)
 
     async def metrics_text(self, _: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(self.metrics.registry))
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
+        return metrics_response(self.metrics.registry)
 
     async def openapi(self, _: web.Request) -> web.Response:
         return web.Response(body=self._openapi, content_type="application/json")

@@ -11,10 +11,10 @@ import signal
 from collections.abc import Callable
 
 import structlog
-from aiohttp import web
 
 from churnguard.access_tokens import TokenRegistry, configured_tokens
 from churnguard.errors import UserError
+from churnguard.http_listen import listen
 from churnguard.logging import install_exception_hooks, stdlib_logging_config
 from connectors.gateway.routes import Gateway, Tally
 from streams.settings import Settings
@@ -43,18 +43,10 @@ async def serve(settings: Settings, stop: asyncio.Event, *,
     gateway = Gateway(settings, gateway_tokens(settings))
     # No access log: one line per request on the hot path is what the summary replaces. A
     # request in flight at stop gets the broker's timeout to finish.
-    runner = web.AppRunner(gateway.app(), access_log=None,
-                           shutdown_timeout=limits.broker_timeout_s + 1)
-    await runner.setup()
+    runner, port = await listen(gateway.app(), limits.host, limits.port,
+                                setting="--port / CHURNGUARD_GATEWAY__PORT",
+                                shutdown_timeout=limits.broker_timeout_s + 1)
     try:
-        site = web.TCPSite(runner, limits.host, limits.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise UserError(f"gateway: cannot listen on {limits.host}:{limits.port} "
-                            f"({exc.strerror}); choose another --port / "
-                            "CHURNGUARD_GATEWAY__PORT") from None
-        port = int(runner.addresses[0][1])
         log.info("gateway_listening", host=limits.host, port=port, tokens=len(gateway.tokens))
         started = await _start_sink(gateway, stop, settings)
         if started:

@@ -1,5 +1,6 @@
 """A real local HTTP server for the delivery tests: POST /NAME answers NAME's script and
-records every request in arrival order; and a fake asyncio.sleep that records waits."""
+records every request in arrival order; a fake asyncio.sleep that records waits; and the
+action records the delivery tests submit."""
 
 from __future__ import annotations
 
@@ -74,3 +75,13 @@ class Sleeps:
 
     async def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
+
+
+# An action record as the consumer hands it over (what Deliverer.submit reads).
+@dataclass(frozen=True)
+class Rec:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None

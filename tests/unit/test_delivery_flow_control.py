@@ -17,18 +17,9 @@ from connectors.delivery.run import DeliveryRun
 from connectors.delivery.sender import Sender
 from connectors.delivery.service import Deliverer
 from streams.settings import Settings
-from tests.unit.delivery_endpoint import HANG, Endpoint
+from tests.unit.delivery_endpoint import HANG, Endpoint, Rec
 
 LIMIT = 20
-
-
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 @dataclass

@@ -22,21 +22,12 @@ from connectors.delivery.sender import Sender
 from connectors.delivery.service import PRODUCE_RETRY_S, Deliverer, commit
 from connectors.delivery.settings import DeliverySettings
 from streams.settings import TopicNames
-from tests.unit.delivery_endpoint import HANG, Endpoint, Sleeps
+from tests.unit.delivery_endpoint import HANG, Endpoint, Rec, Sleeps
 
 TOPICS = TopicNames().with_prefix("t.")
 NOTIFICATIONS = TOPICS.notifications
 TP0 = TopicPartition(NOTIFICATIONS, 0)
 TP1 = TopicPartition(NOTIFICATIONS, 1)
-
-
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 @dataclass(frozen=True)
