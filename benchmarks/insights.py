@@ -80,6 +80,7 @@ from agents.insights import WorkerInsights
 from agents.locks import PartitionLocks
 from benchmarks.workload import generate
 from churnguard import due_index
+from churnguard.access_tokens import TokenRegistry, new_token
 from churnguard.batch import BatchContext, PartitionResult, process_partition
 from churnguard.census import CensusTotals, standing
 from churnguard.core.clock import DAY, HOUR, day_number, parse_rfc3339, rfc3339
@@ -91,6 +92,7 @@ from churnguard.core.processor import Engine
 from churnguard.core.rfm import PROSPECT
 from churnguard.core.state import SPEND_SCALE, CustomerState
 from churnguard.engine import build_engine
+from churnguard.http_access import AccessPolicy
 from churnguard.insights import PartitionInsights, Slices
 from churnguard.metrics import Metrics
 from churnguard.replay import read_events, replay
@@ -418,6 +420,7 @@ class Server:
     handler_seconds: list[float] = field(default_factory=list)
     runner: web.AppRunner | None = None
     url: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
 
     async def start(self) -> None:
         @web.middleware
@@ -428,9 +431,13 @@ class Server:
             finally:
                 self.handler_seconds.append(time.perf_counter() - began)
 
-        app = web.Application(middlewares=[timed])
-        for path, handler in self.views.routes():  # as streams/web.py mounts them
-            app.router.add_get(path, handler)
+        # As streams/web.py mounts them: behind the access policy, asked with an agent's token.
+        token, stored = new_token("benchmark", ["agent"])
+        policy = AccessPolicy(TokenRegistry([stored]), open_probes=True)
+        self.headers = {"Authorization": f"Bearer {token}"}
+        app = web.Application(middlewares=[timed, policy.middleware])
+        for method, path, handler, access in self.views.routes():
+            policy.add(app, method, path, handler, access)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         sock = socket.socket()
@@ -521,7 +528,7 @@ async def timed_gets(session: aiohttp.ClientSession, server: Server, paths: Sequ
             if profile is not None:
                 profile.enable()
             began = time.perf_counter()
-            async with session.get(server.url + path) as response:
+            async with session.get(server.url + path, headers=server.headers) as response:
                 body = await response.read()
                 if response.status != 200:
                     raise SystemExit(f"GET {path}: HTTP {response.status} {body[:300]!r}")
@@ -588,7 +595,7 @@ async def check_answers(session: aiohttp.ClientSession, server: Server,
         expected = sum(counter.get("treated.started", 0)
                        for part in parts for (day, _, dimension, _), counter in part.cells.items()
                        if dimension == "" and (first is None or day >= first))
-        async with session.get(server.url + question.path) as response:
+        async with session.get(server.url + question.path, headers=server.headers) as response:
             answer = orjson.loads(await response.read())
         total = answer["total"]["episodes"]["treated"]["started"]
         grouped = sum(g["episodes"]["treated"]["started"] for g in answer["groups"])

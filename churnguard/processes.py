@@ -35,7 +35,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CHURNGUARD_WEB_ENABLED": str(settings.web_enabled).lower(),
         "CHURNGUARD_WEB_HOST": settings.web_host,
         "CHURNGUARD_WEB_PORT": str(settings.web_port),
+        "CHURNGUARD_WEB_OPEN_PROBES": str(settings.web_open_probes).lower(),
+        "CHURNGUARD_WEB_TOKENS": "[" + ",".join(t.line() for t in settings.web_tokens) + "]",
     }
+    if settings.web_token_file is not None:
+        env["CHURNGUARD_WEB_TOKEN_FILE"] = str(settings.web_token_file)
     if settings.clock_file is not None:
         env["CHURNGUARD_CLOCK_FILE"] = str(settings.clock_file)
     if settings.rules_file is not None:

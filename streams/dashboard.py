@@ -27,6 +27,7 @@ from aiohttp import web
 
 from churnguard.metrics import LATENCY_BUCKETS, Metrics
 from streams.metrics_export import WorkerView
+from streams.page_login import LOGIN_HTML, LOGIN_SCRIPT, LOGIN_STYLE, LOGOUT_BUTTON
 from streams.page_policy import content_security_policy
 
 log = structlog.get_logger(__name__)
@@ -346,7 +347,7 @@ def _chart(chart_id: str, title: str, unit: str, note: str,
             "lines": [{"label": label, "values": values} for label, values in lines]}
 
 
-STYLE = """
+STYLE = LOGIN_STYLE + """
 :root { color-scheme: light dark; --bg: #f6f7f9; --card: #fff; --fg: #1c2024; --muted: #68717d;
   --grid: #e3e6ea; --bad: #c0392b; }
 @media (prefers-color-scheme: dark) { :root { --bg: #15181c; --card: #1e2227; --fg: #e8eaed;
@@ -381,7 +382,7 @@ li b { font-variant-numeric: tabular-nums; }
   vertical-align: middle; }
 """
 
-SCRIPT = r"""
+SCRIPT = LOGIN_SCRIPT + r"""
 "use strict";
 const NS = "http://www.w3.org/2000/svg", W = 600, H = 190, L = 56, R = 10, T = 8, B = 22;
 const COLORS = ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#d55e00", "#56b4e9", "#8c6d31",
@@ -488,8 +489,7 @@ function status(text, stale) {
 async function refresh() {
   let wait = 2000;
   try {
-    const answer = await fetch("/dashboard/data", {cache: "no-store",
-      signal: AbortSignal.timeout(5000)});
+    const answer = await authFetch("/dashboard/data", {cache: "no-store"}, 5000);
     if (!answer.ok) throw new Error("HTTP " + answer.status);
     const data = await answer.json();
     wait = data.refresh_s * 1000;
@@ -517,7 +517,8 @@ PAGE = f"""<!doctype html>
 <style>{STYLE}</style>
 </head>
 <body>
-<header><h1>churnguard worker</h1><span id="status">loading…</span></header>
+<header><h1>churnguard worker</h1><span id="status">loading…</span>{LOGOUT_BUTTON}</header>
+{LOGIN_HTML}
 <main id="charts"></main>
 <script>{SCRIPT}</script>
 </body>

@@ -38,10 +38,11 @@ from churnguard.core.clock import DAY, day_number, parse_rfc3339
 from churnguard.core.customer_view import customer_view
 from churnguard.core.feedback import FeedbackAggregates
 from churnguard.core.feedback import report as feedback_report
-from churnguard.core.kpis import GROUP_BY, GroupBy, KpiSums, report_of, sums
+from churnguard.core.kpis import GROUP_BY, SLICE_GROUPS, GroupBy, KpiSums, report_of, sums
 from churnguard.core.processor import Engine
 from churnguard.core.state import CustomerState
 from churnguard.core.validation import EARLIEST_VALID
+from churnguard.http_access import Access, Handler, token_of
 from churnguard.kpi_report import kpis_csv
 from streams import insights_page
 from tables.state_store import TableBatchWriter
@@ -68,6 +69,10 @@ def partition_of(key: bytes, partitions: int) -> int:
 
 class BadRequest(ValueError):
     """A query parameter the request got wrong: its message says which and how to fix it."""
+
+
+class Forbidden(Exception):
+    """What the request's token may not see (403): its message says what it may."""
 
 
 class InsightsViews:
@@ -97,11 +102,15 @@ class InsightsViews:
         self.now = now
         self._session: aiohttp.ClientSession | None = None
 
-    def routes(self) -> list[tuple[str, Callable[[web.Request], Any]]]:
-        return [("/insights", insights_page.page), ("/kpis", self.kpis),
-                ("/feedback", self.feedback), ("/segments", self.segments),
-                ("/customers/{customer_id}", self.customer),
-                ("/insights/local", self.local)]
+    def routes(self) -> list[tuple[str, str, Handler, Access]]:
+        """(method, path, handler, access): the page's shell is open (a login form and its
+        script, no data); what it reads needs a token (churnguard/http_access.py)."""
+        return [("GET", "/insights", insights_page.page, "open"),
+                ("GET", "/kpis", self.kpis, "viewer"),
+                ("GET", "/feedback", self.feedback, "viewer"),
+                ("GET", "/segments", self.segments, "viewer"),
+                ("GET", "/customers/{customer_id}", self.customer, "agent"),
+                ("GET", "/insights/local", self.local, "viewer")]
 
     async def close(self) -> None:
         if self._session is not None:
@@ -116,13 +125,17 @@ class InsightsViews:
             group_by = _group_by(request.query.get("group_by"))
             rule = request.query.get("rule") or None
             as_csv = _format(request.query.get("format"))
+            manager = _slice(request, group_by)
         except BadRequest as exc:
             return _error(str(exc), 400)
+        except Forbidden as exc:
+            return _error(str(exc), 403)
         as_of = self.now()
-        question = _Question("kpis", since, until, rule, group_by, as_of)
-        gathered = await self._gather(question)
+        question = _Question("kpis", since, until, rule, group_by, as_of, manager)
+        gathered = await self._gather(question, request)
+        within = None if manager is None else ("account_manager", manager)
         result = report_of(gathered.kpis, self.engine().pack.kpis, since=since, until=until,
-                           group_by=group_by, rule=rule, as_of=as_of)
+                           group_by=group_by, rule=rule, as_of=as_of, within=within)
         result.update(gathered.coverage())
         if as_csv:
             return web.Response(text=kpis_csv(result), content_type="text/csv",
@@ -133,15 +146,22 @@ class InsightsViews:
     async def feedback(self, request: web.Request) -> web.Response:
         try:
             since, until = self._period(request)
+            _every_customer(request)
         except BadRequest as exc:
             return _error(str(exc), 400)
-        gathered = await self._gather(_Question("feedback", since, until))
+        except Forbidden as exc:
+            return _error(str(exc), 403)
+        gathered = await self._gather(_Question("feedback", since, until), request)
         result = feedback_report(gathered.feedback, since=since, until=until)
         result.update(gathered.coverage())
         return _json(result)
 
     async def segments(self, request: web.Request) -> web.Response:
-        gathered = await self._gather(_Question("segments"))
+        try:
+            _every_customer(request)
+        except Forbidden as exc:
+            return _error(str(exc), 403)
+        gathered = await self._gather(_Question("segments"), request)
         return _json({"segments": dict(sorted(gathered.segments.items())),
                       "bands": dict(gathered.bands), **gathered.coverage()})
 
@@ -150,6 +170,12 @@ class InsightsViews:
         if not _CUSTOMER_ID.fullmatch(customer_id):
             return _error("not a customer id: 1 to 200 characters, no control characters "
                           "(docs/contract.md)", 400)
+        try:
+            personal = _personal(request)
+        except BadRequest as exc:
+            return _error(str(exc), 400)
+        except Forbidden as exc:
+            return _error(str(exc), 403)
         key = customer_id.encode()
         partition = partition_of(key, self.partitions)
         if partition not in self.owned():
@@ -164,8 +190,13 @@ class InsightsViews:
         if raw is None:
             return _error(f"no customer {customer_id!r}: churnguard has seen no event of "
                           "theirs (ids are case-sensitive)", 404)
-        view = customer_view(CustomerState.from_bytes(raw), self.engine().pack,
-                             now=self.now())
+        state = CustomerState.from_bytes(raw)
+        token = token_of(request)
+        if token is not None and token.account_manager not in (None, state.account_manager):
+            return _error(f"customer {customer_id!r} is not one of account manager "
+                          f"{token.account_manager!r}'s (token {token.name!r} sees only "
+                          "theirs)", 403)
+        view = customer_view(state, self.engine().pack, now=self.now(), personal=personal)
         view["partition"] = partition
         return _json(view)
 
@@ -173,8 +204,18 @@ class InsightsViews:
         """This worker's part of a gathered answer (the other workers ask for it)."""
         try:
             question = _Question.from_query(request.query, self.now())
+            # What the caller's token may see, whatever the question says.
+            if question.what == "kpis":
+                asked = _slice(request, question.group_by)
+                if question.account_manager != asked:
+                    raise Forbidden(f"account_manager={question.account_manager!r} is not "
+                                    "this token's slice")
+            else:
+                _every_customer(request)
         except (BadRequest, KeyError, ValueError) as exc:
             return _error(f"not a question this version asks: {exc}", 400)
+        except Forbidden as exc:
+            return _error(str(exc), 403)
         return _json(self._local(question))
 
     # -- gathering ---------------------------------------------------------------------------
@@ -193,10 +234,12 @@ class InsightsViews:
             return answer
         if question.what == "kpis":
             total, answer["read"] = self.insights.kpis()
+            within = (None if question.account_manager is None
+                      else ("account_manager", question.account_manager))
             answer["kpis"] = sums(
                 [total], self.engine().pack.kpis,
                 since=question.since, until=question.until, group_by=question.group_by,
-                rule=question.rule, as_of=question.as_of).to_json()
+                rule=question.rule, as_of=question.as_of, within=within).to_json()
         else:
             ready, pending = self.insights.of(owned)
             answer["read"] = sorted(set(owned) - set(pending))
@@ -204,13 +247,16 @@ class InsightsViews:
             answer["feedback"] = _dump_feedback([p.slices.feedback for p in ready], first, last)
         return answer
 
-    async def _gather(self, question: _Question) -> _Gathered:
+    async def _gather(self, question: _Question, request: web.Request) -> _Gathered:
         gathered = _Gathered(self.partitions, question.what)
         gathered.add(self._local(question))
         peers = [url for url in self.distribution() if url != self.own_url()]
         if peers:
             query = question.to_query()
-            answers = await asyncio.gather(*(self._ask(url, query) for url in peers))
+            # The caller's own token: each worker checks what it may see.
+            headers = _credentials(request)
+            answers = await asyncio.gather(*(self._ask(url, query, headers)
+                                             for url in peers))
             for url, answer in zip(peers, answers, strict=True):
                 if answer is None:
                     gathered.unreachable.append(url)
@@ -218,10 +264,11 @@ class InsightsViews:
                     gathered.add(answer)
         return gathered
 
-    async def _ask(self, url: str, query: dict[str, str]) -> dict[str, Any] | None:
+    async def _ask(self, url: str, query: dict[str, str],
+                   headers: dict[str, str]) -> dict[str, Any] | None:
         try:
             async with self._client().get(f"{url.rstrip('/')}/insights/local",
-                                          params=query) as response:
+                                          params=query, headers=headers) as response:
                 if response.status != 200:
                     raise aiohttp.ClientError(f"HTTP {response.status}")
                 answer: dict[str, Any] = orjson.loads(await response.read())
@@ -239,7 +286,8 @@ class InsightsViews:
                           "under way); try again", 503)
         try:
             async with self._client().get(f"{owner.rstrip('/')}{request.rel_url}",
-                                          headers={ROUTED: "1"}) as response:
+                                          headers={ROUTED: "1", **_credentials(request)}
+                                          ) as response:
                 body = await response.read()
                 return web.Response(body=body, status=response.status,
                                     content_type="application/json")
@@ -275,6 +323,7 @@ class _Question:
     rule: str | None = None
     group_by: GroupBy | None = None
     as_of: float = 0.0
+    account_manager: str | None = None  # one account manager's slice of the KPIs
 
     def to_query(self) -> dict[str, str]:
         query = {"what": self.what, "as_of": repr(self.as_of)}
@@ -285,6 +334,8 @@ class _Question:
             query["rule"] = self.rule
         if self.group_by is not None:
             query["group_by"] = self.group_by
+        if self.account_manager is not None:
+            query["account_manager"] = self.account_manager
         return query
 
     @classmethod
@@ -294,7 +345,8 @@ class _Question:
             raise ValueError(f"what={what!r}")
         return cls(what, _moment("since", query.get("since"), now),  # type: ignore[arg-type]
                    _moment("until", query.get("until"), now), query.get("rule") or None,
-                   _group_by(query.get("group_by")), float(query.get("as_of", now)))
+                   _group_by(query.get("group_by")), float(query.get("as_of", now)),
+                   query.get("account_manager") or None)
 
 
 class _Gathered:
@@ -417,6 +469,52 @@ def _group_by(text: str | None) -> GroupBy | None:
         if text == choice:
             return choice
     raise BadRequest(f"group_by={text!r} is not a dimension: use one of {', '.join(GROUP_BY)}")
+
+
+def _slice(request: web.Request, group_by: GroupBy | None) -> str | None:
+    """The account manager whose slice of the KPIs is asked (`account_manager=`) or the only
+    one the token sees; None: every customer's."""
+    asked = request.query.get("account_manager") or None
+    token = token_of(request)
+    scoped = None if token is None else token.account_manager
+    if token is not None and scoped is not None and asked not in (None, scoped):
+        raise Forbidden(f"token {token.name!r} sees account manager {scoped!r}'s slice only")
+    manager = scoped or asked
+    if manager is not None and group_by is not None and group_by not in (
+            *SLICE_GROUPS, "account_manager"):
+        message = (f"group_by={group_by} within one account manager's slice: the KPI cells "
+                   f"are per dimension, so a slice groups by {', '.join(SLICE_GROUPS)} only")
+        if scoped is not None:
+            raise Forbidden(message)
+        raise BadRequest(message)
+    return manager
+
+
+def _every_customer(request: web.Request) -> None:
+    """Figures over every customer: not for a token that sees one account manager's."""
+    token = token_of(request)
+    if token is not None and token.account_manager is not None:
+        raise Forbidden(f"token {token.name!r} sees account manager "
+                        f"{token.account_manager!r}'s customers only, and these figures "
+                        "count every customer: ask /kpis (their slice)")
+
+
+def _personal(request: web.Request) -> bool:
+    """`?personal=true`: the personal fields kept (an admin's token only)."""
+    text = request.query.get("personal", "false")
+    if text not in ("true", "false"):
+        raise BadRequest(f"personal={text!r}: use true or false")
+    if text == "false":
+        return False
+    token = token_of(request)
+    if token is None or not token.allows("admin"):
+        raise Forbidden("personal=true needs a token with the role 'admin'")
+    return True
+
+
+def _credentials(request: web.Request) -> dict[str, str]:
+    authorization = request.headers.get("Authorization")
+    return {} if authorization is None else {"Authorization": authorization}
 
 
 def _format(text: str | None) -> bool:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from streams.page_login import LOGIN_HTML, LOGIN_SCRIPT, LOGIN_STYLE, LOGOUT_BUTTON
 from streams.page_policy import content_security_policy
 
-STYLE = """
+STYLE = LOGIN_STYLE + """
 :root { color-scheme: light dark; --bg: #f6f7f9; --card: #fff; --fg: #1c2024; --muted: #68717d;
   --grid: #e3e6ea; --bad: #c0392b; --good: #1e8e3e; --accent: #0072b2; --open: #9aa3ad;
   --warn-bg: #fff4d6; }
@@ -81,7 +82,7 @@ dd { margin: 0; overflow-wrap: anywhere; }
 #customer-components, #customer-trend { max-width: 420px; }
 """
 
-SCRIPT = r"""
+SCRIPT = LOGIN_SCRIPT + r"""
 "use strict";
 const NS = "http://www.w3.org/2000/svg", DAY = 86400000, DASH = "—";
 const $ = id => document.getElementById(id);
@@ -175,13 +176,13 @@ function qs(params) {
   return q.toString();
 }
 async function getJSON(url) {
-  const answer = await fetch(url, {cache: "no-store", headers: {Accept: "application/json"},
-    signal: AbortSignal.timeout(20000)});
+  const answer = await authFetch(url, {cache: "no-store",
+    headers: {Accept: "application/json"}}, 20000);
   let body = null;
   try { body = await answer.json(); } catch (error) { body = null; }
   if (!answer.ok) {
-    throw new Error((body && typeof body.error === "string" && body.error)
-      || `HTTP ${answer.status}`);
+    const said = body && (typeof body.message === "string" ? body.message : body.error);
+    throw new Error((typeof said === "string" && said) || `HTTP ${answer.status}`);
   }
   if (body === null || typeof body !== "object") throw new Error("not a JSON object");
   return body;
@@ -597,12 +598,31 @@ $("customer-form").addEventListener("submit", event => {
   saveHash();
   showCustomer($("customer-id").value.trim());
 });
+// The CSV is fetched with the token (a plain link would not send it) and saved from a blob.
+$("csv").addEventListener("click", async event => {
+  event.preventDefault();
+  const link = $("csv");
+  try {
+    const answer = await authFetch(link.getAttribute("href"), {cache: "no-store"}, 60000);
+    if (!answer.ok) throw new Error(`HTTP ${answer.status}`);
+    const saved = document.createElement("a");
+    saved.href = URL.createObjectURL(await answer.blob());
+    saved.download = "kpis.csv";
+    document.body.appendChild(saved);
+    saved.click();
+    saved.remove();
+    setTimeout(() => URL.revokeObjectURL(saved.href), 60000);
+  } catch (error) {
+    $("status").textContent = `the CSV could not be downloaded (${error.message})`;
+    $("status").className = "bad";
+  }
+});
 const initialCustomer = readHash();
 load();
 if (initialCustomer) showCustomer(initialCustomer);
 """
 
-BODY = """
+BODY = f"""
 <header>
 <h1>Retention insights</h1>
 <form id="period">
@@ -614,8 +634,9 @@ BODY = """
 <button type="button" data-preset="90">last 90 days</button>
 <button type="button" data-preset="30">last 30 days</button>
 </form>
-<span id="status" role="status">loading…</span>
+<span id="status" role="status">loading…</span>{LOGOUT_BUTTON}
 </header>
+{LOGIN_HTML}
 <p id="partial-note" class="warn" hidden></p>
 <main>
 <section id="tiles-card" class="wide"><h2>The period</h2>

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from churnguard.access_tokens import AccessToken
 from churnguard.errors import UserError
 from connectors.delivery.settings import DeliverySettings
 from connectors.gateway.settings import GatewaySettings
@@ -101,6 +102,15 @@ class Settings(BaseSettings):
     # is forwarded to the worker owning it): default the machine's host name, or web_host
     # when that is a specific address.
     web_advertised_host: str | None = None
+    # Who may call the endpoints (docs/security.md): bearer tokens stored as SHA-256 hashes
+    # (`churnguard token new NAME --role viewer|agent|admin`), as a JSON list
+    # '[{"name": "alice", "sha256": "…", "roles": ["agent"]}]' and/or a file of such lines,
+    # read at start. With none, every endpoint but the open probes answers 401.
+    web_tokens: tuple[AccessToken, ...] = ()
+    web_token_file: Path | None = None
+    # /health, /ready and /metrics answered without a token (Kubernetes' probes,
+    # Prometheus' scrapers); false: they need a viewer's token too.
+    web_open_probes: bool = True
     topics: TopicNames = TopicNames()
     # A rule pack file for local use (development, a single worker): used instead of the
     # shipped default (churnguard/rules/default.yaml).

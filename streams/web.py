@@ -2,7 +2,8 @@
 (alive, event loop responsive), `/ready` (partitions assigned, table recovered,
 consuming) and `/status` (each owned partition, Burrow-style). Its own small aiohttp
 server, started with the worker and up during table recovery too (faust's web server only
-starts after recovery: a liveness probe would then kill a worker restoring a large table)."""
+starts after recovery: a liveness probe would then kill a worker restoring a large table).
+Every route is added with the access it needs (churnguard/http_access.py, docs/security.md)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from churnguard.http_access import Access, AccessPolicy, Handler
 from churnguard.http_listen import listen, metrics_response
 from streams.dashboard import Dashboard
 from streams.insights import InsightsViews
@@ -53,6 +55,7 @@ class WorkerWeb:
     def __init__(self, registry: CollectorRegistry, heartbeat: Heartbeat,
                  readiness: Callable[[], Readiness],
                  status: Callable[[], dict[str, Any]], *, host: str, port: int,
+                 policy: AccessPolicy,
                  dashboard: Dashboard | None = None,
                  insights: InsightsViews | None = None,
                  advertised_host: str | None = None) -> None:
@@ -62,26 +65,29 @@ class WorkerWeb:
         self.status = status
         self.host = host
         self.port = port
+        self.policy = policy
         # How the other workers reach this one (the 360 view's routing, the KPI sums).
         wildcard = host in ("", "0.0.0.0", "::")
         self.advertised_host = advertised_host or (socket.gethostname() if wildcard else host)
         self.url = f"http://{self.advertised_host}:{port}"
         self._runner: web.AppRunner | None = None
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/ready", self._ready)
-        app.router.add_get("/status", self._status)
-        self.endpoints = ["/metrics", "/health", "/ready", "/status"]
+        app = web.Application(middlewares=[policy.middleware])
+        routes: list[tuple[str, str, Handler, Access]] = [
+            ("GET", "/metrics", self._metrics, "probe"),
+            ("GET", "/health", self._health, "probe"),
+            ("GET", "/ready", self._ready, "probe"),
+            ("GET", "/status", self._status, "viewer"),
+        ]
         if dashboard is not None:
-            app.router.add_get("/dashboard", dashboard.page)
-            app.router.add_get("/dashboard/data", dashboard.data)
-            self.endpoints += ["/dashboard", "/dashboard/data"]
+            routes += [("GET", "/dashboard", dashboard.page, "open"),
+                       ("GET", "/dashboard/data", dashboard.data, "viewer")]
         self.insights = insights
         if insights is not None:
-            for path, handler in insights.routes():
-                app.router.add_get(path, handler)
-                self.endpoints.append(path)
+            routes += insights.routes()
+        for method, path, handler, access in routes:
+            policy.add(app, method, path, handler, access)
+        # "GET /kpis": "viewer", … (logged at start: what each endpoint needs).
+        self.endpoints = {f"{method} {path}": access for method, path, _, access in routes}
         self.app = app
 
     async def start(self) -> int:
@@ -90,7 +96,11 @@ class WorkerWeb:
                                           setting="CHURNGUARD_WEB_PORT")
         self.url = f"http://{self.advertised_host}:{port}"
         log.info("http_listening", host=self.host, port=port, url=self.url,
-                 endpoints=self.endpoints)
+                 endpoints=self.endpoints, tokens=len(self.policy.tokens),
+                 open_probes=self.policy.open_probes)
+        if not self.policy.tokens:
+            log.warning("http_no_tokens", message="no access token is configured: every "
+                        "endpoint but the open probes answers 401; see docs/security.md")
         return port
 
     async def stop(self) -> None:

@@ -37,12 +37,14 @@ from agents.locks import PartitionLocks
 from agents.reindex import Reindex
 from agents.score_events import ScoreEvents
 from churnguard import __version__
+from churnguard.access_tokens import configured_tokens
 from churnguard.batch import BatchContext
 from churnguard.clocks import Clock, clock_for
 from churnguard.core import state_codec
 from churnguard.core.pack import RulePack
 from churnguard.engine import build_engine
 from churnguard.gc_policy import tune_for_throughput
+from churnguard.http_access import AccessPolicy
 from churnguard.logging import install_exception_hooks, stdlib_logging_config
 from churnguard.metrics import Metrics
 from churnguard.rules.loading import load_pack
@@ -281,9 +283,12 @@ def _observability(
         distribution=distribution, own_url=lambda: str(app.conf.canonical_url),
         recovering=lambda: seen.readiness().recovering,
         now=clock.now)
+    tokens = configured_tokens(settings.web_tokens, settings.web_token_file,
+                               setting="CHURNGUARD_WEB_TOKEN_FILE")
+    policy = AccessPolicy(tokens, open_probes=settings.web_open_probes)
     return WorkerWeb(registry_for(collector), seen.heartbeat, seen.readiness,
                      seen.status_report, host=settings.web_host, port=settings.web_port,
-                     dashboard=dashboard, insights=views,
+                     policy=policy, dashboard=dashboard, insights=views,
                      advertised_host=settings.web_advertised_host)
 
 

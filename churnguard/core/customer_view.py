@@ -9,7 +9,8 @@ store to join and nothing to get out of step. The same state gives the same view
 in replay and behind the API.
 
 What it never shows: personal data. The state keeps no name, email or phone (only whether a
-channel exists), and the birthday, which it keeps for anniversary rules, is left out here.
+channel exists), and the birthday, which it keeps for anniversary rules, is left out unless
+asked for (`personal`, an admin's view).
 Action targets are shown only for the kinds whose target is a business value (a channel, an
 assignee queue or account manager, a coupon code); deferred action payloads and the rules'
 trigger memory are internal and not shown.
@@ -45,15 +46,17 @@ FEEDBACK_STATUSES = tuple(status for status in FLAGS if status != "redeemed")
 
 
 def customer_view(
-    state: CustomerState, pack: RulePack, *, now: float | None = None
+    state: CustomerState, pack: RulePack, *, now: float | None = None,
+    personal: bool = False,
 ) -> dict[str, Any]:
     """The customer 360 of `state`, a JSON-ready dict. `now` (epoch seconds; default the
     customer's event-time clock) is when the purchase and login windows are counted; the
     score, segment and RFM are the stored ones, computed at the clock (`as_of`). `pack` is
-    the running rule pack: it gives each open ticket its SLA deadline."""
+    the running rule pack: it gives each open ticket its SLA deadline. `personal`: the
+    personal fields kept (the birthday) are shown too (an admin's asked-for view)."""
     moment = state.clock if now is None else now
     today = day_number(moment)
-    return {
+    view: dict[str, Any] = {
         "customer_id": state.customer_id,
         "as_of": rfc3339(state.clock),
         "profile": {
@@ -91,6 +94,9 @@ def customer_view(
         "open_episodes": [_episode(episode) for episode in state.episodes],
         "next_due": _time(state.next_due),
     }
+    if personal:
+        view["personal"] = {"birthday": state.birthday}
+    return view
 
 
 def _time(ts: float | None) -> str | None:

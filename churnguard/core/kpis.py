@@ -25,6 +25,9 @@ GroupBy = Literal["rule", "tier", "segment", "account_manager", "region", "assig
                   "week", "month"]
 GROUP_BY: tuple[GroupBy, ...] = ("rule", "tier", "segment", "account_manager", "region",
                                  "assignee", "day", "week", "month")
+# A report of one dimension's value (one account manager's customers): what it can group by.
+Slice = tuple[str, str]
+SLICE_GROUPS: tuple[GroupBy, ...] = ("rule", "day", "week", "month")
 NONE = "(none)"  # a dimension without a value (no account manager): still a row of its own
 # Uplift is "not enough data" below this many decided episodes in either arm.
 MIN_DECIDED_PER_ARM = 30
@@ -255,19 +258,21 @@ def report(
     group_by: GroupBy | None = None,
     rule: str | None = None,
     as_of: float | None = None,
+    within: Slice | None = None,
 ) -> dict[str, Any]:
     """The KPIs of the cohorts that started in [since, until) (by day), in total and per
     value of `group_by`, optionally of one rule only (`(none)`: what no rule caused, such
     as purchases); of several aggregates (the worker's partitions) as of their sum.
     `as_of`: the moment the figures are of (the worker's clock; default the latest outcome
-    folded), which decides whose repeat-purchase window has elapsed."""
+    folded), which decides whose repeat-purchase window has elapsed. `within`: one
+    dimension's value only (one account manager's customers), see `sums`."""
     parts = [aggregates] if isinstance(aggregates, KpiAggregates) else aggregates
     if as_of is None:
         as_of = max((part.as_of for part in parts), default=0.0)
     summed = sums(parts, settings, since=since, until=until, group_by=group_by, rule=rule,
-                  as_of=as_of)
+                  as_of=as_of, within=within)
     return report_of(summed, settings, since=since, until=until, group_by=group_by,
-                     rule=rule, as_of=as_of)
+                     rule=rule, as_of=as_of, within=within)
 
 
 def sums(
@@ -279,27 +284,40 @@ def sums(
     group_by: GroupBy | None,
     rule: str | None,
     as_of: float,
+    within: Slice | None = None,
 ) -> KpiSums:
+    """`within` (dimension, value): the total is that value's cells, not every customer's,
+    and the groups split those cells only, so the groups a slice offers are `SLICE_GROUPS`
+    (the cells are per dimension, never per pair of dimensions)."""
     first = None if since is None else day_number(since)
     last = None if until is None else day_number(until - 0.001)
     # A first purchase counts for the repeat rate once its whole window has elapsed.
     repeat_days = math.ceil(settings.repeat_purchase_days)
     eligible_until = day_number(as_of) - repeat_days - 1
-    dimension = group_by if group_by in (*DIMENSIONS, "assignee") else ""
+    if within is not None:
+        if within[0] not in DIMENSIONS:
+            raise ValueError(f"not a dimension of the KPI cells: {within[0]!r}")
+        if group_by is not None and group_by not in (*SLICE_GROUPS, within[0]):
+            raise ValueError(f"a slice is grouped by {', '.join(SLICE_GROUPS)} only")
+        total_dimension, value = within
+        dimension = total_dimension
+    else:
+        total_dimension, value = "", None
+        dimension = group_by if group_by in (*DIMENSIONS, "assignee") else ""
     wanted_rule = None if rule is None else ("" if rule == NONE else rule)
     summed = KpiSums()
     for part in parts:
-        for cell_dimension in dict.fromkeys(("", dimension)):
+        for cell_dimension in dict.fromkeys((total_dimension, dimension)):
             # Day and week groups need each day's cells; every other question takes a
             # month whole where it lies within the period and on one side of the
             # repeat-purchase cut-off.
-            by_day = cell_dimension == "" and group_by in ("day", "week")
+            by_day = cell_dimension == total_dimension and group_by in ("day", "week")
             for period, cells, minutes, eligible in _periods(
                     part, cell_dimension, first, last, eligible_until, by_day=by_day):
                 _sum_period(summed, period, cells, minutes, eligible,
-                            total=cell_dimension == "",
+                            total=cell_dimension == total_dimension,
                             group_by=group_by if cell_dimension == dimension else None,
-                            rule=wanted_rule)
+                            rule=wanted_rule, value=value)
     return summed
 
 
@@ -342,7 +360,7 @@ def _periods(part: KpiAggregates, dimension: str, first: int | None, last: int |
 
 def _sum_period(summed: KpiSums, period: tuple[str, int], cells: _Period, minutes: _Period,
                 eligible: bool, *, total: bool, group_by: GroupBy | None,
-                rule: str | None) -> None:
+                rule: str | None, value: str | None) -> None:
     kind, number = period
     groups = summed.groups
     key = ""
@@ -350,8 +368,9 @@ def _sum_period(summed: KpiSums, period: tuple[str, int], cells: _Period, minute
         day = number if kind == "day" else _days_of_month(number)[0]
         key = period_of(day, group_by)
     for place, counter in cells.items():
-        cell_rule, value = place
-        if rule is not None and cell_rule != rule:
+        cell_rule, cell_value = place
+        if (rule is not None and cell_rule != rule) or (value is not None
+                                                          and cell_value != value):
             continue
         counts = _with_eligibility(counter, eligible)
         histogram = minutes.get(place)
@@ -364,7 +383,7 @@ def _sum_period(summed: KpiSums, period: tuple[str, int], cells: _Period, minute
         if group_by == "rule":
             key = cell_rule or NONE
         elif group_by not in ("day", "week", "month"):
-            key = value
+            key = cell_value
         group, group_minutes = groups.setdefault(key, (Counter(), Counter()))
         group.update(counts)
         if histogram:
@@ -373,13 +392,14 @@ def _sum_period(summed: KpiSums, period: tuple[str, int], cells: _Period, minute
 
 def report_of(summed: KpiSums, settings: KpiSettings, *, since: float | None,
               until: float | None, group_by: GroupBy | None, rule: str | None,
-              as_of: float) -> dict[str, Any]:
+              as_of: float, within: Slice | None = None) -> dict[str, Any]:
     return {
         "as_of": rfc3339(as_of) if as_of else None,
         "since": None if since is None else rfc3339(since),
         "until": None if until is None else rfc3339(until),
         "rule": rule,
         "group_by": group_by,
+        "within": None if within is None else {within[0]: within[1]},
         "total": figures(summed.total, summed.total_minutes, settings),
         "groups": [{"group": key, **figures(counts, minutes, settings)}
                    for key, (counts, minutes) in sorted(summed.groups.items())],

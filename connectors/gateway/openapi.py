@@ -100,7 +100,7 @@ def openapi_document(limits: GatewaySettings) -> dict[str, Any]:
                 "description": "Each event is validated with the worker's schemas and produced "
                 "to its type's input topic keyed by customer_id; the answer comes once the "
                 "broker acknowledged them (acks=all). NDJSON (one event per line) is taken with "
-                "Content-Type: application/x-ndjson. Scope: ingest.",
+                "Content-Type: application/x-ndjson. Role: ingest.",
                 "requestBody": {"required": True, "content": {
                     _JSON: {"schema": {"oneOf": [
                         {"$ref": "#/components/schemas/Event"},

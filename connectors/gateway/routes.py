@@ -15,7 +15,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from churnguard.access_tokens import AccessToken, Scope, TokenRegistry
+from churnguard.access_tokens import AccessToken, Role, TokenRegistry
+from churnguard.http_access import CHALLENGE, AccessRefused, authorize
 from churnguard.http_listen import metrics_response
 from connectors.gateway.admission import Admitted, admit
 from connectors.gateway.body import BodyRefused, split_events
@@ -158,15 +159,12 @@ class Gateway:
         body["rejected"] = [r.as_json() for r in rejected]
         return json_response(body, 207 if admitted else 400)
 
-    def _authorize(self, request: web.Request, scope: Scope) -> AccessToken:
-        token = self.tokens.from_header(request.headers.get("Authorization"))
-        if token is None:
-            raise Refused(401, "unauthorized",
-                          "a valid bearer token is required: Authorization: Bearer <token>",
-                          {"WWW-Authenticate": 'Bearer realm="churnguard"'})
-        if not token.allows(scope):
-            raise Refused(403, "forbidden", f"token {token.name!r} lacks the scope {scope!r}")
-        return token
+    def _authorize(self, request: web.Request, role: Role) -> AccessToken:
+        try:
+            return authorize(self.tokens, request.headers.get("Authorization"), role)
+        except AccessRefused as refused:
+            raise Refused(refused.status, refused.error, refused.message,
+                          CHALLENGE if refused.status == 401 else None) from None
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.limits.max_body_bytes

@@ -23,14 +23,15 @@ log = structlog.get_logger(__name__)
 
 NO_TOKEN = (
     "gateway: no access token is configured, so no client could send events; make one with "
-    "`churnguard token new shop --scope ingest --file tokens.jsonl` and set "
+    "`churnguard token new shop --role ingest --file tokens.jsonl` and set "
     "CHURNGUARD_GATEWAY__TOKEN_FILE=tokens.jsonl (or put its second line in "
     "CHURNGUARD_GATEWAY__TOKENS='[…]')"
 )
 
 
 def gateway_tokens(settings: Settings) -> TokenRegistry:
-    tokens = configured_tokens(settings.gateway.tokens, settings.gateway.token_file)
+    tokens = configured_tokens(settings.gateway.tokens, settings.gateway.token_file,
+                               setting="CHURNGUARD_GATEWAY__TOKEN_FILE")
     if not tokens:
         raise UserError(NO_TOKEN)
     return tokens

@@ -16,7 +16,7 @@ class GatewaySettings(BaseModel):
     # Port 0 takes a free one (logged as gateway_listening).
     port: int = Field(8080, ge=0, le=65535)
     # Bearer tokens, stored as SHA-256 hashes (churnguard/access_tokens.py), as a JSON list:
-    # '[{"name": "shop", "sha256": "…", "scopes": ["ingest"]}]'; and/or a file of such
+    # '[{"name": "shop", "sha256": "…", "roles": ["ingest"]}]'; and/or a file of such
     # lines, read at start. A gateway with no token refuses to start.
     tokens: tuple[AccessToken, ...] = ()
     token_file: Path | None = None

@@ -29,3 +29,17 @@ def launch(playwright: Any, profile: Path) -> Any:
     return playwright.chromium.launch_persistent_context(
         str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
         viewport={"width": 1440, "height": 900})
+
+
+def sign_in(page: Any, token: str, *, prompt: str = "needs an access token",
+            accepted: bool = True) -> None:
+    """Wait for a page's sign-in form (shown on its first 401) saying `prompt`, and sign in
+    with `token` through it (streams/page_login.py); `accepted`: until the form is gone
+    (a refused token brings it back at once)."""
+    page.wait_for_selector("#login:not([hidden])", timeout=15_000)
+    page.wait_for_function("t => document.getElementById('login-message').textContent"
+                           ".includes(t)", arg=prompt, timeout=15_000)
+    page.fill("#login-token", token)
+    page.click("#login button[type=submit]")
+    if accepted:
+        page.wait_for_selector("#login", state="hidden", timeout=5_000)

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
 
+from churnguard.access_tokens import ROLES, AccessToken, new_token
 from churnguard.clocks import FileClock
 from churnguard.processes import start_worker, stop_process_group, wait_ready
 from connectors.embedded_broker import EmbeddedBroker
@@ -23,6 +24,16 @@ from streams.topology import ensure_all_topics
 
 DEADLINE_S = 60.0
 _names = itertools.count()
+
+# The test workers' access tokens (docs/security.md): one per role, and an agent who sees
+# only account manager am-alice's customers. name -> (token, what the worker stores).
+TOKENS: dict[str, tuple[str, AccessToken]] = {
+    role: new_token(f"test-{role}", [role]) for role in ROLES}
+TOKENS["alice"] = new_token("test-alice", ["agent"], account_manager="am-alice")
+
+
+def token(name: str) -> str:
+    return TOKENS[name][0]
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = DEADLINE_S) -> None:
@@ -56,6 +67,7 @@ class Pipeline:
             session_timeout_s=6.0,
             rebalance_timeout_s=6.0,
             web_port=0,  # each worker's endpoints on a free port (logged: http_listening)
+            web_tokens=tuple(stored for _, stored in TOKENS.values()),
         ).model_copy(update=overrides)
         self.topics = self.settings.topics
         ensure_all_topics(self.settings)
@@ -144,10 +156,15 @@ class Pipeline:
         self.reader.close()
 
 
-def http_get(port: int, path: str) -> tuple[int, bytes]:
-    """GET one of a worker's endpoints: (status, body), error statuses included."""
+def http_get(port: int, path: str, as_: str | None = "admin", *,
+             bearer: str | None = None) -> tuple[int, bytes]:
+    """GET one of a worker's endpoints with the token of TOKENS[as_] (None: no token) or
+    the `bearer` token given: (status, body), error statuses included."""
+    presented = bearer if bearer is not None else None if as_ is None else token(as_)
+    headers = {} if presented is None else {"Authorization": f"Bearer {presented}"}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+        with urllib.request.urlopen(request, timeout=5) as answer:
             return answer.status, answer.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()

@@ -17,8 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from churnguard.core.clock import rfc3339
-from tests.integration.browser import ARTIFACTS, launch, require_browser
-from tests.integration.pipeline_support import http_get, wait_for
+from tests.integration.browser import ARTIFACTS, launch, require_browser, sign_in
+from tests.integration.pipeline_support import http_get, token, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +108,12 @@ def test_the_dashboard_charts_a_running_worker_in_a_headless_browser(
                 page.on("request", lambda r: requested.append(r.url))
                 page.goto(f"{base}/dashboard", wait_until="load")
                 assert page.title() == "churnguard worker"
+                # Its data needs a viewer's token: a wrong one is refused, then it signs in.
+                sign_in(page, token("viewer") + "x", accepted=False)
+                sign_in(page, token("viewer"), prompt="That token was refused")
+                assert page.is_visible("#logout")
+                assert page.evaluate("sessionStorage.getItem('churnguard.token')") == token(
+                    "viewer")
 
                 # Every chart with data: more than one point, and a non-zero last value
                 # (lag may rightly be 0 throughout; so may timers while the worker's view
@@ -155,8 +161,10 @@ def test_the_dashboard_charts_a_running_worker_in_a_headless_browser(
     shutil.copyfile(shot, ARTIFACT)
     assert shot.stat().st_size > 10_000
 
-    assert console == []
-    assert failed == []
+    # The two refusals before signing in (chromium logs each failed load), nothing else.
+    assert failed == [f"{base}/dashboard/data: HTTP 401"] * 2
+    assert len(console) == 2, console
+    assert all("401" in m for m in console), console
     # Nothing but the page and its data: no CDN, no other origin.
     assert {url.split("?")[0] for url in requested} == {f"{base}/dashboard",
                                                         f"{base}/dashboard/data"}

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 4
 _prefixes = itertools.count()
 INGEST_TOKEN, INGEST = new_token("shop", ["ingest"])
-READ_TOKEN, READ_ONLY = new_token("dashboards", ["read"])
+READ_TOKEN, READ_ONLY = new_token("dashboards", ["viewer"])
 
 
 def gateway_settings(broker: EmbeddedBroker, tokens: tuple[AccessToken, ...] = (INGEST, READ_ONLY),
@@ -197,17 +197,18 @@ def test_a_repeated_event_is_a_duplicate_and_not_produced_again(gateway: Gateway
     assert sorted(r.key for r in produced) == [b"c1", b"other"]
 
 
-def test_tokens_and_scopes(gateway: GatewayThread) -> None:
+def test_tokens_and_roles(gateway: GatewayThread) -> None:
     url = f"{gateway.url}/v1/events"
     missing = requests.post(url, data=b"{}", timeout=10)
     assert missing.status_code == 401
     assert missing.headers["WWW-Authenticate"].startswith("Bearer")
     assert missing.json()["error"] == "unauthorized"
     assert post(gateway, [event("login", "e")], token=INGEST_TOKEN + "x").status_code == 401
-    wrong_scope = post(gateway, [event("login", "e")], token=READ_TOKEN)
-    assert wrong_scope.status_code == 403
-    assert wrong_scope.json() == {"error": "forbidden",
-                                  "message": "token 'dashboards' lacks the scope 'ingest'"}
+    wrong_role = post(gateway, [event("login", "e")], token=READ_TOKEN)
+    assert wrong_role.status_code == 403
+    assert wrong_role.json() == {
+        "error": "forbidden",
+        "message": "token 'dashboards' (viewer) lacks the role 'ingest' this needs"}
     for path in ("/health", "/ready", "/metrics", "/openapi.json"):
         assert requests.get(gateway.url + path, timeout=10).status_code == 200
 

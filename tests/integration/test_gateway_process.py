@@ -70,7 +70,7 @@ def test_sigterm_stops_it_cleanly_after_what_it_accepted(
 
 @pytest.mark.parametrize(("env", "message"), [
     ({}, "churnguard: gateway: no access token is configured, so no client could send "
-         "events; make one with `churnguard token new shop --scope ingest --file "
+         "events; make one with `churnguard token new shop --role ingest --file "
          "tokens.jsonl`"),
     ({"CHURNGUARD_GATEWAY__TOKEN_FILE": "{tmp}/tokens.jsonl"},
      "churnguard: {tmp}/tokens.jsonl:1: line: Invalid JSON"),

@@ -21,8 +21,8 @@ import pytest
 from churnguard.core.kpis import GROUP_BY
 from churnguard.kpi_report import kpis_of
 from churnguard.rules.export import export_pack
-from tests.integration.browser import ARTIFACTS, launch, require_browser
-from tests.integration.pipeline_support import Pipeline, http_get, wait_for
+from tests.integration.browser import ARTIFACTS, launch, require_browser, sign_in
+from tests.integration.pipeline_support import Pipeline, http_get, token, wait_for
 from tests.unit.test_kpis import ENGINE, PACK, UNTIL, A, B, C, D, E, F, Story, scenario
 
 pytestmark = pytest.mark.integration
@@ -193,6 +193,12 @@ def _check_sorting_and_csv(page: Any, port: int) -> None:
     assert status == 200
     assert body.decode().splitlines()[0].startswith("group,")
     assert "churn_warning_play" in body.decode()
+    # The link downloads that CSV with the page's token (a plain link would be 401).
+    with page.expect_download(timeout=10_000) as download:
+        page.click("#csv")
+    saved = download.value
+    assert saved.suggested_filename == "kpis.csv"
+    assert Path(saved.path()).read_bytes() == body
 
 
 def _show_customer(page: Any, port: int, customer: str) -> dict[str, Any]:
@@ -278,6 +284,8 @@ def test_the_insights_page_shows_what_the_endpoints_say_in_a_headless_browser(
             page.on("request", lambda r: requested.append(r.url))
             page.goto(f"{base}/insights", wait_until="load")
             assert page.title() == "churnguard insights"
+            sign_in(page, token("agent"))  # the 360 needs an agent's token
+            refusals = (list(failed), list(console))
             generation = _wait_loaded(page, 0)
             assert page.evaluate("document.documentElement.dataset.query") == ""  # everything
             assert page.is_hidden("#partial-note")
@@ -338,7 +346,13 @@ def test_the_insights_page_shows_what_the_endpoints_say_in_a_headless_browser(
     shutil.copyfile(shot, ARTIFACT)
     assert shot.stat().st_size > 10_000
 
-    # The one error expected: the unknown customer's 404 (chromium logs a failed load).
+    # Before signing in, the first requests' 401s (chromium logs each failed load).
+    refused, refused_console = refusals
+    assert refused
+    assert all(f.endswith(": HTTP 401") for f in refused), refused
+    assert all("401" in m for m in refused_console), refused_console
+    del failed[:len(refused)], console[:len(refused_console)]
+    # The one error expected after: the unknown customer's 404.
     assert failed == [f"{unknown_url}: HTTP 404"]
     assert [m for m in console if "404" not in m] == [], console
     assert len(console) <= 1

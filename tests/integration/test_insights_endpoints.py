@@ -218,6 +218,19 @@ def test_two_workers_answer_for_every_partition_and_route_the_360_to_its_owner(
         # The same view as its owner gives.
         owner = next(p for p in ports if view["partition"] in owned[p])
         assert _json(owner, f"/customers/{customer}")[1] == view
+        # The caller's token goes with the forwarded request: the owner checks it too.
+        assert http_get(port, f"/customers/{customer}", None)[0] == 401
+        alices = view["profile"]["account_manager"] == "am-alice"
+        assert http_get(port, f"/customers/{customer}", "alice")[0] == (
+            200 if alices else 403)
+    # A slice gathered from both workers: one account manager's figures.
+    expected_slice = report(kpis, PACK.kpis, within=("account_manager", "am-alice"))
+    for port in ports:
+        status, body = http_get(port, "/kpis", "alice")
+        assert status == 200
+        answer = orjson.loads(body)
+        assert not answer["partial"]
+        assert answer["total"] == expected_slice["total"]
 
 
 def _port_of(log_path: Any) -> int:

@@ -274,7 +274,8 @@ def test_the_connectors_are_an_opt_in_profile() -> None:
             "topics": {"condition": "service_completed_successfully"}}, name
         # The workers' broker, partitions and topics: the same deployment.
         for key, value in worker["environment"].items():
-            assert service["environment"][key] == value, (name, key)
+            if not key.startswith("CHURNGUARD_WEB_"):  # the workers' own endpoints
+                assert service["environment"][key] == value, (name, key)
         assert service["restart"] == "unless-stopped", name
         assert service["healthcheck"]["test"][0] == "CMD", name
     [gateway], [deliver] = gateways, delivers
@@ -292,6 +293,27 @@ def test_the_connectors_are_an_opt_in_profile() -> None:
     assert services[gateway]["ports"] == [f"127.0.0.1:{GATEWAY_PORT}:{GATEWAY_PORT}"]
     assert "ports" not in services[deliver]
     assert str(DELIVER_PORT) in str(services[deliver].get("expose"))
+
+
+def test_the_workers_and_the_gateway_read_one_token_file() -> None:
+    """docker/tokens.jsonl, mounted read-only: the workers' tokens (viewer, agent, admin)
+    and the gateway's (ingest) are added and revoked in one place."""
+    compose = _compose()
+    services = compose["services"]
+    [gateway] = [services[n] for n in _connector_services(compose, "gateway")]
+    readers = [(services[n], "CHURNGUARD_WEB_TOKEN_FILE") for n in _worker_services(compose)]
+    assert len(readers) == 2
+    files = set()
+    for service, setting in [*readers, (gateway, "CHURNGUARD_GATEWAY__TOKEN_FILE")]:
+        path = _container_path(service, service["environment"][setting])
+        assert path is not None
+        assert next(v for v in service["volumes"] if path.name in v).endswith(":ro")
+        files.add(path)
+    assert files == {DOCKER / "tokens.jsonl"}
+    for service, _ in readers:
+        assert re.fullmatch(r"\$\{CHURNGUARD_WEB_TOKENS:-\[\]\}",
+                            service["environment"]["CHURNGUARD_WEB_TOKENS"])
+        assert "CHURNGUARD_WEB_OPEN_PROBES" not in service["environment"]  # open: scraped
 
 
 def test_the_connectors_secrets_come_from_outside_the_files() -> None:

@@ -18,7 +18,7 @@ from streams.settings import Settings
 def test_tokens_come_from_a_json_list_and_a_file(monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path) -> None:
     _, shop = new_token("shop", ["ingest"])
-    _, crm = new_token("crm", ["read"])
+    _, crm = new_token("crm", ["viewer"])
     (tmp_path / "tokens.jsonl").write_text(crm.line() + "\n", encoding="utf-8")
     monkeypatch.setenv("CHURNGUARD_GATEWAY__TOKENS", f"[{shop.line()}]")
     monkeypatch.setenv("CHURNGUARD_GATEWAY__TOKEN_FILE", str(tmp_path / "tokens.jsonl"))
@@ -31,7 +31,7 @@ def test_tokens_come_from_a_json_list_and_a_file(monkeypatch: pytest.MonkeyPatch
 def test_no_token_is_refused_with_how_to_make_one() -> None:
     with pytest.raises(UserError, match="no access token is configured") as error:
         gateway_tokens(Settings())
-    assert "churnguard token new shop --scope ingest" in str(error.value)
+    assert "churnguard token new shop --role ingest" in str(error.value)
 
 
 def test_a_full_batch_must_fit_the_rate_limit_burst() -> None:

@@ -86,7 +86,8 @@ def test_every_element_the_script_looks_up_is_in_the_page() -> None:
 
 
 def test_the_page_stays_small() -> None:
-    assert PAGE.count("\n") < 650
+    # (650 lines before the sign-in and the CSV fetched with the token.)
+    assert PAGE.count("\n") < 750
     assert len(PAGE.encode()) < 64_000
 
 

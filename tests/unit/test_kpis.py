@@ -190,6 +190,29 @@ def test_drill_downs_sum_to_the_totals() -> None:
         assert sum(g["cost"] for g in groups) == pytest.approx(total["cost"])
 
 
+def test_one_account_managers_slice() -> None:
+    """`within`: the figures of one account manager's customers, as the drill-down by
+    account manager has them, and grouped by rule or period within the slice."""
+    aggregates = KpiAggregates()
+    aggregates.fold_all(replay_outcomes(scenario().parsed(), ENGINE, until=UNTIL))
+    by_manager = {g.pop("group"): g for g in report(
+        aggregates, PACK.kpis, group_by="account_manager")["groups"]}
+    for manager in ("am-alice", "am-bob"):
+        within = ("account_manager", manager)
+        sliced = report(aggregates, PACK.kpis, within=within)
+        assert sliced["within"] == {"account_manager": manager}
+        assert sliced["total"] == by_manager[manager]
+        for group_by in ("rule", "week", "month"):
+            groups = report(aggregates, PACK.kpis, within=within, group_by=group_by)["groups"]
+            assert sum(g["episodes"]["treated"]["started"] for g in groups) == (
+                sliced["total"]["episodes"]["treated"]["started"]), (manager, group_by)
+    assert by_manager["am-alice"] != by_manager["am-bob"]
+    with pytest.raises(ValueError, match="a slice is grouped by rule, day, week, month"):
+        report(aggregates, PACK.kpis, within=("account_manager", "am-alice"), group_by="tier")
+    with pytest.raises(ValueError, match="not a dimension"):
+        report(aggregates, PACK.kpis, within=("assignee", "am-alice"))
+
+
 def _get(node: Any, path: tuple[str, ...]) -> Any:
     for part in path:
         node = node[part]
