@@ -9,7 +9,6 @@ nothing produced). Everything but `read_history` is pure and deterministic."""
 
 from __future__ import annotations
 
-import math
 import re
 import textwrap
 import time
@@ -30,6 +29,7 @@ from churnguard.core.state import CustomerState
 from churnguard.core.validation import Rejected, parse_event
 from churnguard.errors import UserError
 from churnguard.replay import replay
+from churnguard.topic_snapshot import read_snapshot
 from schemas.events import Event
 from streams.settings import Settings
 
@@ -473,10 +473,7 @@ def read_history(
     offset) and the number of records that are not valid events.
 
     Read-only: an assigned consumer without a group (no join, no commits), no producer.
-    The start is `offsets_for_times` (the embedded broker answers offset 0 to every such
-    query, hence the timestamp filter too); the end is the high watermark of the fetch
-    responses, never ListOffsets alone (the embedded broker reports the last batch's base
-    offset + 1 there)."""
+    Where it starts and ends: churnguard/topic_snapshot.py."""
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
@@ -490,11 +487,12 @@ def read_history(
     except KafkaError as exc:
         raise UserError(f"backtest: cannot reach {where}: {exc}; check --broker / "
                         "CHURNGUARD_BROKER") from None
-    reader = _HistoryReader(settings, consumer, since,
-                            now=time.time() if now is None else now)
+    reader = _HistoryReader(settings, now=time.time() if now is None else now)
     try:
-        reader.assign()
-        reader.drain(timeout_s=timeout_s, idle_s=idle_s)
+        read_snapshot(consumer, list(reader.inputs), since=since, take=reader.take,
+                      timeout_s=timeout_s, idle_s=idle_s, command="backtest", where=where,
+                      missing_hint="check CHURNGUARD_TOPICS__* (or create them with "
+                      "`churnguard topics`)")
     except KafkaError as exc:
         raise UserError(f"backtest: reading the input topics on {where} failed: {exc}; "
                         "check the broker (--broker / CHURNGUARD_BROKER)") from None
@@ -505,84 +503,23 @@ def read_history(
 
 
 class _HistoryReader:
-    """read_history's consumer work: where each partition starts and ends, and the parsing."""
+    """read_history's parsing of each record read."""
 
-    def __init__(self, settings: Settings, consumer: Any, since: float, *, now: float) -> None:
+    def __init__(self, settings: Settings, *, now: float) -> None:
         self.settings = settings
-        self.consumer = consumer
-        self.since_ms = max(0, math.floor(since * 1000))
         self.now = now
         self.inputs = settings.topics.inputs()
-        self.where = f"the broker at {settings.bootstrap}"
-        self.active: list[Any] = []
-        self.reported: dict[Any, int] = {}
         self.found: list[tuple[float, str, int, int, Event]] = []
         self.bad = 0
 
-    def assign(self) -> None:
-        from kafka.structs import TopicPartition
-
-        consumer = self.consumer
-        existing = set(consumer.topics())
-        missing = [topic for topic in self.inputs if topic not in existing]
-        if missing:
-            raise UserError(f"backtest: input topics {', '.join(missing)} do not exist on "
-                            f"{self.where}; check CHURNGUARD_TOPICS__* (or create them with "
-                            "`churnguard topics`)")
-        tps = [TopicPartition(topic, p) for topic in self.inputs
-               for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        starts = consumer.offsets_for_times(dict.fromkeys(tps, self.since_ms))
-        begins = consumer.beginning_offsets(tps)
-        self.reported = {tp: int(end) for tp, end in consumer.end_offsets(tps).items()}
-        # Where a partition has nothing at or after `since`, Kafka answers None: skip it.
-        self.active = [tp for tp in tps if starts.get(tp) is not None]
-        consumer.assign(self.active)
-        for tp in self.active:
-            consumer.seek(tp, max(int(starts[tp].offset), int(begins[tp])))
-
-    def drain(self, *, timeout_s: float, idle_s: float) -> None:
-        consumer = self.consumer
-        ends: dict[Any, int] = {}  # the first high watermark seen: the snapshot's end
-        pending = set(self.active)
-        deadline = time.monotonic() + timeout_s
-        quiet_since = time.monotonic()
-        while pending:
-            if time.monotonic() > deadline:
-                raise UserError(f"backtest: reading the input topics on {self.where} took "
-                                f"more than {timeout_s:g} s; check the broker, or give a "
-                                "later --since")
-            batch = consumer.poll(timeout_ms=200, max_records=50_000)
-            for tp in pending:
-                high = consumer.highwater(tp)
-                if high is not None and tp not in ends:
-                    ends[tp] = max(int(high), self.reported[tp])
-            for tp, records in batch.items():
-                self.take(records, ends.get(tp))
-            if batch:
-                quiet_since = time.monotonic()
-            quiet = time.monotonic() - quiet_since >= idle_s
-            for tp in list(pending):
-                position = int(consumer.position(tp))
-                if tp in ends:
-                    done = position >= ends[tp]
-                else:  # no fetch answered yet: only a long silence ends it
-                    done = quiet and position >= self.reported[tp]
-                if done:
-                    pending.discard(tp)
-
-    def take(self, records: Iterable[Any], end: int | None) -> None:
-        for record in records:
-            if end is not None and record.offset >= end:
-                continue  # produced after the snapshot
-            if record.timestamp < self.since_ms:
-                continue
-            parsed = parse_event(
-                record.value, self.inputs[record.topic], now=self.now,
-                max_future_hours=self.settings.max_future_skew_hours, key=record.key,
-                require_key=True,
-            )
-            if isinstance(parsed, Rejected):
-                self.bad += 1
-            else:
-                self.found.append((parsed.at, record.topic,
-                                   record.partition, record.offset, parsed))
+    def take(self, record: Any) -> None:
+        parsed = parse_event(
+            record.value, self.inputs[record.topic], now=self.now,
+            max_future_hours=self.settings.max_future_skew_hours, key=record.key,
+            require_key=True,
+        )
+        if isinstance(parsed, Rejected):
+            self.bad += 1
+        else:
+            self.found.append((parsed.at, record.topic, record.partition, record.offset,
+                               parsed))

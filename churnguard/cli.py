@@ -1,5 +1,5 @@
 """The `churnguard` command: demo, worker, broker, topics, replay, rules, lag, import,
-deliver, gateway, token."""
+deliver, gateway, token, audit."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import SettingsError
 
 from churnguard.access_tokens import add_token_command, run_token_command
+from churnguard.audit import add_audit_command, run_audit_command
 from churnguard.core.kpis import GROUP_BY
 from churnguard.errors import UserError
 from churnguard.logging import configure_logging
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     add_deliver_command(commands)
     add_gateway_command(commands)
     add_token_command(commands)
+    add_audit_command(commands)
 
     args = parser.parse_args(argv)
     try:
@@ -246,15 +249,14 @@ def _run(args: argparse.Namespace) -> int:
             from churnguard.lag_view import run_lag_command
 
             return run_lag_command(args)
-        case "import":
-            return run_import_command(args)
-        case "deliver":
-            return run_deliver_command(args)
-        case "gateway":
-            return run_gateway_command(args)
-        case "token":
-            return run_token_command(args)
-    return 2
+    run = _COMMANDS.get(args.command)
+    return 2 if run is None else run(args)
+
+
+# The commands that are one function of their arguments.
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "import": run_import_command, "deliver": run_deliver_command,
+    "gateway": run_gateway_command, "token": run_token_command, "audit": run_audit_command}
 
 
 def _worker(args: argparse.Namespace) -> int:

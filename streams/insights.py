@@ -33,6 +33,7 @@ from aiohttp import web
 from aiokafka.partitioner import DefaultPartitioner
 
 from agents.insights import WorkerInsights
+from churnguard.audit import AuditEntry
 from churnguard.census import CensusTotals
 from churnguard.core.clock import DAY, day_number, parse_rfc3339
 from churnguard.core.customer_view import customer_view
@@ -42,9 +43,10 @@ from churnguard.core.kpis import GROUP_BY, SLICE_GROUPS, GroupBy, KpiSums, repor
 from churnguard.core.processor import Engine
 from churnguard.core.state import CustomerState
 from churnguard.core.validation import EARLIEST_VALID
-from churnguard.http_access import Access, Handler, token_of
+from churnguard.http_access import Access, Handler, Refusal, token_of
 from churnguard.kpi_report import kpis_csv
 from streams import insights_page
+from streams.audit_log import AuditLog, AuditUnavailable
 from tables.state_store import TableBatchWriter
 
 log = structlog.get_logger(__name__)
@@ -89,8 +91,10 @@ class InsightsViews:
         own_url: Callable[[], str],
         recovering: Callable[[], bool] = lambda: False,
         now: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
     ) -> None:
         self.recovering = recovering
+        self.audit = audit
         self.insights = insights
         self.census = census
         self.owned = owned
@@ -129,7 +133,7 @@ class InsightsViews:
         except BadRequest as exc:
             return _error(str(exc), 400)
         except Forbidden as exc:
-            return _error(str(exc), 403)
+            return self._forbidden(request, str(exc))
         as_of = self.now()
         question = _Question("kpis", since, until, rule, group_by, as_of, manager)
         gathered = await self._gather(question, request)
@@ -150,7 +154,7 @@ class InsightsViews:
         except BadRequest as exc:
             return _error(str(exc), 400)
         except Forbidden as exc:
-            return _error(str(exc), 403)
+            return self._forbidden(request, str(exc))
         gathered = await self._gather(_Question("feedback", since, until), request)
         result = feedback_report(gathered.feedback, since=since, until=until)
         result.update(gathered.coverage())
@@ -160,7 +164,7 @@ class InsightsViews:
         try:
             _every_customer(request)
         except Forbidden as exc:
-            return _error(str(exc), 403)
+            return self._forbidden(request, str(exc))
         gathered = await self._gather(_Question("segments"), request)
         return _json({"segments": dict(sorted(gathered.segments.items())),
                       "bands": dict(gathered.bands), **gathered.coverage()})
@@ -175,7 +179,7 @@ class InsightsViews:
         except BadRequest as exc:
             return _error(str(exc), 400)
         except Forbidden as exc:
-            return _error(str(exc), 403)
+            return self._forbidden(request, str(exc))
         key = customer_id.encode()
         partition = partition_of(key, self.partitions)
         if partition not in self.owned():
@@ -193,11 +197,20 @@ class InsightsViews:
         state = CustomerState.from_bytes(raw)
         token = token_of(request)
         if token is not None and token.account_manager not in (None, state.account_manager):
-            return _error(f"customer {customer_id!r} is not one of account manager "
-                          f"{token.account_manager!r}'s (token {token.name!r} sees only "
-                          "theirs)", 403)
+            return self._forbidden(request, f"customer {customer_id!r} is not one of account "
+                                   f"manager {token.account_manager!r}'s (token "
+                                   f"{token.name!r} sees only theirs)")
         view = customer_view(state, self.engine().pack, now=self.now(), personal=personal)
         view["partition"] = partition
+        if self.audit is not None:
+            # The view is shown only once its reading is on the trail.
+            try:
+                await self.audit.write(AuditEntry(
+                    "customer_viewed", None if token is None else token.name,
+                    self.audit.clock(), customer_id=customer_id, personal=personal))
+            except AuditUnavailable:
+                return _error("the audit trail could not be written, so the view is not "
+                              "shown; try again in a moment", 503)
         return _json(view)
 
     async def local(self, request: web.Request) -> web.Response:
@@ -215,7 +228,7 @@ class InsightsViews:
         except (BadRequest, KeyError, ValueError) as exc:
             return _error(f"not a question this version asks: {exc}", 400)
         except Forbidden as exc:
-            return _error(str(exc), 403)
+            return self._forbidden(request, str(exc))
         return _json(self._local(question))
 
     # -- gathering ---------------------------------------------------------------------------
@@ -296,6 +309,15 @@ class InsightsViews:
                         error=str(exc) or type(exc).__name__)
             return _error(f"the worker owning partition {partition} ({owner}) did not "
                           "answer; try again", 503)
+
+    def _forbidden(self, request: web.Request, message: str) -> web.Response:
+        """403 for what the token may not see (its role passed: the data refused it)."""
+        if self.audit is not None:
+            token = token_of(request)
+            self.audit.refused(Refusal(403, request.method, request.path,
+                                       None if token is None else token.name,
+                                       request.remote))
+        return _error(message, 403)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -47,6 +47,8 @@ class TopicNames(BaseModel):
     rules: str = "churnguard.rules"
     # Actions `churnguard deliver` could not deliver (refused, or out of attempts).
     delivery_dlq: str = "churnguard.delivery-dlq"
+    # Who did what (churnguard/audit.py): delete policy, long retention, never compacted.
+    audit: str = "churnguard.audit"
 
     def inputs(self) -> dict[str, str]:
         """Input topic -> event type it carries ("" for the combined, `type`-tagged topic)."""

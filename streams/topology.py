@@ -3,6 +3,7 @@ create topics before any worker starts, because faust creates no source topics).
 
 from __future__ import annotations
 
+from churnguard.audit import RETENTION_DAYS
 from connectors.admin import ensure_topics
 from streams.settings import Settings
 
@@ -16,19 +17,23 @@ def changelog_topic(settings: Settings, table: str = STATE_TABLE) -> str:
 
 def all_topics(settings: Settings) -> list[str]:
     return [*settings.topics.inputs(), *settings.topics.outputs(), settings.topics.rules,
-            changelog_topic(settings)]
+            settings.topics.audit, changelog_topic(settings)]
 
 
 def ensure_all_topics(settings: Settings) -> None:
     """Every topic with the configured partition count. The changelog is compacted (the
     latest state per key is kept forever; deletes are tombstones): created with the broker's
     default delete policy, restores would lose every customer idle past the retention. So is
-    the rules topic: one key per publish, so compaction keeps the whole history."""
+    the rules topic: one key per publish, so compaction keeps the whole history. The audit
+    topic is never compacted (an entry is never replaced by a later one of its key) and
+    keeps its entries for RETENTION_DAYS."""
     ensure_topics(
         settings.bootstrap,
         all_topics(settings),
         settings.partitions,
         replication_factor=settings.replication_factor,
         configs={changelog_topic(settings): {"cleanup.policy": "compact"},
-                 settings.topics.rules: {"cleanup.policy": "compact"}},
+                 settings.topics.rules: {"cleanup.policy": "compact"},
+                 settings.topics.audit: {"cleanup.policy": "delete",
+                                         "retention.ms": str(RETENTION_DAYS * 86_400_000)}},
     )

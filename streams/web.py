@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from churnguard.http_access import Access, AccessPolicy, Handler
 from churnguard.http_listen import listen, metrics_response
+from streams.audit_log import AuditLog
 from streams.dashboard import Dashboard
 from streams.insights import InsightsViews
 
@@ -58,6 +59,7 @@ class WorkerWeb:
                  policy: AccessPolicy,
                  dashboard: Dashboard | None = None,
                  insights: InsightsViews | None = None,
+                 audit: AuditLog | None = None,
                  advertised_host: str | None = None) -> None:
         self.registry = registry
         self.heartbeat = heartbeat
@@ -66,6 +68,7 @@ class WorkerWeb:
         self.host = host
         self.port = port
         self.policy = policy
+        self.audit = audit
         # How the other workers reach this one (the 360 view's routing, the KPI sums).
         wildcard = host in ("", "0.0.0.0", "::")
         self.advertised_host = advertised_host or (socket.gethostname() if wildcard else host)
@@ -106,6 +109,8 @@ class WorkerWeb:
     async def stop(self) -> None:
         if self.insights is not None:
             await self.insights.close()
+        if self.audit is not None:
+            await self.audit.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -50,6 +50,7 @@ from churnguard.metrics import Metrics
 from churnguard.rules.loading import load_pack
 from churnguard.rules.publishing import Published, load_publishable_file, newest_valid, read_history
 from streams.app import Topology, create_app
+from streams.audit_log import AuditLog
 from streams.batch_path import BatchPathConsumer, install_batch_path
 from streams.codecs import CONTRACT_VERSION
 from streams.dashboard import Dashboard
@@ -277,18 +278,24 @@ def _observability(
         shared = app.assignor.changelog_distribution  # type: ignore[attr-defined]
         return {url: list(tps.get(changelog, ())) for url, tps in shared.items()}
 
+    async def send_audit(key: bytes | None, value: bytes) -> object:
+        return await app.producer.send_and_wait(settings.topics.audit, key, value, None,
+                                                None, None)
+
+    audit = AuditLog(send_audit)
     views = InsightsViews(
         insights=insights, census=seen.census, owned=seen.owned_partitions,
         engine=lambda: ctx.engine, writer=writer, partitions=settings.partitions,
         distribution=distribution, own_url=lambda: str(app.conf.canonical_url),
         recovering=lambda: seen.readiness().recovering,
-        now=clock.now)
+        now=clock.now, audit=audit)
     tokens = configured_tokens(settings.web_tokens, settings.web_token_file,
                                setting="CHURNGUARD_WEB_TOKEN_FILE")
-    policy = AccessPolicy(tokens, open_probes=settings.web_open_probes)
+    policy = AccessPolicy(tokens, open_probes=settings.web_open_probes,
+                          on_refused=audit.refused)
     return WorkerWeb(registry_for(collector), seen.heartbeat, seen.readiness,
                      seen.status_report, host=settings.web_host, port=settings.web_port,
-                     policy=policy, dashboard=dashboard, insights=views,
+                     policy=policy, dashboard=dashboard, insights=views, audit=audit,
                      advertised_host=settings.web_advertised_host)
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from churnguard.audit import AuditEntry, write_entry
 from churnguard.errors import UserError
 from churnguard.rules import publishing
 from churnguard.rules.diff import diff_packs
@@ -114,6 +115,14 @@ def _write(
               f"version {latest.version}")
     print(f"published version {record.version} ({record.sha256[:12]}) by {record.author}; "
           "workers switch to it within seconds")
+    try:
+        write_entry(settings.bootstrap, settings.topics.audit, AuditEntry(
+            "rule_published" if rollback_of is None else "rule_rolled_back", record.author,
+            time.time(), version=record.version, sha256=record.sha256,
+            message=record.message))
+    except UserError as exc:
+        raise UserError(f"{command}: version {record.version} is published, but {exc}; "
+                        "the rules topic's history still records it") from None
     return 0
 
 

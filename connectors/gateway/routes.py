@@ -24,7 +24,7 @@ from connectors.gateway.idempotency import EventKey, RecentEvents
 from connectors.gateway.metrics import GatewayMetrics
 from connectors.gateway.openapi import openapi_document
 from connectors.gateway.rate_limit import EventRateLimit
-from connectors.gateway.sink import BrokerUnavailable, EventSink, Record, topic_by_type
+from connectors.gateway.sink import BrokerUnavailable, EventSink, Record
 from streams.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -73,7 +73,10 @@ class Gateway:
                                          self.limits.rate_limit_burst)
         self.recent = RecentEvents(self.limits.idempotency_window_s,
                                    self.limits.idempotency_max_ids)
-        self.topics = topic_by_type(settings.topics)
+        # Every event on the combined topic: one customer's events are then in one partition
+        # in the order posted (per-type topics are merged by the worker only as far as
+        # their fetches show, so a live ticket and purchase a millisecond apart could swap).
+        self.topic = settings.topics.events
         self.tally = Tally()
         self.stopping = False
         self._openapi = orjson.dumps(openapi_document(self.limits))
@@ -213,11 +216,10 @@ class Gateway:
         event = item.event
         # Keyed by customer_id (the contract's partitioning): the key is the parsed id, the
         # one the worker compares the key with. Stamped with the event's time (CreateTime =
-        # occurred_at, as the contract asks): the worker merges a customer's per-type topics
-        # by record timestamp, and send times would tie within a batch (ties go by topic
-        # name: a purchase before the ticket opened just before it). Never ahead of now: a
+        # occurred_at, as the contract asks): the worker merges the combined topic with the
+        # per-type topics other producers write by record timestamp. Never ahead of now: a
         # broker refuses timestamps too far in the future (Kafka 4: one hour).
-        return Record(self.topics[event.type], event.customer_id.encode(), item.raw,
+        return Record(self.topic, event.customer_id.encode(), item.raw,
                       min(int(event.at * 1000), now_ms))
 
     def _count(self, result: str, count: int) -> None:

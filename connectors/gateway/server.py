@@ -52,7 +52,7 @@ async def serve(settings: Settings, stop: asyncio.Event, *,
         started = await _start_sink(gateway, stop, settings)
         if started:
             gateway.metrics.ready.set(1)
-            log.info("gateway_ready", topics=sorted(set(gateway.topics.values())),
+            log.info("gateway_ready", topic=gateway.topic,
                      partitions=settings.partitions)
             if on_ready is not None:
                 on_ready(port)

@@ -1,5 +1,5 @@
-"""The gateway's producer: aiokafka, acks=all, each event to its type's input topic keyed by
-customer_id with the default (murmur2, Java-compatible) partitioner, as the contract
+"""The gateway's producer: aiokafka, acks=all, every event to the combined input topic keyed
+by customer_id with the default (murmur2, Java-compatible) partitioner, as the contract
 requires; `deliver` returns only once the broker acknowledged every record of a request."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from connectors.admin import ensure_topics
-from streams.settings import Settings, TopicNames
+from streams.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +33,6 @@ class BrokerUnavailable(Exception):
         self.acknowledged = acknowledged
 
 
-def topic_by_type(topics: TopicNames) -> dict[str, str]:
-    """Event type -> its input topic; `custom` has no per-type topic: the combined one."""
-    by_type = {event_type: topic for topic, event_type in topics.inputs().items() if event_type}
-    return {**by_type, "custom": topics.events}
-
-
 class EventSink:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -50,12 +44,12 @@ class EventSink:
         return self._producer is not None
 
     async def start(self) -> None:
-        """Create or check the input topics (a first send would auto-create one with the
-        broker's partition count), then connect the producer."""
+        """Create or check the combined input topic (a first send would auto-create it with
+        the broker's partition count), then connect the producer."""
         settings = self.settings
         timeout_s = settings.gateway.startup_timeout_s
         await asyncio.to_thread(
-            ensure_topics, settings.bootstrap, list(settings.topics.inputs()),
+            ensure_topics, settings.bootstrap, [settings.topics.events],
             settings.partitions, replication_factor=settings.replication_factor,
             timeout_s=timeout_s)
         producer = AIOKafkaProducer(

@@ -6,12 +6,14 @@ their slice of the KPIs; personal fields are an admin's, and only when asked for
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 import pytest
 
+from churnguard.audit import AuditEntry, read_audit
 from churnguard.rules.export import export_pack
 from tests.integration.pipeline_support import TOKENS, Pipeline, http_get, wait_for
 from tests.unit.test_kpis import PACK, UNTIL, A, B, scenario
@@ -90,6 +92,7 @@ def test_every_route_answers_each_role_as_the_table_says(pipeline_factory: Any) 
             _get(port, f"/customers/{quote(c)}", "admin")[0] == 200 for c in (A, B))
 
     wait_for("ready, every partition read and both customers stored", settled)
+    walk_started = time.time()  # the audit entries of what follows are after this
 
     found = {(route, who): _get(port, REQUESTS.get(route, route.split(" ", 1)[1]), who)
              for route in ROUTES for who in WHO}
@@ -136,3 +139,35 @@ def test_every_route_answers_each_role_as_the_table_says(pipeline_factory: Any) 
     assert set(personal["personal"]) == {"birthday"}
     assert _get(port, f"/customers/{quote(A)}?personal=true", "agent")[0] == 403
     assert _get(port, f"/customers/{quote(A)}?personal=maybe", "admin")[0] == 400
+
+    # The audit trail: every 360 view shown (who, whether personal), every refusal (the
+    # token's name when it was a configured one; never a token).
+    viewed: list[tuple[str, str, bool]] = []
+    for (route, who), (status, _) in found.items():
+        if route == "GET /customers/{customer_id}" and status == 200:
+            viewed.append((f"test-{who}", A, False))
+    viewed += [("test-alice", A, False), ("test-admin", A, False), ("test-admin", A, True)]
+    refused = sorted((f"test-{who}" if who not in (None, "forged") else "", status,
+                      REQUESTS.get(route, route.split(" ", 1)[1]).split("?")[0])
+                     for (route, who), status in statuses.items() if status in (401, 403))
+    refused += [("test-alice", 403, f"/customers/{B}"), ("test-alice", 403, "/kpis"),
+                ("test-alice", 403, "/kpis"), ("test-agent", 403, f"/customers/{A}")]
+    refused.sort()
+
+    def trail() -> list[AuditEntry]:
+        entries, unreadable = read_audit(pipeline.settings.bootstrap, pipeline.topics.audit,
+                                         since=0, timeout_s=10)
+        assert unreadable == 0
+        return [e for e in entries if e.at >= walk_started]
+
+    wait_for("every view and refusal on the audit trail",
+             lambda: len(trail()) >= len(viewed) + len(refused))
+    entries = trail()
+    assert sorted((e.actor, e.customer_id, e.personal) for e in entries
+                  if e.action == "customer_viewed") == sorted(viewed)
+    assert sorted((e.actor or "", e.status, e.path) for e in entries
+                  if e.action == "access_refused") == refused
+    assert {e.remote for e in entries if e.action == "access_refused"} == {"127.0.0.1"}
+    assert {e.action for e in entries} == {"customer_viewed", "access_refused"}
+    raw = b"".join(e.to_value() for e in entries).decode()
+    assert all(token not in raw for token, _ in TOKENS.values())

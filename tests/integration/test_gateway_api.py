@@ -99,12 +99,11 @@ def test_a_batch_goes_to_each_type_topic_keyed_and_partitioned_by_customer(
     assert answer.status_code == 202
     assert answer.json() == {"accepted": [e["event_id"] for e in batch], "duplicates": []}
 
-    topics = gateway.settings.topics
-    topic_of = {"purchase": topics.purchases, "login": topics.logins, "ticket": topics.tickets,
-                "profile": topics.profiles, "action_feedback": topics.feedback,
-                "custom": topics.events}
+    # Every type on the combined topic: a customer's events stay in the order posted.
+    produced = {orjson.loads(r.value)["event_id"]: r
+                for r in records(gateway.settings, gateway.settings.topics.events, len(batch))}
     for sent in batch:
-        [record] = records(gateway.settings, topic_of[sent["type"]], 1)
+        record = produced[sent["event_id"]]
         key = sent["customer_id"].encode()
         assert record.key == key
         assert record.partition == (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
@@ -119,18 +118,19 @@ def _ms(text: str) -> int:
 def test_records_are_stamped_with_the_event_time_never_ahead_of_now(
     gateway: GatewayThread,
 ) -> None:
-    # The worker merges a customer's per-type topics by record timestamp: event time keeps
-    # a batch's order where send times would tie (and ties go by topic name).
+    # The worker merges the combined topic with other producers' per-type topics by
+    # record timestamp: the event's time, never the send time.
     opened = event("ticket", "t1", occurred_at="2026-11-23T09:00:00.001Z")
     bought = event("purchase", "p1", occurred_at="2026-11-23T09:00:00.002Z")
     future = time.time() + 6 * 3600  # accepted (24 h of skew), not stamped ahead of now
     ahead = event("login", "l1", occurred_at=datetime.fromtimestamp(future, UTC).isoformat())
     before = time.time()
     assert post(gateway, [opened, bought, ahead]).status_code == 202
-    topics = gateway.settings.topics
-    [ticket] = records(gateway.settings, topics.tickets, 1)
-    [purchase] = records(gateway.settings, topics.purchases, 1)
-    [login] = records(gateway.settings, topics.logins, 1)
+    ticket, purchase, login = records(gateway.settings, gateway.settings.topics.events, 3)
+    # One customer, one partition: in the order posted.
+    assert [orjson.loads(r.value)["type"] for r in (ticket, purchase, login)] == [
+        "ticket", "purchase", "login"]
+    assert ticket.offset < purchase.offset < login.offset
     assert (ticket.timestamp, purchase.timestamp) == (
         _ms(opened["occurred_at"]), _ms(bought["occurred_at"]))
     assert before * 1000 - 1 <= login.timestamp <= time.time() * 1000
@@ -140,7 +140,7 @@ def test_a_single_object_is_produced_as_sent(gateway: GatewayThread) -> None:
     body = b'{"type": "login", "event_id": "e1", "customer_id": " c9 ", ' \
            b'"occurred_at": "' + now_text().encode() + b'"}\n'
     assert post(gateway, body).json() == {"accepted": ["e1"], "duplicates": []}
-    [record] = records(gateway.settings, gateway.settings.topics.logins, 1)
+    [record] = records(gateway.settings, gateway.settings.topics.events, 1)
     assert record.value == body
     assert record.key == b"c9"  # the parsed id, which the worker compares the key with
 
@@ -166,9 +166,8 @@ def test_invalid_events_are_rejected_one_by_one_and_the_valid_ones_accepted(
         (0, "amount"), (2, "status"), (3, "type"), (4, "tags.1"), (5, None), (6, "occurred_at")]
     assert body["rejected"][0]["message"] == "Input should be greater than 0"
     assert "Secret Street" not in answer.text
-    assert [r.value for r in records(gateway.settings, gateway.settings.topics.logins, 1)] == [
+    assert [r.value for r in records(gateway.settings, gateway.settings.topics.events, 1)] == [
         orjson.dumps(batch[1])]
-    assert records(gateway.settings, gateway.settings.topics.purchases, 0) == []
 
     all_bad = post(gateway, [batch[0], batch[3]])
     assert all_bad.status_code == 400
@@ -183,7 +182,7 @@ def test_ndjson_lines_are_events(gateway: GatewayThread) -> None:
     assert answer.status_code == 207
     assert answer.json()["accepted"] == ["n0", "n1", "n2"]
     assert [(r["index"], r["field"]) for r in answer.json()["rejected"]] == [(2, None)]
-    produced = records(gateway.settings, gateway.settings.topics.logins, 3)
+    produced = records(gateway.settings, gateway.settings.topics.events, 3)
     assert sorted(r.value for r in produced) == sorted(lines)
 
 
@@ -193,7 +192,7 @@ def test_a_repeated_event_is_a_duplicate_and_not_produced_again(gateway: Gateway
     again = post(gateway, [first, event("login", "same", customer_id="other")])
     # An event id is unique per customer: another customer's "same" is another event.
     assert again.json() == {"accepted": ["same"], "duplicates": ["same"]}
-    produced = records(gateway.settings, gateway.settings.topics.logins, 2)
+    produced = records(gateway.settings, gateway.settings.topics.events, 2)
     assert sorted(r.key for r in produced) == [b"c1", b"other"]
 
 
@@ -235,7 +234,7 @@ def test_bodies_the_gateway_refuses_whole(shared_broker: EmbeddedBroker) -> None
         bom = post(gateway, b"\xef\xbb\xbf" + orjson.dumps([event("login", "e")]))
         assert (bom.status_code, bom.json()["error"]) == (400, "malformed_json")
         assert "byte-order mark" in bom.json()["message"]
-        assert records(settings, settings.topics.logins, 0) == []
+        assert records(settings, settings.topics.events, 0) == []
 
 
 def test_encodings_and_a_body_that_never_ends(shared_broker: EmbeddedBroker) -> None:

@@ -65,7 +65,7 @@ def test_sigterm_stops_it_cleanly_after_what_it_accepted(
     stopped = _lines(log_path)[-1]
     assert stopped["event"] == "gateway_stopped"
     assert stopped["events"] == {"accepted": 50}
-    assert len(records(settings, settings.topics.logins, 50)) == 50
+    assert len(records(settings, settings.topics.events, 50)) == 50
 
 
 @pytest.mark.parametrize(("env", "message"), [

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from churnguard.audit import read_audit
 from churnguard.core.clock import rfc3339
 from churnguard.rules import publishing
 from churnguard.rules.loading import default_pack_text
@@ -164,7 +165,22 @@ def test_publish_history_rollback_and_export_from_the_command_line(
     broken.write_text(default_pack_text().replace("state.tier != vip", "state.teir != vip"))
     assert cli.main(["rules", "publish", str(broken), "--author", "eve", *broker]) == 1
     assert "state.teir" in capsys.readouterr().err
-    assert len(publishing.read_history(pipeline.settings.bootstrap, pipeline.topics.rules)) == 3
+    history = publishing.read_history(pipeline.settings.bootstrap, pipeline.topics.rules)
+    assert len(history) == 3
+
+    # Each publish and rollback is on the audit trail: who, version, hash, message.
+    entries, unreadable = read_audit(pipeline.settings.bootstrap, pipeline.topics.audit,
+                                     since=0)
+    assert unreadable == 0
+    assert [(e.action, e.actor, e.version, e.sha256, e.message) for e in entries] == [
+        ("rule_published", "alice", 1, history[0].sha256, ""),
+        ("rule_published", "bob", 2, history[1].sha256, "softer win-back"),
+        ("rule_rolled_back", "alice", 3, history[2].sha256, "rollback to version 1")]
+    assert cli.main(["audit", "--since", "1h", "--actor", "alice", *broker]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["at", "action", "actor", "customer", "detail"]
+    assert [line.split()[1] for line in table[1:]] == ["rule_published", "rule_rolled_back"]
+    assert f"version 3 ({history[2].sha256[:12]}) rollback to version 1" in table[2]
 
 
 def test_a_changed_timer_moves_every_customers_due_time(pipeline_factory: Any) -> None:
