@@ -23,6 +23,7 @@ import orjson
 
 from churnguard.core.clock import parse_rfc3339, rfc3339
 from churnguard.errors import UserError
+from connectors.kafka_link import KafkaLink, link_of
 
 AuditAction = Literal["rule_published", "rule_rolled_back", "customer_viewed",
                       "access_refused", "customer_forgotten"]
@@ -47,8 +48,8 @@ class AuditEntry:
     method: str | None = None
     path: str | None = None
     remote: str | None = None  # the client's address
-    # Refusals of the same address and token left unwritten since their last entry (a
-    # flood of 401s is counted, not written one by one).
+    # Refusals without a configured token from the same address left unwritten since its
+    # last entry (a flood of 401s is counted, not written one by one).
     suppressed: int | None = None
 
     def key(self) -> bytes | None:
@@ -75,9 +76,11 @@ class AuditEntry:
 
 
 class RefusalThrottle:
-    """At most `limit` refusal entries per client address and token name per `window_s`
-    (behind a reverse proxy every client has the proxy's address: the names keep people
-    apart); the others are counted and the count goes with that pair's next entry."""
+    """Refusals of requests without a configured token: at most `limit` entries per client
+    address per `window_s`, the others counted and the count written with that address's
+    next entry (a scanner's flood does not fill the topic). A configured token's refusals
+    are always written: its holder is known, and what they probed must not hide behind
+    their own earlier refusals."""
 
     def __init__(self, limit: int = 60, window_s: float = 60.0, max_addresses: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -85,14 +88,16 @@ class RefusalThrottle:
         self.window_s = window_s
         self.max_addresses = max_addresses
         self.clock = clock
-        # (address, token name) -> window start, written in it, left out since the last.
-        self._windows: dict[tuple[str, str], tuple[float, int, int]] = {}
+        # address -> window start, written in it, left out since the last.
+        self._windows: dict[str, tuple[float, int, int]] = {}
 
     def admit(self, remote: str | None, actor: str | None) -> int | None:
         """None: leave this refusal out (counted); else write it, with this many left out
         before it."""
+        if actor is not None:
+            return 0
         now = self.clock()
-        address = (remote or "", actor or "")
+        address = remote or ""
         start, written, suppressed = self._windows.get(address, (now, 0, 0))
         if now - start >= self.window_s:
             start, written = now, 0
@@ -100,7 +105,9 @@ class RefusalThrottle:
             self._windows[address] = (start, written, suppressed + 1)
             return None
         if address not in self._windows and len(self._windows) >= self.max_addresses:
-            self._windows.clear()  # many addresses: forget the old windows, not memory
+            # Many addresses: the oldest window goes (its uncounted rest with it), not memory.
+            del self._windows[next(iter(self._windows))]
+        self._windows.pop(address, None)  # (re-inserted: the newest)
         self._windows[address] = (start, written + 1, 0)
         return suppressed
 
@@ -126,7 +133,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
 
     settings = command_settings(args.broker)
     since = since_moment(args.since, time.time())
-    entries, unreadable = read_audit(settings.bootstrap, settings.topics.audit, since=since)
+    entries, unreadable = read_audit(settings.link, settings.topics.audit, since=since)
     shown = [e for e in entries
              if (args.actor is None or e.actor == args.actor)
              and (args.customer is None or e.customer_id == args.customer)
@@ -154,7 +161,7 @@ def since_moment(text: str, now: float) -> float:
                         "30m), a date (2026-11-01) or an RFC 3339 time") from None
 
 
-def read_audit(bootstrap: str, topic: str, *, since: float,
+def read_audit(bootstrap: KafkaLink | str, topic: str, *, since: float,
                timeout_s: float = 60.0) -> tuple[list[AuditEntry], int]:
     """The entries at or after `since`, in time order, and how many records were not
     entries."""
@@ -163,7 +170,8 @@ def read_audit(bootstrap: str, topic: str, *, since: float,
 
     from churnguard.topic_snapshot import read_snapshot
 
-    where = f"the broker at {bootstrap}"
+    link = link_of(bootstrap)
+    where = f"the broker at {link.bootstrap}"
     entries: list[AuditEntry] = []
     unreadable = 0
 
@@ -175,11 +183,11 @@ def read_audit(bootstrap: str, topic: str, *, since: float,
             unreadable += 1
 
     try:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+        consumer = KafkaConsumer(**link.kafka_python(), group_id=None,
                                  enable_auto_commit=False, client_id="churnguard-audit")
     except KafkaError as exc:
-        raise UserError(f"audit: cannot reach {where} ({type(exc).__name__}); check "
-                        "--broker / CHURNGUARD_BROKER") from None
+        raise UserError(f"audit: cannot reach {where} ({type(exc).__name__}); "
+                        f"{link.unreachable_hint()}") from None
     try:
         read_snapshot(consumer, [topic], since=since, take=take, timeout_s=timeout_s,
                       idle_s=1.0, command="audit", where=where,
@@ -194,8 +202,8 @@ def read_audit(bootstrap: str, topic: str, *, since: float,
 
 
 def print_table(entries: Iterable[AuditEntry]) -> None:
-    rows = [(rfc3339(e.at), e.action, e.actor or "(no token)", e.customer_id or "",
-             _detail(e)) for e in entries]
+    rows = [(rfc3339(e.at), e.action, _shown(e.actor or "(no token)"),
+             _shown(e.customer_id or ""), _shown(_detail(e))) for e in entries]
     if not rows:
         print("no audit entries match")
         return
@@ -205,6 +213,14 @@ def print_table(entries: Iterable[AuditEntry]) -> None:
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  "
               + row[4])
+
+
+def _shown(text: str) -> str:
+    """Control characters escaped: a field cannot forge a row or drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 def _detail(entry: AuditEntry) -> str:
@@ -218,13 +234,13 @@ def _detail(entry: AuditEntry) -> str:
     return entry.message or ""
 
 
-def write_entry(bootstrap: str, topic: str, entry: AuditEntry) -> None:
+def write_entry(bootstrap: KafkaLink | str, topic: str, entry: AuditEntry) -> None:
     """One entry from a command (kafka-python), acknowledged by every in-sync replica."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     try:
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        producer = KafkaProducer(**link_of(bootstrap).kafka_python(), acks="all")
         try:
             producer.send(topic, key=entry.key(), value=entry.to_value()).get(timeout=30)
         finally:

@@ -480,13 +480,13 @@ def read_history(
     where = f"the broker at {settings.bootstrap}"
     try:
         consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap, group_id=None, enable_auto_commit=False,
+            **settings.link.kafka_python(), group_id=None, enable_auto_commit=False,
             client_id="churnguard-backtest", auto_offset_reset="earliest",
             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
         )
     except KafkaError as exc:
-        raise UserError(f"backtest: cannot reach {where}: {exc}; check --broker / "
-                        "CHURNGUARD_BROKER") from None
+        raise UserError(f"backtest: cannot reach {where}: {exc}; "
+                        f"{settings.link.unreachable_hint()}") from None
     reader = _HistoryReader(settings, now=time.time() if now is None else now)
     try:
         read_snapshot(consumer, list(reader.inputs), since=since, take=reader.take,

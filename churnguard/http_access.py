@@ -1,4 +1,5 @@
-"""Who may call which HTTP endpoint: one policy for the worker's endpoints and the gateway's.
+"""Who may call which HTTP endpoint: the worker's policy (`AccessPolicy`), and the one check
+of a bearer token against a role (`authorize`) that the gateway's POST /v1/events uses too.
 
 Every route is registered with the access it needs (`AccessPolicy.add`): a route added
 without one is refused to everybody (403), so a new endpoint cannot be open by mistake. A
@@ -29,6 +30,7 @@ Access = Literal["open", "probe", "viewer", "agent", "admin", "ingest"]
 TOKEN = web.RequestKey("churnguard.token", AccessToken)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="churnguard"'}
+MAX_AUDITED_PATH = 256
 
 
 class AccessRefused(Exception):
@@ -119,10 +121,17 @@ class AccessPolicy:
         except AccessRefused as refused:
             if self.on_refused is not None:
                 named = self.tokens.from_header(request.headers.get("Authorization"))
-                self.on_refused(Refusal(refused.status, request.method, request.path,
+                self.on_refused(Refusal(refused.status, request.method, audited_path(request),
                                         named.name if named else None, request.remote))
             return refused.response()
         return await handler(request)
+
+
+def audited_path(request: web.Request) -> str:
+    """The path as the client sent it (percent-encoded: no control characters a terminal
+    would act on, no query string), cut short: what a refusal's audit entry keeps."""
+    raw = request.rel_url.raw_path
+    return raw if len(raw) <= MAX_AUDITED_PATH else raw[:MAX_AUDITED_PATH] + "…"
 
 
 def token_of(request: web.Request) -> AccessToken | None:

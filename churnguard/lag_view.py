@@ -40,7 +40,7 @@ def run_lag_command(args: argparse.Namespace) -> int:
     groups = list(args.group) if args.group else None
 
     def read() -> LagSnapshot:
-        return read_lag(settings.bootstrap, groups=groups, topics_of_group=lambda _g: inputs)
+        return read_lag(settings.link, groups=groups, topics_of_group=lambda _g: inputs)
 
     console = Console()
     if interval is None:

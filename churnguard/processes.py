@@ -13,6 +13,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
+from pydantic import SecretStr
+
+from connectors.kafka_link import KafkaSecurity
 from streams.settings import Settings
 
 READY_MARK = b"worker_ready"
@@ -38,6 +42,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CHURNGUARD_WEB_OPEN_PROBES": str(settings.web_open_probes).lower(),
         "CHURNGUARD_WEB_TOKENS": "[" + ",".join(t.line() for t in settings.web_tokens) + "]",
     }
+    if settings.kafka != KafkaSecurity():
+        # The link's security, secrets included (a child's environment, never a log).
+        env["CHURNGUARD_KAFKA"] = orjson.dumps({
+            name: value.get_secret_value() if isinstance(value, SecretStr)
+            else str(value) if isinstance(value, Path) else value
+            for name, value in settings.kafka if value is not None}).decode()
     if settings.web_token_file is not None:
         env["CHURNGUARD_WEB_TOKEN_FILE"] = str(settings.web_token_file)
     if settings.clock_file is not None:

@@ -14,6 +14,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from churnguard.errors import UserError
+from connectors.kafka_link import KafkaLink, link_of
 
 log = structlog.get_logger(__name__)
 
@@ -24,7 +25,7 @@ class TopicSetupError(UserError, RuntimeError):
 
 
 def ensure_topics(
-    bootstrap: str,
+    where: KafkaLink | str,
     topics: Iterable[str],
     partitions: int,
     *,
@@ -34,12 +35,13 @@ def ensure_topics(
 ) -> None:
     """Create the missing topics (with their `configs`, e.g. compaction for a changelog) and
     check that existing ones have `partitions` partitions."""
+    link = link_of(where)
     wanted = sorted(set(topics))
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            _ensure(bootstrap, wanted, partitions, replication_factor, configs or {})
+            _ensure(link, wanted, partitions, replication_factor, configs or {})
             return
         except TopicSetupError:
             raise
@@ -47,19 +49,19 @@ def ensure_topics(
             last_error = exc
             time.sleep(0.2)
     raise TopicSetupError(
-        f"could not create topics on {bootstrap} within {timeout_s}s: {last_error!r}; "
-        "check that the broker is reachable (--broker / CHURNGUARD_BROKER)"
+        f"could not create topics on {link.bootstrap} within {timeout_s}s: {last_error!r}; "
+        f"{link.unreachable_hint()}"
     )
 
 
 def _ensure(
-    bootstrap: str,
+    link: KafkaLink,
     wanted: list[str],
     partitions: int,
     replication_factor: int,
     configs: Mapping[str, Mapping[str, str]],
 ) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="churnguard-admin")
+    admin = KafkaAdminClient(**link.kafka_python(), client_id="churnguard-admin")
     try:
         existing = set(admin.list_topics())
         missing = [t for t in wanted if t not in existing]

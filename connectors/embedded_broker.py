@@ -58,13 +58,17 @@ class EmbeddedBroker:
         stop_process_group(self.process, kill=True)
 
 
-def start_broker(port: int | None = None, *, timeout_s: float = 20.0) -> EmbeddedBroker:
-    """Start Tansu on 127.0.0.1 and wait until it accepts connections."""
+def start_broker(port: int | None = None, *, timeout_s: float = 20.0,
+                 advertised: str | None = None) -> EmbeddedBroker:
+    """Start Tansu on 127.0.0.1 and wait until it accepts connections. `advertised`
+    (host:port): the address it gives clients instead of its own (a TLS terminator's in
+    front of it)."""
     port = port or free_port()
     listener = f"tcp://127.0.0.1:{port}"
     process = subprocess.Popen(
         [broker_binary(), "broker", "--listener-url", listener,
-         "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
+         "--advertised-listener-url", f"tcp://{advertised}" if advertised else listener,
+         "--storage-engine", "memory://tansu/"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,

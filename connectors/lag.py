@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from churnguard.errors import UserError
+from connectors.kafka_link import KafkaLink, link_of
 
 # Notes on a row (what the numbers mean when they are not the plain case).
 NO_COMMIT = "no commit"
@@ -126,7 +127,7 @@ def default_topics() -> Callable[[str], Collection[str]]:
 
 
 def read_lag(
-    bootstrap: str,
+    where_to: KafkaLink | str,
     *,
     groups: Iterable[str] | None = None,
     topics_of_group: Callable[[str], Collection[str]] | None = None,
@@ -151,12 +152,14 @@ def read_lag(
     started = time.monotonic()
     taken_at = time.time() if now is None else now
     topics_of = topics_of_group or default_topics()
+    link = link_of(where_to)
+    bootstrap = link.bootstrap
     where = f"the broker at {bootstrap}"
     try:
-        admin, consumer = _connect(bootstrap, connect_timeout_s)
+        admin, consumer = _connect(link, connect_timeout_s)
     except KafkaError as exc:
-        raise LagReadError(f"cannot reach {where} ({_reason(exc)}); check --broker / "
-                           "CHURNGUARD_BROKER") from None
+        raise LagReadError(f"cannot reach {where} ({_reason(exc)}); "
+                           f"{link.unreachable_hint()}") from None
     try:
         committed, unreadable = _committed_offsets(admin, groups, topics_of, where)
         wanted = {group: sorted(set(topics_of(group))) for group in committed}
@@ -185,15 +188,15 @@ def _reason(exc: Exception) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _connect(bootstrap: str, timeout_s: float) -> tuple[Any, Any]:
+def _connect(link: KafkaLink, timeout_s: float) -> tuple[Any, Any]:
     from kafka import KafkaAdminClient, KafkaConsumer
 
     timeout_ms = round(timeout_s * 1000)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=CLIENT_ID,
+    admin = KafkaAdminClient(**link.kafka_python(), client_id=CLIENT_ID,
                              bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms)
     try:
         consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, client_id=CLIENT_ID, group_id=None,
+            **link.kafka_python(), client_id=CLIENT_ID, group_id=None,
             enable_auto_commit=False, auto_offset_reset="earliest",
             bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
             # An empty partition's fetch (on Apache Kafka) waits this long at most.

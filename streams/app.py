@@ -33,6 +33,8 @@ def create_app(settings: Settings) -> Topology:
     app = faust.App(
         settings.app_id,
         broker=settings.broker,
+        # TLS and SASL (connectors/kafka_link.py): every client faust makes uses them.
+        broker_credentials=settings.link.faust_credentials(),
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=str(settings.store_dir),
         topic_partitions=settings.partitions,

@@ -33,6 +33,7 @@ from aiohttp import web
 from aiokafka.partitioner import DefaultPartitioner
 
 from agents.insights import WorkerInsights
+from churnguard.access_tokens import AccessToken
 from churnguard.audit import AuditEntry
 from churnguard.census import CensusTotals
 from churnguard.core.clock import DAY, day_number, parse_rfc3339
@@ -43,7 +44,7 @@ from churnguard.core.kpis import GROUP_BY, SLICE_GROUPS, GroupBy, KpiSums, repor
 from churnguard.core.processor import Engine
 from churnguard.core.state import CustomerState
 from churnguard.core.validation import EARLIEST_VALID
-from churnguard.http_access import Access, Handler, Refusal, token_of
+from churnguard.http_access import Access, Handler, Refusal, audited_path, token_of
 from churnguard.kpi_report import kpis_csv
 from streams import insights_page
 from streams.audit_log import AuditLog, AuditUnavailable
@@ -53,7 +54,7 @@ log = structlog.get_logger(__name__)
 
 PEER_TIMEOUT_S = 2.0
 ROUTED = "X-Churnguard-Routed"  # set on a forwarded request: the receiver never forwards
-_DURATION = re.compile(r"(\d+)([dh])")
+_DURATION = re.compile(r"(\d{1,100})([dh])")
 _UNIT = {"d": DAY, "h": 3600.0}
 _CUSTOMER_ID = re.compile(r"[^\x00-\x1f]{1,200}")  # the contract's Id (schemas/events.py)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -191,15 +192,17 @@ class InsightsViews:
             return _error(f"partition {partition} is being restored from its changelog; "
                           "try again in a moment", 503)
         [raw] = self.writer.get_many(partition, [key])
+        token = token_of(request)
+        if raw is None and token is not None and token.account_manager is not None:
+            # The same answer as for another manager's customer: a scoped token does not
+            # learn which ids exist outside its slice.
+            return self._forbidden(request, self._not_theirs(customer_id, token))
         if raw is None:
             return _error(f"no customer {customer_id!r}: churnguard has seen no event of "
                           "theirs (ids are case-sensitive)", 404)
         state = CustomerState.from_bytes(raw)
-        token = token_of(request)
         if token is not None and token.account_manager not in (None, state.account_manager):
-            return self._forbidden(request, f"customer {customer_id!r} is not one of account "
-                                   f"manager {token.account_manager!r}'s (token "
-                                   f"{token.name!r} sees only theirs)")
+            return self._forbidden(request, self._not_theirs(customer_id, token))
         view = customer_view(state, self.engine().pack, now=self.now(), personal=personal)
         view["partition"] = partition
         if self.audit is not None:
@@ -239,12 +242,12 @@ class InsightsViews:
         the cells) or their feedback counts."""
         owned = self.owned()
         census = self.census()
-        answer: dict[str, Any] = {
-            "census": {"counted": list(census.counted), "bands": census.band,
-                       "segments": census.segment},
-        }
         if question.what == "segments":
-            return answer
+            # Only here: the census counts every customer, which a KPI or feedback question
+            # (a scoped token's slice) must not carry.
+            return {"census": {"counted": list(census.counted), "bands": census.band,
+                               "segments": census.segment}}
+        answer: dict[str, Any] = {}
         if question.what == "kpis":
             total, answer["read"] = self.insights.kpis()
             within = (None if question.account_manager is None
@@ -273,8 +276,15 @@ class InsightsViews:
             for url, answer in zip(peers, answers, strict=True):
                 if answer is None:
                     gathered.unreachable.append(url)
-                else:
+                    continue
+                try:
                     gathered.add(answer)
+                except (KeyError, TypeError, ValueError) as exc:
+                    # Not the shape this version answers: that worker counts as not having
+                    # answered (its partitions are pending), not as a 500 here.
+                    log.warning("insights_peer_answer_unreadable", url=url,
+                                error=type(exc).__name__)
+                    gathered.unreachable.append(url)
         return gathered
 
     async def _ask(self, url: str, query: dict[str, str],
@@ -302,19 +312,30 @@ class InsightsViews:
                                           headers={ROUTED: "1", **_credentials(request)}
                                           ) as response:
                 body = await response.read()
+                # The owner's answer as it gave it: never cached (a 360 view), and a 401
+                # still says how to authenticate.
+                headers = {"Cache-Control": "no-store"}
+                if "WWW-Authenticate" in response.headers:
+                    headers["WWW-Authenticate"] = response.headers["WWW-Authenticate"]
                 return web.Response(body=body, status=response.status,
-                                    content_type="application/json")
+                                    content_type="application/json", headers=headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("customer_owner_unreachable", url=owner, partition=partition,
                         error=str(exc) or type(exc).__name__)
             return _error(f"the worker owning partition {partition} ({owner}) did not "
                           "answer; try again", 503)
 
+    @staticmethod
+    def _not_theirs(customer_id: str, token: AccessToken) -> str:
+        return (f"customer {customer_id!r} is not one of account manager "
+                f"{token.account_manager!r}'s, or unknown (token {token.name!r} sees only "
+                "theirs)")
+
     def _forbidden(self, request: web.Request, message: str) -> web.Response:
         """403 for what the token may not see (its role passed: the data refused it)."""
         if self.audit is not None:
             token = token_of(request)
-            self.audit.refused(Refusal(403, request.method, request.path,
+            self.audit.refused(Refusal(403, request.method, audited_path(request),
                                        None if token is None else token.name,
                                        request.remote))
         return _error(message, 403)
@@ -367,7 +388,7 @@ class _Question:
             raise ValueError(f"what={what!r}")
         return cls(what, _moment("since", query.get("since"), now),  # type: ignore[arg-type]
                    _moment("until", query.get("until"), now), query.get("rule") or None,
-                   _group_by(query.get("group_by")), float(query.get("as_of", now)),
+                   _group_by(query.get("group_by")), _finite(query.get("as_of"), now),
                    query.get("account_manager") or None)
 
 
@@ -386,24 +407,29 @@ class _Gathered:
         self.unreachable: list[str] = []
 
     def add(self, answer: dict[str, Any]) -> None:
-        census = answer["census"]
-        # A partition answered by two workers (mid-rebalance) counts once: an overlapping
-        # answer is left out (the figures say partial) rather than added twice.
-        counted = set(census["counted"])
-        if not counted & self.counted:
-            self.counted |= counted
-            self.bands.update(census["bands"])
-            self.segments.update(census["segments"])
+        """Add one worker's answer; an answer of another shape raises before anything of it
+        is added. A partition answered by two workers (mid-rebalance) counts once: an
+        overlapping answer is left out (the figures say partial), not added twice."""
         if self.what == "segments":
+            census = answer["census"]
+            counted = set(census["counted"])
+            bands, segments = Counter(census["bands"]), Counter(census["segments"])
+            if not counted & self.counted:
+                self.counted |= counted
+                self.bands.update(bands)
+                self.segments.update(segments)
             return
         read = set(answer["read"])
-        if read & self.read:
-            return
-        self.read |= read
         if self.what == "kpis":
-            self.kpis.merge(KpiSums.from_json(answer["kpis"]))
+            kpis = KpiSums.from_json(answer["kpis"])
+            if not read & self.read:
+                self.read |= read
+                self.kpis.merge(kpis)
         else:
-            self.feedback.append(_load_feedback(answer["feedback"]))
+            feedback = _load_feedback(answer["feedback"])
+            if not read & self.read:
+                self.read |= read
+                self.feedback.append(feedback)
 
     def coverage(self) -> dict[str, Any]:
         covered = self.counted if self.what == "segments" else self.read
@@ -463,7 +489,8 @@ def _moment(name: str, text: str | None, now: float) -> float | None:
     moment: float | None = None
     matched = _DURATION.fullmatch(value)
     if matched is not None:
-        moment = now - min(int(matched.group(1)) * _UNIT[matched.group(2)], 1e10)
+        # (Capped before it is multiplied: a float would overflow.)
+        moment = now - min(int(matched.group(1)), 10**12) * _UNIT[matched.group(2)]
     elif _DATE.fullmatch(value):
         with contextlib.suppress(ValueError):
             moment = datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
@@ -482,6 +509,13 @@ def _moment(name: str, text: str | None, now: float) -> float | None:
     raise BadRequest(f"{name}={text!r} is not a time: use a date (2026-11-01), an RFC 3339 "
                      "timestamp with its offset (2026-11-01T00:00:00Z) or a duration before "
                      "now (90d, 12h)")
+
+
+def _finite(text: str | None, default: float) -> float:
+    value = default if text is None else float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"as_of={text!r}")
+    return value
 
 
 def _group_by(text: str | None) -> GroupBy | None:

@@ -15,6 +15,7 @@ from churnguard.access_tokens import AccessToken
 from churnguard.errors import UserError
 from connectors.delivery.settings import DeliverySettings
 from connectors.gateway.settings import GatewaySettings
+from connectors.kafka_link import KafkaLink, KafkaSecurity
 from connectors.spreadsheet.settings import ImportSettings
 
 # Read before rule packs existed; now the pack's (a deployment still setting them is told).
@@ -84,6 +85,8 @@ class Settings(BaseSettings):
     )
 
     broker: str = "kafka://127.0.0.1:9092"
+    # How the link to the brokers is secured: TLS, SASL (CHURNGUARD_KAFKA__*).
+    kafka: KafkaSecurity = KafkaSecurity()
     app_id: str = "churnguard"
     partitions: int = Field(8, ge=1)
     replication_factor: int = Field(1, ge=1)
@@ -192,6 +195,11 @@ class Settings(BaseSettings):
         return ",".join(
             server.removeprefix("kafka://") for server in self.broker.split(";")
         )
+
+    @property
+    def link(self) -> KafkaLink:
+        """The brokers and the link's security: what every client is made from."""
+        return KafkaLink(self.bootstrap, self.kafka)
 
 
 def command_settings(broker: str | None = None, *, embedded_broker: bool = False) -> Settings:

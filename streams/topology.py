@@ -28,7 +28,7 @@ def ensure_all_topics(settings: Settings) -> None:
     topic is never compacted (an entry is never replaced by a later one of its key) and
     keeps its entries for RETENTION_DAYS."""
     ensure_topics(
-        settings.bootstrap,
+        settings.link,
         all_topics(settings),
         settings.partitions,
         replication_factor=settings.replication_factor,

@@ -199,7 +199,7 @@ def build_worker_app(
 
         @app.task  # type: ignore[untyped-decorator]
         async def follow_rules() -> None:
-            await follow(settings.bootstrap, settings.topics.rules, switch)
+            await follow(settings.link, settings.topics.rules, switch)
     else:
         log.info("rules_file_in_use", path=str(settings.rules_file),
                  note="published packs are not followed")
@@ -302,7 +302,7 @@ def _observability(
 def startup_pack(settings: Settings) -> tuple[Published, RulePack] | None:
     """The newest published pack that validates, read before any event is processed; None
     when none was published (the shipped default runs)."""
-    history = read_history(settings.bootstrap, settings.topics.rules, missing_ok=True)
+    history = read_history(settings.link, settings.topics.rules, missing_ok=True)
     newest = newest_valid(history)
     if newest is None:
         log.info("rule_pack_default", published_versions=len(history))

@@ -38,7 +38,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.published == 0:
         sys.stdout.write(default_pack_text())  # version 0 is the shipped default
     elif args.published is not None:
-        history = publishing.read_history(settings.bootstrap, settings.topics.rules)
+        history = publishing.read_history(settings.link, settings.topics.rules)
         wanted = [p for p in history if p.version == args.published] if args.published > 0 else [
             p for p in [publishing.newest_valid(history)] if p is not None]
         if not wanted:
@@ -77,7 +77,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 def _rollback(args: argparse.Namespace) -> int:
     settings = command_settings(args.broker)
-    history = publishing.read_history(settings.bootstrap, settings.topics.rules)
+    history = publishing.read_history(settings.link, settings.topics.rules)
     old = next((p for p in history if p.version == args.version), None)
     if old is None:
         raise UserError(f"rules rollback: no published version {args.version}; the versions "
@@ -99,14 +99,14 @@ def _write(
     rollback_of: int | None = None, history: list[publishing.Published] | None = None,
 ) -> int:
     if history is None:
-        history = publishing.read_history(settings.bootstrap, settings.topics.rules)
+        history = publishing.read_history(settings.link, settings.topics.rules)
     record = publishing.prepare(text, name, history, author=author, message=message,
                                 now=time.time(), rollback_of=rollback_of)
     latest = publishing.newest_valid(history)
     command = "rules publish" if rollback_of is None else "rules rollback"
-    mine = publishing.write(settings.bootstrap, settings.topics.rules, record)
+    mine = publishing.write(settings.link, settings.topics.rules, record)
     # Kafka has no compare-and-set: another publisher may have written this version too.
-    publishing.confirm(settings.bootstrap, settings.topics.rules, mine, command=command,
+    publishing.confirm(settings.link, settings.topics.rules, mine, command=command,
                        retry=_retry(rollback_of))
     if latest is not None:
         changes = diff_packs(load_pack(latest.pack, "published").spec,
@@ -116,7 +116,7 @@ def _write(
     print(f"published version {record.version} ({record.sha256[:12]}) by {record.author}; "
           "workers switch to it within seconds")
     try:
-        write_entry(settings.bootstrap, settings.topics.audit, AuditEntry(
+        write_entry(settings.link, settings.topics.audit, AuditEntry(
             "rule_published" if rollback_of is None else "rule_rolled_back", record.author,
             time.time(), version=record.version, sha256=record.sha256,
             message=record.message))
@@ -128,7 +128,7 @@ def _write(
 
 def _history(args: argparse.Namespace) -> int:
     settings = command_settings(args.broker)
-    history = publishing.read_history(settings.bootstrap, settings.topics.rules)
+    history = publishing.read_history(settings.link, settings.topics.rules)
     if not history:
         print("no pack published yet: workers run the shipped default "
               "(or CHURNGUARD_RULES_FILE)")

@@ -40,6 +40,7 @@ from churnguard.core.pack import PackSpec, RulePack, RuleSpec
 from churnguard.errors import UserError
 from churnguard.rules.export import export_pack
 from churnguard.rules.loading import PackFileInvalid, default_pack, load_pack, load_pack_file
+from connectors.kafka_link import KafkaLink, link_of
 
 MAX_MESSAGE_CHARS = 500
 MAX_AUTHOR_CHARS = 100
@@ -245,13 +246,14 @@ def newest_valid(history: Iterable[Published]) -> Published | None:
     return None
 
 
-def _broker_error(bootstrap: str, exc: Exception) -> UserError:
-    return UserError(f"rules: the broker at {bootstrap} did not answer ({type(exc).__name__}); "
-                     "check that it runs and --broker / CHURNGUARD_BROKER")
+def _broker_error(bootstrap: KafkaLink | str, exc: Exception) -> UserError:
+    link = link_of(bootstrap)
+    return UserError(f"rules: the broker at {link.bootstrap} did not answer "
+                     f"({type(exc).__name__}); {link.unreachable_hint()}")
 
 
 def read_history(
-    bootstrap: str, topic: str, *, timeout_s: float = 10.0, missing_ok: bool = False
+    bootstrap: KafkaLink | str, topic: str, *, timeout_s: float = 10.0, missing_ok: bool = False
 ) -> list[Published]:
     """Every version on the topic, oldest first (`resolve`: one record per version);
     `missing_ok`: no topic is no history."""
@@ -260,11 +262,11 @@ def read_history(
 
 
 def read_versions(
-    bootstrap: str, topic: str, *, timeout_s: float = 10.0, missing_ok: bool = False
+    bootstrap: KafkaLink | str, topic: str, *, timeout_s: float = 10.0, missing_ok: bool = False
 ) -> list[Stored]:
     """read_history with where each version's record is."""
     try:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+        consumer = KafkaConsumer(**link_of(bootstrap).kafka_python(), enable_auto_commit=False,
                                  group_id=None, consumer_timeout_ms=int(timeout_s * 1000),
                                  request_timeout_ms=int(timeout_s * 1000))
     except KafkaError as exc:
@@ -274,8 +276,9 @@ def read_versions(
         if not partitions:
             if missing_ok:
                 return []
-            raise UserError(f"rules: topic {topic!r} does not exist on {bootstrap}; create "
-                            "the topics with `churnguard topics`")
+            raise UserError(f"rules: topic {topic!r} does not exist on "
+                            f"{link_of(bootstrap).bootstrap}; create the topics with "
+                            "`churnguard topics`")
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
@@ -286,7 +289,8 @@ def read_versions(
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < ends[tp] for tp in tps):
             if time.monotonic() > deadline:
-                raise UserError(f"rules: reading {topic!r} on {bootstrap} timed out; check "
+                raise UserError(f"rules: reading {topic!r} on {link_of(bootstrap).bootstrap} "
+                                "timed out; check "
                                 "the broker (--broker / CHURNGUARD_BROKER)")
             for batch in consumer.poll(timeout_ms=200).values():
                 records.extend((r.partition, r.offset, r.key, r.value) for r in batch)
@@ -298,15 +302,15 @@ def read_versions(
         consumer.close()
 
 
-def _producer(bootstrap: str) -> KafkaProducer:
+def _producer(bootstrap: KafkaLink | str) -> KafkaProducer:
     try:
-        return KafkaProducer(bootstrap_servers=bootstrap, acks="all",
+        return KafkaProducer(**link_of(bootstrap).kafka_python(), acks="all",
                              max_request_size=MAX_RECORD_BYTES + 10_000)
     except KafkaError as exc:
         raise _broker_error(bootstrap, exc) from None
 
 
-def write(bootstrap: str, topic: str, published: Published) -> Stored:
+def write(bootstrap: KafkaLink | str, topic: str, published: Published) -> Stored:
     """Send `published` under a key of its own to its version's partition; where it is.
     Whether it is the version is `confirm`'s to tell."""
     value = published.to_value()
@@ -318,8 +322,9 @@ def write(bootstrap: str, topic: str, published: Published) -> Stored:
     try:
         partitions = producer.partitions_for(topic)
         if not partitions:
-            raise UserError(f"rules: topic {topic!r} does not exist on {bootstrap}; create "
-                            "the topics with `churnguard topics`")
+            raise UserError(f"rules: topic {topic!r} does not exist on "
+                            f"{link_of(bootstrap).bootstrap}; create the topics with "
+                            "`churnguard topics`")
         key = publish_key(published.version)
         sent = producer.send(topic, key=key, value=value,
                              partition=version_partition(published.version, len(partitions)),
@@ -332,7 +337,7 @@ def write(bootstrap: str, topic: str, published: Published) -> Stored:
         producer.close()
 
 
-def withdraw(bootstrap: str, topic: str, stored: Stored) -> bool:
+def withdraw(bootstrap: KafkaLink | str, topic: str, stored: Stored) -> bool:
     """A tombstone of `stored`'s own key (a publish that lost its version): compaction
     removes it; readers already ignore it. Whether the broker took it."""
     if stored.key is None:
@@ -353,7 +358,7 @@ def withdraw(bootstrap: str, topic: str, stored: Stored) -> bool:
             producer.close()
 
 
-def confirm(bootstrap: str, topic: str, mine: Stored, *, command: str,
+def confirm(bootstrap: KafkaLink | str, topic: str, mine: Stored, *, command: str,
             retry: str = "redo your change on it and publish again") -> None:
     """Read the topic back after `write`: returns when `mine` is its version's record (what
     every worker runs); else withdraws it and raises UserError saying whose publish took

@@ -101,19 +101,19 @@ class DeliveryRun:
         delivery = settings.delivery
         try:
             await asyncio.to_thread(
-                ensure_topics, settings.bootstrap,
+                ensure_topics, settings.link,
                 [*topics.actions(), topics.delivery_dlq, topics.feedback], settings.partitions,
                 replication_factor=settings.replication_factor, timeout_s=30)
         except KafkaError as exc:
             raise UserError(f"deliver: the broker at {settings.bootstrap} failed "
-                            f"({type(exc).__name__}); check it and --broker / "
-                            "CHURNGUARD_BROKER") from None
+                            f"({type(exc).__name__}); {settings.link.unreachable_hint()}"
+                            ) from None
         web_runner = await self._start_web()  # first: a port in use stops it before any client
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
+        producer = AIOKafkaProducer(**settings.link.aiokafka(), acks="all",
                                     linger_ms=5, client_id="churnguard-deliver",
                                     max_request_size=settings.max_record_bytes)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap, group_id=delivery.group_id,
+            **settings.link.aiokafka(), group_id=delivery.group_id,
             client_id="churnguard-deliver", enable_auto_commit=False,
             auto_offset_reset=delivery.start_from,
             # A customer's actions are on the same partition number of every action topic:

@@ -87,8 +87,8 @@ async def _start_sink(gateway: Gateway, stop: asyncio.Event, settings: Settings)
     except Exception as exc:
         raise UserError(
             f"gateway: could not connect to the broker at {settings.bootstrap} within "
-            f"{settings.gateway.startup_timeout_s:g} s ({type(exc).__name__}); check it and "
-            "--broker / CHURNGUARD_BROKER") from None
+            f"{settings.gateway.startup_timeout_s:g} s ({type(exc).__name__}); "
+            f"{settings.link.unreachable_hint()}") from None
     return True
 
 

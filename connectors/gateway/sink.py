@@ -49,11 +49,11 @@ class EventSink:
         settings = self.settings
         timeout_s = settings.gateway.startup_timeout_s
         await asyncio.to_thread(
-            ensure_topics, settings.bootstrap, [settings.topics.events],
+            ensure_topics, settings.link, [settings.topics.events],
             settings.partitions, replication_factor=settings.replication_factor,
             timeout_s=timeout_s)
         producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap, acks="all", client_id="churnguard-gateway",
+            **settings.link.aiokafka(), acks="all", client_id="churnguard-gateway",
             linger_ms=settings.gateway.linger_ms, max_batch_size=256 * 1024,
             max_request_size=settings.max_record_bytes,
             request_timeout_ms=int(self.timeout_s * 1000))

@@ -126,6 +126,19 @@ def test_every_route_answers_each_role_as_the_table_says(pipeline_factory: Any) 
         status, body = _get(port, refused_path, "alice")
         assert status == 403, refused_path
         assert "am-alice" in body["error"] or "slice" in body["error"], body
+    # Her unknown id is answered as another manager's customer (she learns no ids); her
+    # slice's part from a worker carries no census of every customer.
+    status, unknown = _get(port, "/customers/nobody-at-all", "alice")
+    assert status == 403
+    assert "or unknown" in unknown["error"]
+    status, part = _get(port, "/insights/local?what=kpis&account_manager=am-alice", "alice")
+    assert status == 200
+    assert "census" not in part
+    assert "census" in _get(port, "/insights/local?what=segments", "viewer")[1]
+    # Absurd parameters are a 400, not a 500.
+    for absurd in (f"/kpis?since={'9' * 400}d", f"/kpis?since={'9' * 5000}d",
+                   "/insights/local?what=kpis&as_of=nan"):
+        assert _get(port, absurd, "viewer")[0] == 400, absurd[:40]
     # Anyone who sees every customer may ask for one manager's slice.
     _, bobs = _get(port, "/kpis?account_manager=am-bob", "viewer")
     assert bobs["total"] == {k: v for k, v in groups["am-bob"].items() if k != "group"}
@@ -151,7 +164,8 @@ def test_every_route_answers_each_role_as_the_table_says(pipeline_factory: Any) 
                       REQUESTS.get(route, route.split(" ", 1)[1]).split("?")[0])
                      for (route, who), status in statuses.items() if status in (401, 403))
     refused += [("test-alice", 403, f"/customers/{B}"), ("test-alice", 403, "/kpis"),
-                ("test-alice", 403, "/kpis"), ("test-agent", 403, f"/customers/{A}")]
+                ("test-alice", 403, "/kpis"), ("test-alice", 403, "/customers/nobody-at-all"),
+                ("test-agent", 403, f"/customers/{A}")]
     refused.sort()
 
     def trail() -> list[AuditEntry]:

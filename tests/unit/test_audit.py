@@ -53,11 +53,16 @@ def test_the_throttle_writes_a_flood_as_counts() -> None:
     now = [0.0]
     throttle = RefusalThrottle(limit=3, window_s=60, clock=lambda: now[0])
     assert [throttle.admit("10.0.0.9", None) for _ in range(5)] == [0, 0, 0, None, None]
-    # Another token behind the same address (a reverse proxy) has its own allowance.
-    assert throttle.admit("10.0.0.9", "alice") == 0
+    # A configured token's refusals are always written (what it probed must not hide).
+    assert [throttle.admit("10.0.0.9", "alice") for _ in range(5)] == [0] * 5
+    assert throttle.admit("10.0.0.8", None) == 0  # another address: its own allowance
     now[0] = 61.0
     assert throttle.admit("10.0.0.9", None) == 2  # the next entry says what was left out
     assert throttle.admit("10.0.0.9", None) == 0
+    # Many addresses: the oldest window goes, not every window.
+    small = RefusalThrottle(limit=1, window_s=60, max_addresses=2, clock=lambda: 0.0)
+    assert [small.admit(a, None) for a in ("a", "a", "b", "c")] == [0, None, 0, 0]
+    assert small.admit("c", None) is None  # c's window is kept
 
 
 def test_since_takes_durations_dates_and_times() -> None:
@@ -85,6 +90,14 @@ def test_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[3].endswith("401 GET /kpis from 10.0.0.9, 12 more not written")
     print_table([])
     assert capsys.readouterr().out == "no audit entries match\n"
+    # A field cannot forge a row or drive the terminal.
+    print_table([AuditEntry("access_refused", None, AT, status=401, method="GET",
+                            path="/x\n2026-12-07T10:00:00Z  customer_viewed  ops\x1b[8m",
+                            remote="10.0.0.9")])
+    shown = capsys.readouterr().out.splitlines()
+    assert len(shown) == 2
+    assert "\\n2026" in shown[1]
+    assert "\x1b" not in shown[1]
 
 
 async def test_a_write_fails_loudly_and_refusals_go_in_the_background() -> None:
@@ -100,11 +113,13 @@ async def test_a_write_fails_loudly_and_refusals_go_in_the_background() -> None:
     await audit.write(AuditEntry("customer_viewed", "alice", AT, customer_id="c-1",
                                  personal=False))
     for _ in range(3):
-        audit.refused(Refusal(403, "GET", "/customers/c-2", "alice", "127.0.0.1"))
+        audit.refused(Refusal(401, "GET", "/kpis", None, "127.0.0.1"))  # 2 written
+    audit.refused(Refusal(403, "GET", "/customers/c-2", "alice", "127.0.0.1"))
     await audit.close()
-    assert [orjson.loads(value)["action"] for _, value in sent] == [
-        "customer_viewed", "access_refused", "access_refused"]
-    assert audit.written == 3
+    assert [(orjson.loads(value)["action"], orjson.loads(value)["actor"])
+            for _, value in sent] == [("customer_viewed", "alice"), ("access_refused", None),
+                                      ("access_refused", None), ("access_refused", "alice")]
+    assert audit.written == 4
     broken = True
     with pytest.raises(AuditUnavailable, match="broker gone"):
         await audit.write(AuditEntry("customer_viewed", "alice", AT, customer_id="c-1"))

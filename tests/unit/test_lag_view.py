@@ -13,6 +13,7 @@ from rich.console import Console
 
 from churnguard import lag_view
 from churnguard.errors import UserError
+from connectors.kafka_link import KafkaLink
 from connectors.lag import (
     DELETED,
     HWM_LOWER_BOUND,
@@ -299,9 +300,9 @@ def test_the_command_reads_the_broker_and_groups_given_and_prints_plain_text_to_
     monkeypatch.setenv("CHURNGUARD_TOPICS__EVENTS", "shop.events")
     calls: list[tuple[str, list[str] | None, list[str]]] = []
 
-    def fake_read_lag(bootstrap: str, *, groups: list[str] | None,
+    def fake_read_lag(link: KafkaLink, *, groups: list[str] | None,
                       topics_of_group: Callable[[str], list[str]]) -> LagSnapshot:
-        calls.append((bootstrap, groups, sorted(topics_of_group("any"))))
+        calls.append((link.bootstrap, groups, sorted(topics_of_group("any"))))
         return two_groups
 
     monkeypatch.setattr(lag_view, "read_lag", fake_read_lag)
