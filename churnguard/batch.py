@@ -71,7 +71,8 @@ class PartitionResult:
     # (rule id, when it started: the triggering record's timestamp or the timer's due time,
     # epoch seconds) per action sent: the shell observes the latency once the write is done.
     sources: list[tuple[str, float]] = field(default_factory=list)
-    # Customers whose first state this write stores (the worker's customer count).
+    # Customers whose first state this write stores, less those it forgets (the worker's
+    # customer count).
     new_customers: int = 0
     # Customer key -> (band, segment) before and after, for the customers whose standing
     # this write changes (new customers included): the census's deltas (churnguard/census.py).
@@ -191,6 +192,8 @@ def process_partition(
     result.comments = applied.comments
     result.new_customers += sum(1 for key, value in applied.writes.items()
                                 if value is not None and stored.get(key, b"") is None)
+    result.new_customers -= sum(1 for key, value in applied.writes.items()
+                                if value is None and stored.get(key) is not None)
     _log_bounds(applied)
     return result
 
@@ -254,6 +257,9 @@ def _apply_all(
     dirty: set[bytes] = set()
     for record, event in valid:
         key = event.customer_id.encode()
+        if event.type == "erasure":
+            _forget(key, record.topic, states, good, dirty, applied)
+            continue
         try:
             outcome = apply_event(states[key], event, engine,
                                   source=(record.topic, record.offset), noticed_at=now)
@@ -294,27 +300,38 @@ def _apply_all(
             applied.evicted[key] = applied.evicted.get(key, 0) + len(outcome.evicted_tickets)
     applied.outputs += [Output(ctx.topics.scores, key, encode_record(change.to_record()))
                         for key, change in applied.scores.items()]
-    if engine.pack.fingerprint != ctx.engine.pack.fingerprint:
-        _due_under(ctx.engine, dirty, states)
+    _due_under(engine, ctx.engine, dirty, states)
     # A state over the limit (seen here first) is found per event by the isolate pass.
     applied.writes = _store(dirty, states, due_before, ctx)
-    for key in dirty:
-        moved = change(standing_before[key], standing(states[key]))
-        if moved is not None:
-            applied.census[key] = moved
+    applied.census = {key: moved for key in dirty
+                      if (moved := change(standing_before[key], standing(states[key])))}
     return applied
 
 
+def _forget(key: bytes, topic: str, states: dict[bytes, CustomerState | None],
+            good: dict[bytes, bytes | None], dirty: set[bytes], applied: _Applied) -> None:
+    """An erasure: the state goes (a changelog tombstone) with its due-index entry and its
+    place in the census, and no score of it is published; a later event of the id starts a
+    fresh customer."""
+    states[key] = good[key] = None
+    dirty.add(key)
+    applied.metrics.events_applied[(topic, "erasure")] += 1
+    applied.scores.pop(key, None)
+
+
 def _due_under(
-    running: Engine, dirty: set[bytes], states: dict[bytes, CustomerState | None]
+    evaluator: Engine, running: Engine, dirty: set[bytes],
+    states: dict[bytes, CustomerState | None],
 ) -> None:
     """Evaluated by an earlier pack (a batch read again across a switch): the dues are
     indexed under the running one, as `reindex` does, or a customer the re-index already
     passed would keep the earlier pack's due until its next event."""
+    if evaluator.pack.fingerprint == running.pack.fingerprint:
+        return
     for key in dirty:
         state = states[key]
-        assert state is not None  # every dirty key had an event applied
-        exact_due(running.pack, state)
+        if state is not None:  # (None: forgotten)
+            exact_due(running.pack, state)
 
 
 def process_due(
@@ -467,11 +484,15 @@ def _store(
     due_before: dict[bytes, float | None],
     ctx: BatchContext,
 ) -> dict[bytes, bytes | None]:
-    """Each dirty state once, and its due-index entry moved if its next due changed."""
+    """Each dirty state once (None: forgotten, deleted), and its due-index entry moved if
+    its next due changed."""
     writes: dict[bytes, bytes | None] = {}
     for key in dirty:
         state = states[key]
-        assert state is not None  # every dirty key had an event applied
+        if state is None:
+            writes[key] = None
+            writes.update(due_index.moves(key, due_before[key], None))
+            continue
         raw = state.to_bytes()
         _check_state(key, raw, ctx)
         writes[key] = raw

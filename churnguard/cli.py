@@ -1,5 +1,5 @@
 """The `churnguard` command: demo, worker, broker, topics, replay, rules, lag, import,
-deliver, gateway, token, audit."""
+deliver, gateway, token, audit, forget."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from churnguard.access_tokens import add_token_command, run_token_command
 from churnguard.audit import add_audit_command, run_audit_command
 from churnguard.core.kpis import GROUP_BY
 from churnguard.errors import UserError
+from churnguard.forget import add_forget_command, run_forget_command
 from churnguard.logging import configure_logging
 from churnguard.rules.loading import PackFileInvalid
 from connectors.delivery.command import add_deliver_command, run_deliver_command
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     add_gateway_command(commands)
     add_token_command(commands)
     add_audit_command(commands)
+    add_forget_command(commands)
 
     args = parser.parse_args(argv)
     try:
@@ -256,7 +258,8 @@ def _run(args: argparse.Namespace) -> int:
 # The commands that are one function of their arguments.
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "import": run_import_command, "deliver": run_deliver_command,
-    "gateway": run_gateway_command, "token": run_token_command, "audit": run_audit_command}
+    "gateway": run_gateway_command, "token": run_token_command, "audit": run_audit_command,
+    "forget": run_forget_command}
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -16,7 +16,6 @@ from pathlib import Path
 import orjson
 from pydantic import SecretStr
 
-from connectors.kafka_link import KafkaSecurity
 from streams.settings import Settings
 
 READY_MARK = b"worker_ready"
@@ -42,12 +41,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CHURNGUARD_WEB_OPEN_PROBES": str(settings.web_open_probes).lower(),
         "CHURNGUARD_WEB_TOKENS": "[" + ",".join(t.line() for t in settings.web_tokens) + "]",
     }
-    if settings.kafka != KafkaSecurity():
-        # The link's security, secrets included (a child's environment, never a log).
-        env["CHURNGUARD_KAFKA"] = orjson.dumps({
-            name: value.get_secret_value() if isinstance(value, SecretStr)
-            else str(value) if isinstance(value, Path) else value
-            for name, value in settings.kafka if value is not None}).decode()
+    # The link's security, secrets included (a child's environment, never a log); always,
+    # so that a child never takes its parent's instead (start_worker drops those).
+    env["CHURNGUARD_KAFKA"] = orjson.dumps({
+        name: value.get_secret_value() if isinstance(value, SecretStr)
+        else str(value) if isinstance(value, Path) else value
+        for name, value in settings.kafka if value is not None}).decode()
     if settings.web_token_file is not None:
         env["CHURNGUARD_WEB_TOKEN_FILE"] = str(settings.web_token_file)
     if settings.clock_file is not None:
@@ -61,7 +60,9 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", "churnguard", "worker"],
-            env={**os.environ, **settings_env(settings)},
+            env={**{name: value for name, value in os.environ.items()
+                    if not name.startswith("CHURNGUARD_KAFKA__")},
+                 **settings_env(settings)},
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -73,9 +73,9 @@ def replay(
     def fire_due() -> Iterator[Action]:
         while dues and dues[0][0] <= clock.now():
             due, customer = heapq.heappop(dues)
-            state = states[customer]
-            if state.next_due != due:
-                continue  # superseded by a later event of this customer
+            state = states.get(customer)
+            if state is None or state.next_due != due:
+                continue  # superseded by a later event of this customer, or forgotten
             outcome = advance(state, due, engine, noticed_at=noticed_at)
             if suppressed is not None:
                 suppressed.extend(outcome.suppressed)
@@ -92,6 +92,9 @@ def replay(
         clock.advance_to(occurred)
         if dues and dues[0][0] <= clock.now():  # (most events: nothing due, no generator)
             yield from fire_due()
+        if event.type == "erasure":
+            states.pop(event.customer_id, None)  # as the worker forgets it (batch.py)
+            continue
         outcome = apply_event(states.get(event.customer_id), event, engine,
                               noticed_at=noticed_at)
         states[event.customer_id] = state = outcome.state

@@ -289,11 +289,20 @@ class ActionFeedback(_Event):
     note: Annotated[str, StringConstraints(max_length=MAX_COMMENT)] | None = None
 
 
+class Erasure(_Event):
+    """Forget this customer (`churnguard forget`, or an admin's POST /customers/{id}/forget;
+    combined topic only): the owning worker deletes the customer's state, 360 history, open
+    episodes and timers, and a later event of the id starts a fresh customer. Why and who
+    are on the audit trail, not here."""
+
+    type: Literal["erasure"] = "erasure"
+
+
 # Never stored, copied into rule contexts or actions, or logged: contact data, and free
 # text a person wrote (ticket comments, feedback notes).
 PERSONAL_FIELDS = frozenset({"name", "email", "phone", "comment", "note"})
 
-Event = Purchase | Login | Ticket | Profile | Custom | ActionFeedback
+Event = Purchase | Login | Ticket | Profile | Custom | ActionFeedback | Erasure
 
 # The combined topic: one ordered stream per customer, discriminated by `type`.
 TaggedEvent = Annotated[Event, Field(discriminator="type")]
@@ -307,4 +316,5 @@ MODEL_BY_TYPE: dict[str, type[_Event]] = {
     "profile": Profile,
     "custom": Custom,
     "action_feedback": ActionFeedback,
+    "erasure": Erasure,
 }

@@ -44,10 +44,12 @@ from churnguard.core.kpis import GROUP_BY, SLICE_GROUPS, GroupBy, KpiSums, repor
 from churnguard.core.processor import Engine
 from churnguard.core.state import CustomerState
 from churnguard.core.validation import EARLIEST_VALID
+from churnguard.errors import UserError
+from churnguard.forget import clean_reason, erasure_record
 from churnguard.http_access import Access, Handler, Refusal, audited_path, token_of
 from churnguard.kpi_report import kpis_csv
 from streams import insights_page
-from streams.audit_log import AuditLog, AuditUnavailable
+from streams.audit_log import AuditLog, AuditUnavailable, Send
 from tables.state_store import TableBatchWriter
 
 log = structlog.get_logger(__name__)
@@ -93,9 +95,12 @@ class InsightsViews:
         recovering: Callable[[], bool] = lambda: False,
         now: Callable[[], float] = time.time,
         audit: AuditLog | None = None,
+        send_input: Send | None = None,
     ) -> None:
         self.recovering = recovering
         self.audit = audit
+        # Produces a record to the combined input topic (an erasure), keyed by customer.
+        self.send_input = send_input
         self.insights = insights
         self.census = census
         self.owned = owned
@@ -115,6 +120,7 @@ class InsightsViews:
                 ("GET", "/feedback", self.feedback, "viewer"),
                 ("GET", "/segments", self.segments, "viewer"),
                 ("GET", "/customers/{customer_id}", self.customer, "agent"),
+                ("POST", "/customers/{customer_id}/forget", self.forget, "admin"),
                 ("GET", "/insights/local", self.local, "viewer")]
 
     async def close(self) -> None:
@@ -215,6 +221,38 @@ class InsightsViews:
                 return _error("the audit trail could not be written, so the view is not "
                               "shown; try again in a moment", 503)
         return _json(view)
+
+    async def forget(self, request: web.Request) -> web.Response:
+        """POST /customers/{id}/forget {"reason": "…"}: the erasure goes to the customer's
+        input partition (churnguard/forget.py), then on the audit trail; 202."""
+        if self.send_input is None or self.audit is None:
+            return _error("erasure is not available on this worker", 503)
+        try:
+            body = orjson.loads(await request.read())
+            reason = clean_reason(str(body["reason"]) if isinstance(body, dict)
+                                  and "reason" in body else "")
+            key, value = erasure_record(request.match_info["customer_id"], self.audit.clock())
+        except orjson.JSONDecodeError:
+            return _error('the body must be JSON: {"reason": "why, for the audit trail"}', 400)
+        except UserError as exc:
+            return _error(str(exc).removeprefix("forget: "), 400)
+        token = token_of(request)
+        try:
+            await self.send_input(key, value)
+        except Exception as exc:
+            log.warning("erasure_not_sent", error=str(exc) or type(exc).__name__)
+            return _error("the erasure could not be written to the input topic; try again",
+                          503)
+        try:
+            await self.audit.write(AuditEntry(
+                "customer_forgotten", None if token is None else token.name,
+                self.audit.clock(), customer_id=key.decode(), message=reason))
+        except AuditUnavailable:
+            return _error("the erasure is sent, but the audit trail could not be written; "
+                          "send the same request again (an erasure is applied once more, "
+                          "harmlessly) to record it", 503)
+        return _json({"customer_id": key.decode(), "erasure": orjson.loads(value)["event_id"],
+                      "status": "sent: the owning worker deletes the customer's state"}, 202)
 
     async def local(self, request: web.Request) -> web.Response:
         """This worker's part of a gathered answer (the other workers ask for it)."""

@@ -282,13 +282,17 @@ def _observability(
         return await app.producer.send_and_wait(settings.topics.audit, key, value, None,
                                                 None, None)
 
+    async def send_input(key: bytes | None, value: bytes) -> object:
+        return await app.producer.send_and_wait(settings.topics.events, key, value, None,
+                                                None, None)
+
     audit = AuditLog(send_audit)
     views = InsightsViews(
         insights=insights, census=seen.census, owned=seen.owned_partitions,
         engine=lambda: ctx.engine, writer=writer, partitions=settings.partitions,
         distribution=distribution, own_url=lambda: str(app.conf.canonical_url),
         recovering=lambda: seen.readiness().recovering,
-        now=clock.now, audit=audit)
+        now=clock.now, audit=audit, send_input=send_input)
     tokens = configured_tokens(settings.web_tokens, settings.web_token_file,
                                setting="CHURNGUARD_WEB_TOKEN_FILE")
     policy = AccessPolicy(tokens, open_probes=settings.web_open_probes,

@@ -51,7 +51,16 @@ from churnguard.core.state import (
     prune,
     remember,
 )
-from schemas.events import ActionFeedback, Custom, Event, Login, Profile, Purchase, Ticket
+from schemas.events import (
+    ActionFeedback,
+    Custom,
+    Erasure,
+    Event,
+    Login,
+    Profile,
+    Purchase,
+    Ticket,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +370,10 @@ def _apply(
             else:
                 outcome.outcome_records += records
             return frozenset()
+        case Erasure():
+            # The callers forget the customer instead (batch.py, replay.py): nothing of an
+            # erased customer is folded into anything.
+            raise ValueError("an erasure is not applied to a state")
 
 
 def _apply_ticket(

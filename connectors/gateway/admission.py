@@ -42,6 +42,13 @@ def admit(items: list[bytes], *, now: float, max_future_hours: float
         outcome = parse_event_by_field(raw, "", now=now, max_future_hours=max_future_hours)
         if isinstance(outcome, FieldRejection):
             rejected.append(RejectedItem(index, outcome.problems))
+        elif outcome.type == "erasure":
+            rejected.append(RejectedItem(index, (NOT_INGESTED,)))
         else:
             admitted.append(Admitted(index, outcome, raw))
     return admitted, rejected
+
+
+# Erasing a customer is an admin's act, audited (docs/security.md), not an upstream app's.
+NOT_INGESTED = FieldProblem("type", "an erasure is not accepted here: an admin forgets a "
+                            "customer with `churnguard forget` or POST /customers/{id}/forget")

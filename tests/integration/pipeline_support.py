@@ -113,8 +113,9 @@ class Pipeline:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def http_port(self) -> int:
-        """The port of the worker's endpoints (it listens on a free one: web_port=0)."""
-        for line in self.log().splitlines():
+        """The port of the worker's endpoints (it listens on a free one: web_port=0), as
+        its last start logged it."""
+        for line in reversed(self.log().splitlines()):
             if '"http_listening"' in line:
                 return int(orjson.loads(line)["port"])
         raise AssertionError("the worker logged no http_listening")
@@ -157,12 +158,14 @@ class Pipeline:
 
 
 def http_get(port: int, path: str, as_: str | None = "admin", *,
-             bearer: str | None = None) -> tuple[int, bytes]:
-    """GET one of a worker's endpoints with the token of TOKENS[as_] (None: no token) or
-    the `bearer` token given: (status, body), error statuses included."""
+             bearer: str | None = None, body: bytes | None = None) -> tuple[int, bytes]:
+    """GET one of a worker's endpoints (POST `body` when given) with the token of
+    TOKENS[as_] (None: no token) or the `bearer` token given: (status, body), error
+    statuses included."""
     presented = bearer if bearer is not None else None if as_ is None else token(as_)
     headers = {} if presented is None else {"Authorization": f"Bearer {presented}"}
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers,
+                                     data=body, method="GET" if body is None else "POST")
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:
             return answer.status, answer.read()

@@ -29,10 +29,15 @@ ROUTES = {
     "GET /kpis": "viewer", "GET /feedback": "viewer", "GET /segments": "viewer",
     "GET /insights/local": "viewer",
     "GET /customers/{customer_id}": "agent",
+    "POST /customers/{customer_id}/forget": "admin",
 }
+FORGET = b'{"reason": "the access walk"}'
+
 # A request of each route that its holders get a 200 to (A is am-alice's customer).
 REQUESTS = {"GET /customers/{customer_id}": f"/customers/{quote(A)}",
-            "GET /insights/local": "/insights/local?what=segments"}
+            "GET /insights/local": "/insights/local?what=segments",
+            # (a customer never seen: erasing it changes nothing the test reads)
+            "POST /customers/{customer_id}/forget": "/customers/walk-target/forget"}
 # Figures over every customer: refused to a token scoped to one account manager.
 EVERY_CUSTOMER = {"GET /feedback", "GET /segments", "GET /insights/local"}
 WHO = (None, "forged", *TOKENS)  # no token, a token nobody configured, each test token
@@ -48,18 +53,19 @@ def _expected(route: str, who: str | None) -> int:
         return 403
     if TOKENS[who][1].account_manager is not None and route in EVERY_CUSTOMER:
         return 403
-    return 200
+    return 202 if route.startswith("POST") else 200
 
 
-def _get(port: int, path: str, who: str | None) -> tuple[int, Any]:
+def _get(port: int, path: str, who: str | None, body: bytes | None = None
+         ) -> tuple[int, Any]:
     if who == "forged":  # a well-formed token no one configured
-        status, body = http_get(port, path, bearer="cg_" + "x" * 43)
+        status, answer = http_get(port, path, bearer="cg_" + "x" * 43, body=body)
     else:
-        status, body = http_get(port, path, who)
+        status, answer = http_get(port, path, who, body=body)
     try:
-        return status, orjson.loads(body)
+        return status, orjson.loads(answer)
     except orjson.JSONDecodeError:
-        return status, body
+        return status, answer
 
 
 def _listed_routes(pipeline: Pipeline) -> dict[str, str]:
@@ -94,7 +100,8 @@ def test_every_route_answers_each_role_as_the_table_says(pipeline_factory: Any) 
     wait_for("ready, every partition read and both customers stored", settled)
     walk_started = time.time()  # the audit entries of what follows are after this
 
-    found = {(route, who): _get(port, REQUESTS.get(route, route.split(" ", 1)[1]), who)
+    found = {(route, who): _get(port, REQUESTS.get(route, route.split(" ", 1)[1]), who,
+                                FORGET if route.startswith("POST") else None)
              for route in ROUTES for who in WHO}
     statuses = {key: status for key, (status, _) in found.items()}
     assert statuses == {(route, who): _expected(route, who) for route in ROUTES
@@ -182,6 +189,10 @@ def test_every_route_answers_each_role_as_the_table_says(pipeline_factory: Any) 
     assert sorted((e.actor or "", e.status, e.path) for e in entries
                   if e.action == "access_refused") == refused
     assert {e.remote for e in entries if e.action == "access_refused"} == {"127.0.0.1"}
-    assert {e.action for e in entries} == {"customer_viewed", "access_refused"}
+    assert [(e.actor, e.customer_id, e.message) for e in entries
+            if e.action == "customer_forgotten"] == [("test-admin", "walk-target",
+                                                      "the access walk")]
+    assert {e.action for e in entries} == {"customer_viewed", "access_refused",
+                                           "customer_forgotten"}
     raw = b"".join(e.to_value() for e in entries).decode()
     assert all(token not in raw for token, _ in TOKENS.values())

@@ -210,7 +210,7 @@ def _check_gateway(prometheus: Prometheus, gateway: Gateway, token: str,
     duplicates = sum(len(body["duplicates"]) for body in answers)
     assert (accepted, duplicates, len(second["rejected"])) == (30, 5, 1)
     # The broker has them: what the gateway counts as accepted is what it produced.
-    assert len(read_all(broker, topics.tickets)) == accepted
+    assert len(read_all(broker, topics.events)) == accepted
 
     want = {"accepted": accepted, "rejected": 1, "duplicate": duplicates, "unavailable": 0,
             "rate_limited": 0}

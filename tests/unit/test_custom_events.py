@@ -211,7 +211,7 @@ def test_the_unknown_type_reason_lists_custom(custom_raw):
     assert rejected.kind == "unknown_type"
     assert rejected.reason == (
         "field 'type' must be one of purchase, login, ticket, profile, custom, "
-        "action_feedback"
+        "action_feedback, erasure"
     )
 
 

@@ -53,9 +53,9 @@ def test_a_valid_event_is_the_worker_s_event() -> None:
     ({"type": "ticket", "ticket_id": "t"}, [("status", "Field required")]),
     ({"type": "teleport"},
      [("type", "field 'type' must be one of purchase, login, ticket, profile, custom, "
-       "action_feedback")]),
+       "action_feedback, erasure")]),
     ({}, [("type", "field 'type' must be one of purchase, login, ticket, profile, custom, "
-           "action_feedback (missing)")]),
+           "action_feedback, erasure (missing)")]),
 ])
 def test_each_problem_names_its_field(fields: dict[str, object],
                                       expected: list[tuple[str, str]]) -> None:
@@ -95,3 +95,13 @@ def test_admit_splits_a_batch_by_position() -> None:
     assert answer["errors"][0] == {"field": "order_id", "message": "Field required"}
     assert len(answer["errors"]) == 3  # order_id, amount, currency
     assert rejected[0].problems[0] == FieldProblem(None, rejected[0].problems[0].message)
+
+
+def test_an_erasure_is_not_ingested() -> None:
+    """Erasing a customer is an admin's, audited (churnguard forget), not an upstream app's."""
+    raw = orjson.dumps({"type": "erasure", "event_id": "e1", "customer_id": "c1",
+                        "occurred_at": "2026-11-23T09:00:00Z"})
+    admitted, rejected = admit([raw], now=NOW, max_future_hours=24)
+    assert admitted == []
+    assert [(r.index, r.problems[0].field) for r in rejected] == [(0, "type")]
+    assert "churnguard forget" in rejected[0].problems[0].message

@@ -404,3 +404,45 @@ def test_a_record_the_validator_fails_on_is_dead_lettered_and_the_partition_goes
     assert dead["source"]["offset"] == 1
     assert CustomerState.from_bytes(store.data[b"c1"]).seen == ["before", "after"]
     assert metrics.dead_letters == {"invalid_event": 1}
+
+
+# --- erasure -------------------------------------------------------------------------------
+
+def test_an_erasure_deletes_the_state_its_timers_and_its_census_place(
+    records, store, ctx, now, t0,
+):
+    first = run(records((TOPICS.purchases, {"amount": "60", "day": 1}),
+                        (TOPICS.tickets, {"day": 2, "status": "opened", "priority": "high"})),
+                store, ctx, now)
+    state = CustomerState.from_bytes(first.writes[b"c1"])
+    assert state.next_due is not None  # the ticket's SLA timer
+    due_entry = due_index.due_key(state.next_due, b"c1")
+    assert due_entry in store.data
+    erasure = orjson.dumps({"type": "erasure", "event_id": "erasure-1", "customer_id": "c1",
+                            "occurred_at": rfc3339(t0 + 3 * DAY)})
+    forgotten = run(records((TOPICS.events, erasure), start=5), store, ctx, now)
+    assert forgotten.writes[b"c1"] is None
+    assert forgotten.writes[due_entry] is None
+    assert forgotten.census[b"c1"][1] is None
+    assert forgotten.new_customers == -1
+    assert [o.topic for o in forgotten.outputs] == []  # no score, no action of the erased
+    assert ctx.metrics.applied_by_type()["erasure"] == 1
+    # A later event of the id starts a fresh customer.
+    again = run(records((TOPICS.purchases, {"amount": "30", "day": 4}), start=9), store,
+                ctx, now)
+    fresh = CustomerState.from_bytes(again.writes[b"c1"])
+    assert (fresh.order_count, fresh.open_tickets, again.new_customers) == (1, {}, 1)
+
+
+def test_an_erasure_in_the_same_batch_forgets_what_came_before_it(records, store, ctx, now,
+                                                                   t0):
+    erasure = orjson.dumps({"type": "erasure", "event_id": "erasure-1", "customer_id": "c1",
+                            "occurred_at": rfc3339(t0 + 3 * DAY)})
+    result = run(records((TOPICS.events, orjson.dumps({
+        "type": "purchase", "event_id": "p1", "customer_id": "c1", "occurred_at":
+        rfc3339(t0 + DAY), "order_id": "o1", "amount": "60", "currency": "EUR"})),
+        (TOPICS.events, erasure)), store, ctx, now)
+    assert result.writes == {b"c1": None}
+    assert result.new_customers == 0
+    assert b"c1" not in result.census  # never counted: nothing to take back
+    assert TOPICS.scores not in {o.topic for o in result.outputs}

@@ -250,3 +250,16 @@ def test_demo_bad_records_are_all_rejected(replay_lines):
     assert [line.split(":")[1].strip() for line in errors.splitlines()] == [
         "malformed_json", "invalid_event", "unknown_type",
     ]
+
+
+def test_an_erasure_forgets_the_customer_and_its_timers(replay_lines, raw_factory, t0):
+    """As the worker does (tests/unit/test_process_partition.py): the SLA escalation of the
+    ticket opened before the erasure never fires; the close after it is a new customer's."""
+    erasure = orjson.dumps({"type": "erasure", "event_id": "erasure-1",
+                            "customer_id": "c1", "occurred_at": rfc3339(t0 + HOUR)})
+    lines = [raw_factory("ticket", ticket_id="A", status="opened", priority="high", day=0),
+             erasure]
+    kept, *_ = replay_lines(lines[:1], until=t0 + 30 * DAY)
+    forgotten, *_ = replay_lines(lines, until=t0 + 30 * DAY)
+    assert len(kept) > 1  # acknowledged, then escalated past its SLA
+    assert [a["rule_id"] for a in forgotten] == ["ticket_opened_ack"]
