@@ -30,6 +30,8 @@ AuditAction = Literal["rule_published", "rule_rolled_back", "customer_viewed",
 ACTIONS: tuple[AuditAction, ...] = get_args(AuditAction)
 # How long the audit topic keeps its entries (created with it: `churnguard topics`).
 RETENTION_DAYS = 3 * 365
+# The audit topic's configs: never compacted, kept RETENTION_DAYS.
+TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(RETENTION_DAYS * 86_400_000)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +185,7 @@ def read_audit(bootstrap: KafkaLink | str, topic: str, *, since: float,
             unreadable += 1
 
     try:
-        consumer = KafkaConsumer(**link.kafka_python(), group_id=None,
+        consumer = KafkaConsumer(**link.client_options(), group_id=None,
                                  enable_auto_commit=False, client_id="churnguard-audit")
     except KafkaError as exc:
         raise UserError(f"audit: cannot reach {where} ({type(exc).__name__}); "
@@ -240,7 +242,7 @@ def write_entry(bootstrap: KafkaLink | str, topic: str, entry: AuditEntry) -> No
     from kafka.errors import KafkaError
 
     try:
-        producer = KafkaProducer(**link_of(bootstrap).kafka_python(), acks="all")
+        producer = KafkaProducer(**link_of(bootstrap).client_options(), acks="all")
         try:
             producer.send(topic, key=entry.key(), value=entry.to_value()).get(timeout=30)
         finally:

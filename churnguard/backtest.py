@@ -480,7 +480,7 @@ def read_history(
     where = f"the broker at {settings.bootstrap}"
     try:
         consumer = KafkaConsumer(
-            **settings.link.kafka_python(), group_id=None, enable_auto_commit=False,
+            **settings.link.client_options(), group_id=None, enable_auto_commit=False,
             client_id="churnguard-backtest", auto_offset_reset="earliest",
             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
         )

@@ -69,7 +69,7 @@ def run_forget_command(args: argparse.Namespace) -> int:
     key, value = erasure_record(args.customer_id, now)
     link = settings.link
     try:
-        producer = KafkaProducer(**link.kafka_python(), acks="all")
+        producer = KafkaProducer(**link.client_options(), acks="all")
         try:
             producer.send(settings.topics.events, key=key, value=value).get(timeout=30)
         finally:

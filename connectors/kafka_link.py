@@ -58,17 +58,10 @@ class KafkaLink:
     bootstrap: str
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
-    def kafka_python(self) -> dict[str, Any]:
-        """kafka-python's client settings (KafkaConsumer, KafkaProducer, KafkaAdminClient)."""
-        options: dict[str, Any] = {"bootstrap_servers": self.bootstrap,
-                                   "security_protocol": self.security.security_protocol}
-        if self.security.tls:
-            options["ssl_context"] = self.ssl_context()
-        options.update(self._sasl())
-        return options
-
-    def aiokafka(self) -> dict[str, Any]:
-        """aiokafka's client settings (AIOKafkaProducer, AIOKafkaConsumer)."""
+    def client_options(self) -> dict[str, Any]:
+        """The client settings of kafka-python (KafkaConsumer, KafkaProducer,
+        KafkaAdminClient) and of aiokafka (AIOKafkaProducer, AIOKafkaConsumer): both take
+        these names."""
         options: dict[str, Any] = {"bootstrap_servers": self.bootstrap,
                                    "security_protocol": self.security.security_protocol}
         if self.security.tls:

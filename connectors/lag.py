@@ -192,11 +192,11 @@ def _connect(link: KafkaLink, timeout_s: float) -> tuple[Any, Any]:
     from kafka import KafkaAdminClient, KafkaConsumer
 
     timeout_ms = round(timeout_s * 1000)
-    admin = KafkaAdminClient(**link.kafka_python(), client_id=CLIENT_ID,
+    admin = KafkaAdminClient(**link.client_options(), client_id=CLIENT_ID,
                              bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms)
     try:
         consumer = KafkaConsumer(
-            **link.kafka_python(), client_id=CLIENT_ID, group_id=None,
+            **link.client_options(), client_id=CLIENT_ID, group_id=None,
             enable_auto_commit=False, auto_offset_reset="earliest",
             bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
             # An empty partition's fetch (on Apache Kafka) waits this long at most.

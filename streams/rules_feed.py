@@ -70,7 +70,7 @@ async def follow(link: KafkaLink, topic: str, switch: PackSwitch, *,
     """Read the topic from its start for as long as the worker runs (a cancelled task)."""
     # An out-of-range position (a topic recreated, a broker that lost its log) reads from the
     # start again: versions already seen are ignored.
-    consumer = AIOKafkaConsumer(**link.aiokafka(), enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**link.client_options(), enable_auto_commit=False,
                                 group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     try:

@@ -3,7 +3,7 @@ create topics before any worker starts, because faust creates no source topics).
 
 from __future__ import annotations
 
-from churnguard.audit import RETENTION_DAYS
+from churnguard.audit import TOPIC_CONFIG
 from connectors.admin import ensure_topics
 from streams.settings import Settings
 
@@ -34,6 +34,5 @@ def ensure_all_topics(settings: Settings) -> None:
         replication_factor=settings.replication_factor,
         configs={changelog_topic(settings): {"cleanup.policy": "compact"},
                  settings.topics.rules: {"cleanup.policy": "compact"},
-                 settings.topics.audit: {"cleanup.policy": "delete",
-                                         "retention.ms": str(RETENTION_DAYS * 86_400_000)}},
+                 settings.topics.audit: TOPIC_CONFIG},
     )

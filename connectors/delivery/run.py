@@ -109,11 +109,11 @@ class DeliveryRun:
                             f"({type(exc).__name__}); {settings.link.unreachable_hint()}"
                             ) from None
         web_runner = await self._start_web()  # first: a port in use stops it before any client
-        producer = AIOKafkaProducer(**settings.link.aiokafka(), acks="all",
+        producer = AIOKafkaProducer(**settings.link.client_options(), acks="all",
                                     linger_ms=5, client_id="churnguard-deliver",
                                     max_request_size=settings.max_record_bytes)
         consumer = AIOKafkaConsumer(
-            **settings.link.aiokafka(), group_id=delivery.group_id,
+            **settings.link.client_options(), group_id=delivery.group_id,
             client_id="churnguard-deliver", enable_auto_commit=False,
             auto_offset_reset=delivery.start_from,
             # A customer's actions are on the same partition number of every action topic:

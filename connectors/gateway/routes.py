@@ -16,7 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from churnguard.access_tokens import AccessToken, Role, TokenRegistry
-from churnguard.http_access import CHALLENGE, AccessRefused, authorize
+from churnguard.http_access import CHALLENGE, AccessRefused, Refusal, audited_path, authorize
 from churnguard.http_listen import metrics_response
 from connectors.gateway.admission import Admitted, admit
 from connectors.gateway.body import BodyRefused, split_events
@@ -25,6 +25,7 @@ from connectors.gateway.metrics import GatewayMetrics
 from connectors.gateway.openapi import openapi_document
 from connectors.gateway.rate_limit import EventRateLimit
 from connectors.gateway.sink import BrokerUnavailable, EventSink, Record
+from streams.audit_log import AuditLog
 from streams.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -68,6 +69,8 @@ class Gateway:
         self.limits = settings.gateway
         self.tokens = tokens
         self.sink = EventSink(settings)
+        # Every refused request on the audit trail, as the workers' (docs/security.md).
+        self.audit = AuditLog(self.sink.send_audit)
         self.metrics = GatewayMetrics()
         self.rate_limit = EventRateLimit(self.limits.rate_limit_events_per_s,
                                          self.limits.rate_limit_burst)
@@ -166,6 +169,9 @@ class Gateway:
         try:
             return authorize(self.tokens, request.headers.get("Authorization"), role)
         except AccessRefused as refused:
+            named = self.tokens.from_header(request.headers.get("Authorization"))
+            self.audit.refused(Refusal(refused.status, request.method, audited_path(request),
+                                       named.name if named else None, request.remote))
             raise Refused(refused.status, refused.error, refused.message,
                           CHALLENGE if refused.status == 401 else None) from None
 

@@ -65,6 +65,7 @@ async def serve(settings: Settings, stop: asyncio.Event, *,
         gateway.stopping = True
         gateway.metrics.ready.set(0)
         await runner.cleanup()  # stops listening, waits for the requests in flight
+        await gateway.audit.close()  # the refusals' entries still being written
         await gateway.sink.stop()  # flushes whatever is still buffered
         _log_summary(gateway, "gateway_stopped")
 

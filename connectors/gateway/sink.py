@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from churnguard.audit import TOPIC_CONFIG
 from connectors.admin import ensure_topics
 from streams.settings import Settings
 
@@ -49,11 +50,11 @@ class EventSink:
         settings = self.settings
         timeout_s = settings.gateway.startup_timeout_s
         await asyncio.to_thread(
-            ensure_topics, settings.link, [settings.topics.events],
+            ensure_topics, settings.link, [settings.topics.events, settings.topics.audit],
             settings.partitions, replication_factor=settings.replication_factor,
-            timeout_s=timeout_s)
+            configs={settings.topics.audit: TOPIC_CONFIG}, timeout_s=timeout_s)
         producer = AIOKafkaProducer(
-            **settings.link.aiokafka(), acks="all", client_id="churnguard-gateway",
+            **settings.link.client_options(), acks="all", client_id="churnguard-gateway",
             linger_ms=settings.gateway.linger_ms, max_batch_size=256 * 1024,
             max_request_size=settings.max_record_bytes,
             request_timeout_ms=int(self.timeout_s * 1000))
@@ -85,6 +86,13 @@ class EventSink:
                 else:
                     future.add_done_callback(_retrieve)
             raise BrokerUnavailable(type(exc).__name__, acknowledged) from exc
+
+    async def send_audit(self, key: bytes | None, value: bytes) -> object:
+        """One audit entry (churnguard/audit.py), acknowledged."""
+        producer = self._producer
+        if producer is None:
+            raise BrokerUnavailable("the producer is not connected yet", [])
+        return await producer.send_and_wait(self.settings.topics.audit, value, key=key)
 
     async def stop(self) -> None:
         """Flush what is buffered (acknowledged or failed) and disconnect."""

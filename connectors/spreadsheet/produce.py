@@ -33,7 +33,7 @@ class EventProducer:
             # Records carry the send time (Kafka's default), not the events' old times: a
             # topic's retention would delete history stamped a year ago at once.
             self._producer = KafkaProducer(
-                **settings.link.kafka_python(), acks="all", client_id="churnguard-import",
+                **settings.link.client_options(), acks="all", client_id="churnguard-import",
                 linger_ms=20, batch_size=256 * 1024, max_block_ms=int(self.timeout_s * 1000),
                 # (First: the admin client's bootstrap always waits 30 s for a dead broker.)
                 bootstrap_timeout_ms=int(self.timeout_s * 1000))

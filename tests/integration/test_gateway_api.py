@@ -19,10 +19,12 @@ from kafka.partitioner.default import murmur2
 from structlog.testing import capture_logs
 
 from churnguard.access_tokens import AccessToken, new_token
+from churnguard.audit import read_audit
 from connectors.embedded_broker import EmbeddedBroker, start_broker
 from connectors.gateway.background import GatewayThread
 from connectors.gateway.settings import GatewaySettings
 from streams.settings import Settings, TopicNames
+from tests.integration.pipeline_support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -210,6 +212,17 @@ def test_tokens_and_roles(gateway: GatewayThread) -> None:
         "message": "token 'dashboards' (viewer) lacks the role 'ingest' this needs"}
     for path in ("/health", "/ready", "/metrics", "/openapi.json"):
         assert requests.get(gateway.url + path, timeout=10).status_code == 200
+    # Each refusal is on the audit trail, the token's name where it was a configured one.
+
+    def refusals() -> list[tuple[str | None, int | None, str | None]]:
+        entries, _ = read_audit(gateway.settings.bootstrap, gateway.settings.topics.audit,
+                                since=0, timeout_s=10)
+        return sorted(((e.actor or "", e.status, e.path) for e in entries
+                       if e.action == "access_refused"), key=str)
+
+    wanted = sorted([("", 401, "/v1/events"), ("", 401, "/v1/events"),
+                     ("dashboards", 403, "/v1/events")], key=str)
+    wait_for("the refusals on the audit trail", lambda: refusals() == wanted, timeout=20)
 
 
 def test_bodies_the_gateway_refuses_whole(shared_broker: EmbeddedBroker) -> None:

@@ -154,7 +154,7 @@ def test_worker_and_tools_over_tls(tls: TlsBroker, tmp_path: Path,
                     what="worker not ready over TLS")
         assert tls.tunnel.accepted() > before, "the worker did not go through stunnel"
 
-        producer = KafkaProducer(linger_ms=1, **link.kafka_python())
+        producer = KafkaProducer(linger_ms=1, **link.client_options())
         for n in range(6):
             event = _ticket(n, now)
             producer.send(settings.topics.events, key=event["customer_id"].encode(),
@@ -162,7 +162,7 @@ def test_worker_and_tools_over_tls(tls: TlsBroker, tmp_path: Path,
         producer.flush(timeout=10)
         reader = KafkaConsumer(settings.topics.notifications, auto_offset_reset="earliest",
                                enable_auto_commit=False, group_id=None,
-                               **link.kafka_python())
+                               **link.client_options())
         acks: dict[str, dict[str, Any]] = {}
 
         def all_acknowledged() -> bool:

@@ -38,16 +38,15 @@ def _ca(tmp_path: Path) -> Path:
 
 def test_plaintext_is_the_default_and_adds_nothing() -> None:
     link = KafkaLink("127.0.0.1:9092")
-    assert link.kafka_python() == {"bootstrap_servers": "127.0.0.1:9092",
+    assert link.client_options() == {"bootstrap_servers": "127.0.0.1:9092",
                                    "security_protocol": "PLAINTEXT"}
-    assert link.aiokafka() == link.kafka_python()
     assert link.faust_credentials() is None
 
 
 def test_tls_gives_every_client_one_context(tmp_path: Path) -> None:
     ca = _ca(tmp_path)
     link = KafkaLink("broker:9093", KafkaSecurity(security_protocol="SSL", ssl_ca_file=ca))
-    for options in (link.kafka_python(), link.aiokafka()):
+    for options in (link.client_options(),):
         assert options["security_protocol"] == "SSL"
         context = options["ssl_context"]
         assert isinstance(context, ssl.SSLContext)
@@ -59,7 +58,7 @@ def test_tls_gives_every_client_one_context(tmp_path: Path) -> None:
     assert isinstance(link.faust_credentials(), faust.SSLCredentials)
     unchecked = KafkaLink("broker:9093", KafkaSecurity(
         security_protocol="SSL", ssl_ca_file=ca, ssl_check_hostname=False))
-    context = unchecked.kafka_python()["ssl_context"]
+    context = unchecked.client_options()["ssl_context"]
     assert not context.check_hostname
     assert context.verify_mode == ssl.CERT_REQUIRED  # the chain is still checked
 
@@ -74,7 +73,7 @@ def test_sasl_reaches_the_client_objects(tmp_path: Path) -> None:
     from kafka import KafkaConsumer
 
     # (api_version given: the consumer does not ask a broker for it when made.)
-    consumer = KafkaConsumer(**link.kafka_python(), api_version=(2, 8, 0))
+    consumer = KafkaConsumer(**link.client_options(), api_version=(2, 8, 0))
     try:
         assert (consumer.config["security_protocol"], consumer.config["sasl_mechanism"],
                 consumer.config["sasl_plain_username"],
@@ -100,7 +99,7 @@ async def test_aiokafka_takes_the_options() -> None:
     link = KafkaLink("broker:9092", KafkaSecurity(
         security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-256",
         sasl_username="u", sasl_password=SecretStr(PASSWORD)))
-    producer = AIOKafkaProducer(**link.aiokafka())
+    producer = AIOKafkaProducer(**link.client_options())
     client = producer.client
     assert (client._security_protocol, client._sasl_mechanism, client._sasl_plain_username,
             client._sasl_plain_password) == ("SASL_PLAINTEXT", "SCRAM-SHA-256", "u", PASSWORD)
@@ -119,7 +118,7 @@ def test_a_missing_ca_file_is_one_clear_error(tmp_path: Path) -> None:
                                                   ssl_ca_file=tmp_path / "nope.pem"))
     with pytest.raises(UserError, match=r"nope\.pem \(No such file or directory\); check "
                                         "CHURNGUARD_KAFKA__SSL_CA_FILE"):
-        link.kafka_python()
+        link.client_options()
 
 
 def test_a_settings_error_never_echoes_the_password(
