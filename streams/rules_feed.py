@@ -23,7 +23,7 @@ from churnguard.core.pack import RulePack
 from churnguard.metrics import Metrics
 from churnguard.rules.loading import PackFileInvalid, load_pack
 from churnguard.rules.publishing import Published, version_partition
-from connectors.kafka_link import KafkaLink
+from connectors.kafka_link import KafkaLink, link_of
 
 log = structlog.get_logger(__name__)
 
@@ -65,12 +65,12 @@ class PackSwitch:
         return True
 
 
-async def follow(link: KafkaLink, topic: str, switch: PackSwitch, *,
+async def follow(link: KafkaLink | str, topic: str, switch: PackSwitch, *,
                  poll_timeout_ms: int = 500) -> None:
     """Read the topic from its start for as long as the worker runs (a cancelled task)."""
     # An out-of-range position (a topic recreated, a broker that lost its log) reads from the
     # start again: versions already seen are ignored.
-    consumer = AIOKafkaConsumer(**link.client_options(), enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**link_of(link).client_options(), enable_auto_commit=False,
                                 group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     try:
