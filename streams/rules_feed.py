@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from churnguard.core.pack import RulePack
 from churnguard.metrics import Metrics
@@ -26,6 +27,10 @@ from churnguard.rules.publishing import Published, version_partition
 from connectors.kafka_link import KafkaLink, link_of
 
 log = structlog.get_logger(__name__)
+
+# Waits between attempts to start the feed while the brokers do not answer.
+START_RETRY_INITIAL_S = 1.0
+START_RETRY_MAX_S = 30.0
 
 
 class PackSwitch:
@@ -65,14 +70,32 @@ class PackSwitch:
         return True
 
 
+async def _started(link: KafkaLink) -> AIOKafkaConsumer:
+    """A started consumer, however long the brokers take to answer: a broker down when the
+    feed starts (a worker started, or restarted, during an outage) must not end the task,
+    which would crash the worker; once started, aiokafka reconnects by itself."""
+    delay = START_RETRY_INITIAL_S
+    while True:
+        consumer = AIOKafkaConsumer(**link.client_options(), enable_auto_commit=False,
+                                    group_id=None, auto_offset_reset="earliest")
+        try:
+            await consumer.start()
+            return consumer
+        except KafkaError as exc:
+            await consumer.stop()
+            # One line per attempt, at most one every START_RETRY_MAX_S.
+            log.warning("rules_feed_waiting_for_broker", error=type(exc).__name__,
+                        retry_in_s=delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, START_RETRY_MAX_S)
+
+
 async def follow(link: KafkaLink | str, topic: str, switch: PackSwitch, *,
                  poll_timeout_ms: int = 500) -> None:
     """Read the topic from its start for as long as the worker runs (a cancelled task)."""
     # An out-of-range position (a topic recreated, a broker that lost its log) reads from the
     # start again: versions already seen are ignored.
-    consumer = AIOKafkaConsumer(**link_of(link).client_options(), enable_auto_commit=False,
-                                group_id=None, auto_offset_reset="earliest")
-    await consumer.start()
+    consumer = await _started(link_of(link))
     try:
         partitions: set[int] | None = None
         while not partitions:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog.testing
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -571,6 +572,29 @@ async def test_the_feed_survives_a_broker_restart(own_broker: list[EmbeddedBroke
     failure = await _stop(task)
     assert switched, f"the feed did not follow; it ended with {failure!r}"
     assert feed.activated[-1].spec.rules[0].actions[0].template == "after"  # type: ignore[union-attr]
+
+
+async def test_the_feed_waits_for_a_broker_down_when_it_starts(
+    own_broker: list[EmbeddedBroker],
+) -> None:
+    """A worker started (or restarted) during an outage: the feed's first connection
+    fails, and it keeps trying instead of ending (which would crash the worker)."""
+    broker = own_broker[0]
+    settings = Settings(broker=broker.url, topics=TopicNames(rules="late.rules"))
+    broker.kill()
+    feed = Feed(settings.bootstrap, settings.topics.rules)
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(follow(feed.bootstrap, feed.topic, feed.switch))
+        waiting = await feed.until(lambda: any(
+            e["event"] == "rules_feed_waiting_for_broker" for e in logs), 30, task)
+    assert waiting, f"the feed did not wait; it ended with {task.done() and task.exception()!r}"
+    assert not task.done()
+    own_broker.append(await asyncio.to_thread(start_broker, broker.port))
+    await asyncio.to_thread(ensure_topics, settings.bootstrap, [settings.topics.rules], 2)
+    await asyncio.to_thread(_publish, settings, _template("late"))
+    switched = await feed.until(lambda: feed.switch.version == 1, 60, task)
+    failure = await _stop(task)
+    assert switched, f"the feed did not follow; it ended with {failure!r}"
 
 
 def test_a_start_on_an_invalid_newest_version_runs_the_newest_valid(settings: Settings) -> None:
