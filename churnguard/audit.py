@@ -238,15 +238,10 @@ def _detail(entry: AuditEntry) -> str:
 
 def write_entry(bootstrap: KafkaLink | str, topic: str, entry: AuditEntry) -> None:
     """One entry from a command (kafka-python), acknowledged by every in-sync replica."""
-    from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     try:
-        producer = KafkaProducer(**link_of(bootstrap).client_options(), acks="all")
-        try:
-            producer.send(topic, key=entry.key(), value=entry.to_value()).get(timeout=30)
-        finally:
-            producer.close(timeout=5)
+        link_of(bootstrap).send_one(topic, entry.key(), entry.to_value())
     except KafkaError as exc:
         raise UserError(f"audit: the entry ({entry.action}) could not be written to {topic} "
                         f"({type(exc).__name__}); check the broker") from None

@@ -55,7 +55,6 @@ def add_forget_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def run_forget_command(args: argparse.Namespace) -> int:
-    from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     from streams.settings import command_settings
@@ -69,11 +68,7 @@ def run_forget_command(args: argparse.Namespace) -> int:
     key, value = erasure_record(args.customer_id, now)
     link = settings.link
     try:
-        producer = KafkaProducer(**link.client_options(), acks="all")
-        try:
-            producer.send(settings.topics.events, key=key, value=value).get(timeout=30)
-        finally:
-            producer.close(timeout=5)
+        link.send_one(settings.topics.events, key, value)
     except KafkaError as exc:
         raise UserError(f"forget: the erasure could not be written to {settings.topics.events} "
                         f"on {link.bootstrap} ({type(exc).__name__}); {link.unreachable_hint()}"

@@ -34,13 +34,21 @@ MAX_AUDITED_PATH = 256
 
 
 class AccessRefused(Exception):
-    """A request refused for its token: 401 (none, or not a configured one) or 403."""
+    """A request refused for its token: 401 (none, or not a configured one) or 403 (the
+    configured token `token_name`, which lacks the role)."""
 
-    def __init__(self, status: Literal[401, 403], error: str, message: str) -> None:
+    def __init__(self, status: Literal[401, 403], error: str, message: str,
+                 token_name: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
         self.message = message
+        self.token_name = token_name
+
+    def refusal(self, request: web.Request) -> Refusal:
+        """What the audit keeps of this refusal."""
+        return Refusal(self.status, request.method, audited_path(request), self.token_name,
+                       request.remote)
 
     def response(self) -> web.Response:
         return web.Response(
@@ -74,7 +82,7 @@ def authorize(tokens: TokenRegistry, authorization: str | None, role: Role) -> A
     if not token.allows(role):
         raise AccessRefused(
             403, "forbidden", f"token {token.name!r} ({', '.join(token.roles)}) lacks the "
-            f"role {role!r} this needs")
+            f"role {role!r} this needs", token.name)
     return token
 
 
@@ -120,9 +128,7 @@ class AccessPolicy:
                                            role)
         except AccessRefused as refused:
             if self.on_refused is not None:
-                named = self.tokens.from_header(request.headers.get("Authorization"))
-                self.on_refused(Refusal(refused.status, request.method, audited_path(request),
-                                        named.name if named else None, request.remote))
+                self.on_refused(refused.refusal(request))
             return refused.response()
         return await handler(request)
 

@@ -104,6 +104,17 @@ class KafkaLink:
                             "SSL_CERT_FILE, SSL_KEY_FILE and SSL_KEY_PASSWORD") from None
         return context
 
+    def send_one(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """One record, acknowledged by every in-sync replica (a command's write, kafka-python);
+        raises kafka-python's KafkaError."""
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(**self.client_options(), acks="all")
+        try:
+            producer.send(topic, key=key, value=value).get(timeout=30)
+        finally:
+            producer.close(timeout=5)
+
     def _sasl(self) -> dict[str, Any]:
         security = self.security
         if not security.security_protocol.startswith("SASL"):

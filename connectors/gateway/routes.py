@@ -16,7 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from churnguard.access_tokens import AccessToken, Role, TokenRegistry
-from churnguard.http_access import CHALLENGE, AccessRefused, Refusal, audited_path, authorize
+from churnguard.http_access import CHALLENGE, AccessRefused, authorize
 from churnguard.http_listen import metrics_response
 from connectors.gateway.admission import Admitted, admit
 from connectors.gateway.body import BodyRefused, split_events
@@ -169,9 +169,7 @@ class Gateway:
         try:
             return authorize(self.tokens, request.headers.get("Authorization"), role)
         except AccessRefused as refused:
-            named = self.tokens.from_header(request.headers.get("Authorization"))
-            self.audit.refused(Refusal(refused.status, request.method, audited_path(request),
-                                       named.name if named else None, request.remote))
+            self.audit.refused(refused.refusal(request))
             raise Refused(refused.status, refused.error, refused.message,
                           CHALLENGE if refused.status == 401 else None) from None
 
