@@ -93,6 +93,7 @@ class FireTimers:
         advanced = 0
         owned = set(partitions)
         metrics = self.ctx.metrics
+        retired = metrics.customers_retired
         for gone in self._counted - owned:
             self._counted.discard(gone)
             metrics.timers_pending.pop(gone, None)
@@ -126,7 +127,8 @@ class FireTimers:
         self.ctx.metrics.tick_duration.observe(seconds)
         if advanced:
             # One line per tick that did something; never one per customer.
-            log.info("timers_fired", entries=advanced, seconds=round(seconds, 4))
+            log.info("timers_fired", entries=advanced, seconds=round(seconds, 4),
+                     retired=metrics.customers_retired - retired)
         return advanced
 
     async def _tick_partition(self, partition: int, until: float, now: float) -> int:
@@ -148,6 +150,7 @@ class FireTimers:
             if self.insights is not None:
                 self.insights.publish(partition, added)
             self.ctx.metrics.timers_pending[partition] += due_index.entries_delta(result.writes)
+            self.ctx.metrics.customers[partition] += result.new_customers  # (retention)
             if counted is not None:
                 self.ctx.metrics.census[partition] = counted
             self._seek_first(partition)  # where the entries moved: the next tick's due

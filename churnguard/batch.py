@@ -356,13 +356,14 @@ def process_due(
         before = standing(state)  # advance changes the state in place
         outcome = advance(state, until, ctx.engine, noticed_at=noticed_at)
         outputs = _encode(outcome, key, ctx)
-        if outcome.score_changes:  # the latest, as for a batch of events
+        if outcome.score_changes and not outcome.retired:  # the latest, as for events
             outputs.append(Output(ctx.topics.scores, key,
                                   encode_record(outcome.score_changes[-1].to_record())))
         try:
             _check_sizes(outputs, ctx)
-            encoded = state.to_bytes()
-            _check_state(key, encoded, ctx)
+            encoded = None if outcome.retired else state.to_bytes()
+            if encoded is not None:
+                _check_state(key, encoded, ctx)
         except _TooLarge as exc:
             # Nothing of this firing happens: the stored state stays, and its index entry
             # is dropped below (no state to keep it), so the next tick does not retry it;
@@ -380,8 +381,14 @@ def process_due(
         result.outputs += outputs
         result.outcomes += outcome.outcome_records
         result.writes[key] = encoded
-        result.writes.update(due_index.moves(key, due_before[key], state.next_due))
-        moved = change(before, standing(state))  # the score decayed, the segment aged
+        if outcome.retired:
+            # Data retention, after what fired up to it: the customer goes as an erasure
+            # removes one (state, index entry, census place; no score).
+            states[key] = None
+            result.new_customers -= 1
+        after = None if outcome.retired else state.next_due
+        result.writes.update(due_index.moves(key, due_before[key], after))
+        moved = change(before, standing(states[key]))  # decayed, aged, or gone
         if moved is not None:
             result.census[key] = moved
     # An entry that is not the state's current one (or has no state) is stale: drop it, or a
@@ -458,6 +465,7 @@ def _count(outcome: Outcome, metrics: Metrics) -> None:
     metrics.feedback_unmatched += outcome.unmatched_feedback
     metrics.timers_expired += len(outcome.expired)
     metrics.tickets_evicted += len(outcome.evicted_tickets)
+    metrics.customers_retired += outcome.retired  # (from an event: before it, which began afresh)
 
 
 def _check_sizes(outputs: list[Output], ctx: BatchContext) -> None:

@@ -87,6 +87,7 @@ class Metrics:
     timers_fired: int = 0  # actions of time-driven firings
     timers_expired: int = 0  # noticed too late (past the grace, older than the horizon): not fired
     tickets_evicted: int = 0  # oldest open tickets dropped beyond MAX_OPEN_TICKETS a customer
+    customers_retired: int = 0  # removed by data retention (no event for retention_days)
     pack_version: int = 0  # the published rule pack running (0: the shipped default)
     # Due-index entries (customers with a pending timer) per owned partition: counted once
     # when the partition is first ticked, then kept by every write's delta.
@@ -159,6 +160,7 @@ class Metrics:
             "timers_fired": self.timers_fired,
             "timers_expired": self.timers_expired,
             "tickets_evicted": self.tickets_evicted,
+            "customers_retired": self.customers_retired,
             "pack_version": self.pack_version,
             "rule_packs_refused": self.rule_packs_refused,
             "rebalances": self.rebalances,

@@ -82,7 +82,9 @@ def replay(
             if outcomes is not None:
                 outcomes.extend(outcome.outcome_records)
             yield from outcome.actions
-            if state.next_due is not None:
+            if outcome.retired:
+                del states[customer]  # data retention, as a worker's tick removes it
+            elif state.next_due is not None:
                 heapq.heappush(dues, (state.next_due, customer))
 
     for event in events:

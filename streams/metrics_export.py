@@ -134,6 +134,9 @@ class WorkerCollector(Collector):
                        "Firings noticed too late to act on: timer occurrences past their "
                        "grace, rules of events older than the backfill horizon", [],
                        {(): m.timers_expired})
+        yield _counter("customers_retired",
+                       "Customers removed from state by data retention: no event for the rule "
+                       "pack's retention_days", [], {(): m.customers_retired})
         yield _counter("rebalances", "Partition assignments received", [], {(): m.rebalances})
         yield _counter("failed_batches", "Batches that failed and were read again", [],
                        {(): m.failed_batches})
@@ -151,7 +154,9 @@ class WorkerCollector(Collector):
         for rule_id, histogram in sorted(m.latency.items()):
             latency.add_metric([rule_id], histogram.cumulative(), histogram.total)
         yield latency
-        yield _gauge("timers_pending", "Customers with a pending timer", ["partition"],
+        yield _gauge("timers_pending",
+                     "Customers with something due: a timer, or at the latest their data "
+                     "retention", ["partition"],
                      {(str(p),): n for p, n in view.timers_pending.items()})
         yield _gauge("table_recovery_remaining_records",
                      "Changelog records still to restore", ["partition"],

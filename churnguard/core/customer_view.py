@@ -27,6 +27,7 @@ from typing import Any
 from churnguard.core.clock import HOUR, day_number, rfc3339
 from churnguard.core.outcomes import FLAGS
 from churnguard.core.pack import RulePack
+from churnguard.core.rules import retention_due
 from churnguard.core.scoring import band_of
 from churnguard.core.state import (
     LOGIN_WINDOW_DAYS,
@@ -75,6 +76,7 @@ def customer_view(
             "first_purchase_at": _time(state.first_purchase_at),
             "last_purchase_at": _time(state.last_purchase_at),
             "last_active_at": _time(state.last_active_at),
+            "last_event_at": _time(state.last_event_at),
             "purchases_90d": count_in_window(state.purchase_days, today, PURCHASE_WINDOW_DAYS),
             "logins_30d": count_in_window(state.login_days, today, LOGIN_WINDOW_DAYS),
             # At most CLOSED_TICKETS_KEPT are remembered (duplicate detection only).
@@ -93,6 +95,8 @@ def customer_view(
         "actions": [_action(logged) for logged in reversed(state.actions_log)],
         "open_episodes": [_episode(episode) for episode in state.episodes],
         "next_due": _time(state.next_due),
+        # When data retention removes the customer unless an event comes first.
+        "retained_until": _time(retention_due(pack, state)),
     }
     if personal:
         view["personal"] = {"birthday": state.birthday}

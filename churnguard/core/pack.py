@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from churnguard.core.clock import HOUR, ZoneName
+from churnguard.core.clock import DAY, HOUR, ZoneName
 from churnguard.core.conditions import (
     ALWAYS,
     Condition,
@@ -58,6 +58,9 @@ PRIORITIES = ("urgent", "high", "normal", "low")
 MAX_RULES = 500
 # The longest backfill horizon a pack may set: ten years.
 BACKFILL_HORIZON_MAX_HOURS = 24 * 3660
+# Three years, the default; at most a hundred.
+RETENTION_DAYS = 3 * 365
+RETENTION_MAX_DAYS = 36_500
 # Problems reported at most (after the first ones, fixing them is the next step anyway).
 MAX_PROBLEMS = 200
 # Names of rules, segments, tags in triggers and custom events.
@@ -242,6 +245,9 @@ class _Settings(_Spec):
     # it builds state, score, segment and KPIs, but its event-driven rules expire unfired —
     # as a timer noticed past its grace does — so old history never messages a customer.
     backfill_horizon_hours: float = Field(72, gt=0, le=BACKFILL_HORIZON_MAX_HOURS)
+    # Data retention: a customer with no event for this many days is removed from state by
+    # the tick (processor.advance), as an erasure removes one; None keeps customers forever.
+    retention_days: int | None = Field(RETENTION_DAYS, ge=1, le=RETENTION_MAX_DAYS)
     rules: list[Any] = Field(max_length=MAX_RULES)
 
     @field_validator("ticket_sla_hours")
@@ -339,6 +345,8 @@ class RulePack:
     guarded: bool
     # backfill_horizon_hours in seconds: compared once per event (processor.apply_event).
     backfill_horizon: float
+    # retention_days in seconds (None: kept forever): rules.retention_due.
+    retention: float | None = None
     # Rules by the signal that fires them (event triggers) or may make them due (timers:
     # triggers.moved_by), and the ones metrics fire: evaluate visits only what can fire.
     by_signal: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
@@ -692,6 +700,7 @@ def _assemble(spec: PackSpec, rules: list[Rule]) -> RulePack:
         kpis=spec.kpis,
         guarded=bool(spec.guards.frequency_caps) or spec.guards.quiet_hours is not None,
         backfill_horizon=spec.backfill_horizon_hours * HOUR,
+        retention=None if spec.retention_days is None else spec.retention_days * DAY,
         by_signal={signal: tuple(group) for signal, group in by_signal.items()},
         thresholds=tuple((r, r.spec.trigger) for r in enabled
                          if isinstance(r.spec.trigger, ThresholdTrigger)),

@@ -36,6 +36,7 @@ from churnguard.core.rules import (
     next_due_after_activity,
     prime,
     release_deferred,
+    retention_due,
     start_anniversaries,
 )
 from churnguard.core.scoring import Health, health
@@ -124,6 +125,10 @@ class Outcome:
     unmatched_feedback: int = 0
     # Ticket comments as the terms that may be counted (core/feedback.py): never encoded.
     comments: list[CommentTerms] = field(default_factory=list)
+    # Data retention removed the customer (advance: no event for the pack's retention_days).
+    # From advance, `state` is what was removed: the shell deletes it. From apply_event, the
+    # event then started a fresh customer, which `state` is.
+    retired: bool = False
 
     @property
     def score_record(self) -> dict[str, Any] | None:
@@ -147,8 +152,7 @@ def apply_event(
     state, score and segment are applied all the same). Replay leaves it None: in event
     time nothing is ever late."""
     if state is None:
-        state = CustomerState(customer_id=event.customer_id, due_pack=engine.pack.fingerprint)
-        prime(engine.pack, state)
+        state = _fresh(event, engine)
     if source is not None and state.offsets.get(source[0], -1) >= source[1]:
         return Outcome(state, duplicate=True)  # redelivered after a restart: already applied
     if source is not None:
@@ -170,7 +174,16 @@ def apply_event(
     due = state.next_due
     outcome = (Outcome(state) if due is None or due > until
                else advance(state, until, engine, noticed_at=noticed_at))
+    if outcome.retired:
+        # Inactive past the retention before this event (no tick removed it yet): what fired
+        # up to then stands, and the event starts a fresh customer, as after a tick's removal.
+        outcome.state = state = _fresh(event, engine)
+        if source is not None:
+            state.offsets[source[0]] = source[1]
+        remember(state.seen, event.event_id, engine.dedup_window)
     state.clock = max(state.clock, horizon)
+    last = state.clock if state.last_event_at is None else state.last_event_at
+    state.last_event_at = max(last, occurred)
     bound, first_purchase = state.next_due, state.first_purchase_at
     memory = (tuple(state.armed), len(state.deferred), len(state.episodes))
     signals = _apply(state, event, occurred, engine, outcome)
@@ -207,6 +220,12 @@ def apply_event(
     return outcome
 
 
+def _fresh(event: Event, engine: Engine) -> CustomerState:
+    state = CustomerState(customer_id=event.customer_id, due_pack=engine.pack.fingerprint)
+    prime(engine.pack, state)
+    return state
+
+
 # Events that only add activity (a first purchase and changed memory are checked apart).
 # By type, not by signal: a repeated close rates a ticket (the service score falls) with
 # no signal, and feedback raises none.
@@ -215,6 +234,10 @@ _ACTIVITY = (Login, Purchase)
 
 def exact_due(pack: RulePack, state: CustomerState) -> None:
     """next_due recomputed under `pack`, and the pack recorded with it (state.due_pack)."""
+    if state.last_event_at is None:
+        # Stored before the field existed: its clock (at least its latest event) from now
+        # on, or every timer firing would move its retention later.
+        state.last_event_at = state.clock
     state.next_due = next_due(pack, state)
     state.due_pack = pack.fingerprint
     state._due_exact = True
@@ -225,7 +248,8 @@ def advance(
 ) -> Outcome:
     """Fire everything due up to `until`, each at its own due time (the customer's clock
     moves to it), so live ticks, late events and replays produce the same actions. A live
-    tick passes its wall clock as `noticed_at` (see apply_event)."""
+    tick passes its wall clock as `noticed_at` (see apply_event). When the customer's
+    retention comes, it stops there: the outcome is `retired` (the shell deletes the state)."""
     outcome = Outcome(state)
     # Kept by every transition (apply_event and this loop): no recomputation when nothing
     # is due, which is the common case on the hot path. It may be a lower bound (after an
@@ -242,6 +266,11 @@ def advance(
                 # (fires at its own time, as a replay under that pack would).
                 due = state.next_due
                 continue
+        retained = retention_due(engine.pack, state)
+        if retained is not None and due >= retained:
+            # (Nothing else of this moment fires: the customer is gone.)
+            outcome.retired = True
+            return outcome
         state.clock = max(state.clock, due)
         previous = state.segment
         signals: frozenset[str] = frozenset()

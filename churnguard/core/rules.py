@@ -247,8 +247,8 @@ def prime(pack: RulePack, state: CustomerState) -> None:
 def next_due(pack: RulePack, state: CustomerState) -> float | None:
     """The earliest moment something happens with no new event: a timer occurrence, the
     score decaying below an armed `health_score below` threshold, (when a rule watches
-    segments) the recency grade changing, a deferred action's release, or a win-back
-    episode's window ending."""
+    segments) the recency grade changing, a deferred action's release, a win-back
+    episode's window ending, or data retention removing the customer."""
     dues: list[float] = []
     sla = pack.ticket_sla_hours
     for rule, timer in pack.timers:
@@ -270,7 +270,20 @@ def next_due(pack: RulePack, state: CustomerState) -> float | None:
     if state.episodes:
         # A win-back episode's window ends with time alone (KPIs: it expires).
         dues.append(min(e.ends_at for e in state.episodes))
+    retained = retention_due(pack, state)
+    if retained is not None:
+        dues.append(retained)
     return min(dues, default=None)
+
+
+def retention_due(pack: RulePack, state: CustomerState) -> float | None:
+    """When data retention removes this customer: the pack's retention after its latest
+    event (processor.advance). An event only moves it later, so a lower bound kept after
+    one (next_due_after_activity) stays one."""
+    if pack.retention is None:
+        return None
+    last = state.last_event_at
+    return (state.clock if last is None else last) + pack.retention
 
 
 def next_due_after_activity(
@@ -283,7 +296,11 @@ def next_due_after_activity(
     higher at every later moment, so its crossing of a threshold is not sought again here
     (that search is the costliest part of next_due): `advance` asks next_due what is really
     due when the bound comes."""
-    dues = [] if bound is None else [bound]
+    if bound is None:  # (a fresh customer: not even its retention was due yet)
+        retained = retention_due(pack, state)
+        dues = [] if retained is None else [retained]
+    else:
+        dues = [bound]
     for rule, timer in pack.timers:
         if isinstance(timer, InactivityTrigger):
             due = earliest_due(rule.id, timer, state, sla_hours=pack.ticket_sla_hours,

@@ -4,7 +4,7 @@ once per batch per customer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 import orjson
@@ -134,6 +134,10 @@ class CustomerState:
     seen: list[str] = field(default_factory=list)
     # Source topic -> last applied offset: a redelivered record changes nothing.
     offsets: dict[str, int] = field(default_factory=dict)
+    # The latest occurred_at of any event applied (timers do not move it): data retention
+    # removes a customer the pack's retention_days after it (rules.retention_due). None in
+    # states stored before it existed: their clock stands in (never earlier than it was).
+    last_event_at: float | None = None
     # Not state (no argument, not compared, not stored): the actions log as the codec last
     # read or wrote it, its entries and their stored bytes, so that to_bytes does not encode
     # an unchanged log again (about half the writes: a batch that sent the customer nothing).
@@ -153,8 +157,10 @@ class CustomerState:
 
     def to_json_bytes(self) -> bytes:
         """The JSON form every state had before format 1, which workers on older code read
-        (their only one). Nothing stores it now: for tests of old states and diagnostics."""
-        return orjson.dumps(self, option=orjson.OPT_NON_STR_KEYS, default=_as_list)
+        (their only one; CHURNGUARD_STATE_FORMAT=json during a rolling upgrade). Fields
+        added since are left out: such a worker builds its state from every key it finds."""
+        data = {name: getattr(self, name) for name in _JSON_FIELDS}
+        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS, default=_as_list)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CustomerState:
@@ -187,6 +193,11 @@ class CustomerState:
         if data.get("score_trend"):
             data["score_trend"] = [tuple(entry) for entry in data["score_trend"]]
         return cls(**data)
+
+
+# The fields of the JSON form: not those added after format 1 (read back as their defaults).
+_JSON_FIELDS = tuple(f.name for f in fields(CustomerState)
+                     if f.init and f.name != "last_event_at")
 
 
 def _logged_action(entry: list[Any]) -> LoggedAction:

@@ -1,8 +1,8 @@
 """The stored form of a customer state (RocksDB and the changelog): `encode` and `decode`,
 behind CustomerState.to_bytes and from_bytes.
 
-Format 1: the byte FORMAT_1, then a MessagePack array of the fields in _Wire's order, with
-no names (msgspec; issue 13: a third of the JSON form's bytes, read two to three times
+Format 2 (written): the byte FORMAT_2, then a MessagePack array of the fields in _Wire's
+order, with no names (msgspec; issue 13: a third of the JSON form's bytes, read two to three times
 faster). Within it: an open ticket is [opened_at, priority, category]; the actions log
 and the episodes are stored by column, a column whose rows all hold one value as that
 value once; a run of action ids (32 lowercase hex digits, core/rules.action_id) is one
@@ -20,7 +20,8 @@ changelog, and a rolling upgrade has workers on both sides of a change):
   (StateFormatError) instead of dropping the field it does not know or reading an index
   it does not know as a string. Deploy the readers first (see docs/design.md;
   CHURNGUARD_STATE_FORMAT=json keeps writing JSON while older workers run).
-- A JSON state (first byte "{", every state written before format 1) still decodes.
+- A JSON state (first byte "{", every state written before format 1) still decodes, and
+  so does format 1 (format 2 less its last field, last_event_at: it decodes as None).
 """
 
 from __future__ import annotations
@@ -45,15 +46,15 @@ class StateFormatError(ValueError):
 
 
 def encode(state: CustomerState) -> bytes:
-    """The state in the format written (`write_format`): format 1 unless a rolling upgrade
-    from a version that reads JSON only is under way."""
+    """The state in the format written (`write_format`): format 2 unless a rolling upgrade
+    from a version that cannot read it is under way."""
     return _write(state)
 
 
 def decode(raw: bytes) -> CustomerState:
-    """A stored state, of either format: binary (format 1) or JSON (older states)."""
+    """A stored state, of any format: binary (formats 1 and 2) or JSON (older states)."""
     head = raw[:1]
-    if head == FORMAT_1:
+    if head in _BINARY:
         return _decode(raw)
     if head == b"{":
         return CustomerState.from_json(raw)
@@ -69,6 +70,10 @@ def write_format(name: StateFormat) -> None:
 
 
 FORMAT_1 = b"\x01"
+# Format 2: format 1 with last_event_at appended (data retention). Written from its first
+# release on; format 1 is still read (a worker on older code refuses a format 2 state).
+FORMAT_2 = b"\x02"
+_BINARY = frozenset({FORMAT_1, FORMAT_2})
 
 # Common strings: the default pack's rule ids, segments, tiers, action types, channels,
 # priorities, coupon kinds, KPI arms, task queues and mark values. APPEND-ONLY, FOREVER (see
@@ -121,7 +126,7 @@ _EpisodeColumns = tuple[
 
 
 class _Wire(msgspec.Struct, array_like=True, gc=False):
-    """Format 1's layout (see above: append-only)."""
+    """The layout of formats 1 and 2 (see above: append-only)."""
 
     customer_id: str
     clock: _Num
@@ -161,6 +166,8 @@ class _Wire(msgspec.Struct, array_like=True, gc=False):
     episodes: _EpisodeColumns | None
     seen: list[str]
     offsets: dict[str, int]
+    # Format 2: appended (a format 1 state, one field shorter, decodes with the default).
+    last_event_at: _Num | None = None
 
 
 _FIELDS = _Wire.__struct_fields__
@@ -284,11 +291,11 @@ def score_and_segment(raw: bytes) -> tuple[float | None, str | None]:
     """A stored state's score and segment (either format) without building the state: the
     census scan reads every state of a partition."""
     head = raw[:1]
-    if head == FORMAT_1:
+    if head in _BINARY:
         try:
             found = _head_decoder.decode(memoryview(raw)[1:])
         except msgspec.MsgspecError as exc:
-            raise StateFormatError(f"corrupt customer state (format 1): {exc}") from exc
+            raise StateFormatError(f"corrupt customer state (format {raw[0]}): {exc}") from exc
         return found.score, _word_at(found.segment, found.segment)
     if head == b"{":
         data = orjson.loads(raw)
@@ -327,7 +334,7 @@ def _encode(state: CustomerState) -> bytes:
         stored = state._stored_log = tuple(log), _encoder.encode(_ACTIONS.encode(log))
     values[_ACTIONS_LOG] = msgspec.Raw(stored[1])
     values[_EPISODE_LIST] = _EPISODES.encode(state.episodes)
-    return FORMAT_1 + _encoder.encode(values)
+    return FORMAT_2 + _encoder.encode(values)
 
 
 def _decode(raw: bytes) -> CustomerState:
@@ -358,7 +365,7 @@ def _decode(raw: bytes) -> CustomerState:
         log = values[_ACTIONS_LOG] = _ACTIONS.decode(_actions_decoder.decode(stored_log))
         values[_EPISODE_LIST] = _EPISODES.decode(wire.episodes)
     except (msgspec.MsgspecError, ValueError, LookupError) as exc:
-        raise StateFormatError(f"corrupt customer state (format 1): {exc}") from exc
+        raise StateFormatError(f"corrupt customer state (format {raw[0]}): {exc}") from exc
     state = CustomerState(*_as_arguments(values))
     state._stored_log = tuple(log), stored_log
     return state

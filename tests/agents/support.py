@@ -18,7 +18,8 @@ import orjson
 from faust.types import TP
 
 from churnguard import due_index
-from churnguard.core.clock import rfc3339
+from churnguard.core.clock import DAY, rfc3339
+from churnguard.core.pack import RETENTION_DAYS
 from churnguard.core.state import CustomerState
 from streams.batch_path import SourceRecord
 from streams.settings import TopicNames
@@ -26,6 +27,8 @@ from tables.state_store import OutputRecord
 
 # 2024-03-01T12:00:00Z, as in the unit tests.
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC).timestamp()
+# The default pack's data retention, in seconds: every customer's last due.
+RETAINED = RETENTION_DAYS * DAY
 TOPICS = TopicNames()
 
 _DEFAULTS: dict[str, dict[str, Any]] = {

@@ -9,7 +9,7 @@ import pytest
 from churnguard import due_index
 from churnguard.core.clock import DAY, HOUR, rfc3339
 from churnguard.core.rules import action_id
-from tests.agents.support import T0, TOPICS, batch_of, emitted
+from tests.agents.support import RETAINED, T0, TOPICS, batch_of, emitted
 
 
 @pytest.fixture
@@ -104,12 +104,14 @@ async def test_sla_breach_fires_once_at_its_due_time_and_moves_the_index(
     assert await fire_timers.tick([0]) == 1
     last = fake.writes[-1]
     assert [orjson.loads(o.value) for o in emitted(last)] == [sla_breach("c1", "T2", T0 + HOUR)]
+    retained = due_index.due_key(T0 + HOUR + RETAINED, b"c1")  # (its last event's)
     assert last.items == {
         b"c1": fake.data[0][b"c1"],
-        due_index.due_key(T0 + 5 * HOUR, b"c1"): None,  # nothing pending: no new entry
+        due_index.due_key(T0 + 5 * HOUR, b"c1"): None,
+        retained: due_index.ENTRY,  # no timer pending: only its data retention
     }
-    assert fake.index(0) == []
-    assert fake.state(0, "c1").next_due is None
+    assert fake.index(0) == [retained]
+    assert fake.state(0, "c1").next_due == T0 + HOUR + RETAINED
     assert metrics.actions[("ticket_sla_breach", "task")] == 2
     assert metrics.timers_expired == 0
 
@@ -127,7 +129,7 @@ async def test_a_redone_tick_does_not_fire_again(open_urgent, fire_timers, fake,
     [write] = fake.writes[writes_before:]
     assert emitted(write) == []
     assert write.items == {b"c1": fake.data[0][b"c1"], entry: None}
-    assert fake.index(0) == []
+    assert fake.index(0) == [due_index.due_key(T0 + RETAINED, b"c1")]
 
 
 async def test_a_tick_reads_only_the_partitions_it_is_given(
@@ -140,8 +142,9 @@ async def test_a_tick_reads_only_the_partitions_it_is_given(
 
     assert await fire_timers.tick([2, 0]) == 2
     assert [s[0] for s in fake.scans[scans_before:]] == [0, 0, 0, 2, 2, 2]
-    # Counted 1 each, and the fired SLA breach left no pending timer behind.
-    assert metrics.timers_pending == {0: 0, 1: 1, 2: 0}  # 1: counted by its writes
+    # Counted 1 each; the fired SLA breach left only the customer's data retention behind.
+    assert metrics.timers_pending == {0: 1, 1: 1, 2: 1}  # 1: counted by its writes
+    assert fake.index(0) == [due_index.due_key(T0 + RETAINED, b"a")]
     written = fake.writes[writes_before:]
     assert [w.partition for w in written] == [0, 2]
     assert [[(o.key, o.partition) for o in emitted(w)] for w in written] == [
@@ -152,7 +155,7 @@ async def test_a_tick_reads_only_the_partitions_it_is_given(
 
     assert await fire_timers.tick([1]) == 1
     assert [(o.key, o.partition) for o in emitted(fake.writes[-1])] == [(b"b", 1)]
-    assert metrics.timers_pending == {1: 0}  # 0 and 2 are not owned any more
+    assert metrics.timers_pending == {1: 1}  # 0 and 2 are not owned any more
     assert await fire_timers.tick([]) == 0
     assert await fire_timers.tick([0, 1, 2]) == 0
 
@@ -172,7 +175,8 @@ async def test_limit_bounds_the_customers_per_partition_and_tick(
         (0, [b"early"]), (1, [b"other"]),
     ]
     assert {s[3] for s in fake.scans} == {1}
-    assert fake.index(0) == [due_index.due_key(T0 + 5 * HOUR, b"late")]
+    assert fake.index(0) == [due_index.due_key(T0 + 5 * HOUR, b"late"),
+                             due_index.due_key(T0 + RETAINED, b"early")]
 
     assert await timers.tick([0, 1]) == 1
     assert [o.key for o in emitted(fake.writes[-1])] == [b"late"]
@@ -222,9 +226,10 @@ async def test_a_tick_late_beyond_grace_expires_the_occurrence(
     assert ("ticket_sla_breach", "task") not in metrics.actions
     state = fake.state(0, "c1")
     assert state.marks == {"ticket_sla_breach:T1": "done"}
-    assert state.next_due is None
+    assert state.next_due == T0 + RETAINED
     assert write.items == {
         b"c1": fake.data[0][b"c1"], due_index.due_key(T0 + 4 * HOUR, b"c1"): None,
+        due_index.due_key(T0 + RETAINED, b"c1"): due_index.ENTRY,
     }
     assert await fire_timers.tick([0]) == 0
     assert metrics.timers_expired == 1

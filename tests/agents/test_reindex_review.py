@@ -21,7 +21,7 @@ from churnguard.core.pack import build_pack
 from churnguard.core.state import CustomerState
 from churnguard.core.validation import Rejected, parse_event
 from churnguard.engine import build_engine
-from tests.agents.support import T0, TOPICS, actions, batch_of
+from tests.agents.support import RETAINED, T0, TOPICS, actions, batch_of
 from tests.unit.packs import default_data
 
 
@@ -189,10 +189,11 @@ async def test_customers_created_during_the_reindex_and_states_without_a_due(
 ):
     customers = [f"c{n:03d}" for n in range(20)]
     await tickets(customers)
-    # A customer with no due at all under the old pack (a profile without dates).
+    # A customer with no timer under the old pack (a profile without dates): only its data
+    # retention is due.
     await score_events(batch_of(rec(TOPICS.profiles, 0, int(T0 * 1000), customer="b-none",
                                     event_id="x", tags=["x"])))
-    assert fake.state(0, "b-none").next_due is None
+    assert fake.state(0, "b-none").next_due == T0 + RETAINED
     ctx.engine = build_engine(settings, _pack(1, sla_urgent=2, extra_rules=[{
         "id": "after_custom", "trigger": {"on": "after", "anchor": "first_purchase",
                                           "days": 1},
@@ -206,8 +207,8 @@ async def test_customers_created_during_the_reindex_and_states_without_a_due(
     dues = _dues(fake)
     assert dues["a-new"] == dues["z-new"] == T0 + 3 * HOUR
     assert all(dues[c] == T0 + 2 * HOUR for c in customers)
-    assert "b-none" not in dues
-    assert fake.state(0, "b-none").next_due is None
+    assert dues["b-none"] == T0 + RETAINED
+    assert fake.state(0, "b-none").next_due == T0 + RETAINED
 
 
 async def test_a_restart_on_a_published_version_without_a_cursor_reindexes(

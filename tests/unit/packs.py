@@ -8,6 +8,8 @@ from functools import cache
 from typing import Any
 
 from churnguard.core.pack import RulePack, build_pack
+from churnguard.core.rules import next_due, retention_due
+from churnguard.core.state import CustomerState
 from churnguard.rules.loading import default_pack_text
 from churnguard.rules.yaml_file import read_yaml
 
@@ -24,6 +26,14 @@ def default_data() -> dict[str, Any]:
 
 
 DEFAULT_RULES = tuple(rule["id"] for rule in _default()["rules"])
+
+
+def only_retention_due(pack: RulePack, state: CustomerState) -> bool:
+    """Nothing is pending for this customer but its data retention (the stored next_due
+    may be a lower bound: what is really due is computed)."""
+    retained = retention_due(pack, state)
+    return (retained is not None and next_due(pack, state) == retained
+            and state.next_due is not None and state.next_due <= retained)
 
 
 def pack_data(

@@ -78,6 +78,7 @@ def test_lifetime_figures_score_and_segment(story, engine, t0):
         "first_purchase_at": rfc3339(t0 + HOUR),
         "last_purchase_at": rfc3339(t0 + HOUR),
         "last_active_at": rfc3339(t0 + 20 * DAY),
+        "last_event_at": rfc3339(t0 + 20 * DAY),
         "purchases_90d": 1,
         "logins_30d": 1,
         "closed_tickets_kept": 1,
@@ -91,6 +92,7 @@ def test_lifetime_figures_score_and_segment(story, engine, t0):
     assert view["segment"] == state.segment
     assert view["rfm"] == dict(zip("rfm", state.rfm, strict=True))
     assert view["next_due"] == rfc3339(state.next_due)
+    assert view["retained_until"] == rfc3339(t0 + 20 * DAY + 1095 * DAY)  # (data retention)
     # The windows are counted at `now`: 120 days on, the purchase and the login are out.
     later = customer_view(state, engine.pack, now=t0 + 120 * DAY)["lifetime"]
     assert (later["purchases_90d"], later["logins_30d"]) == (0, 0)

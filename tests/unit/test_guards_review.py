@@ -20,7 +20,7 @@ from churnguard.core.processor import Engine, advance, apply_event
 from churnguard.core.state import CustomerState
 from churnguard.replay import replay
 from schemas.events import MODEL_BY_TYPE, Event
-from tests.unit.packs import default_data
+from tests.unit.packs import default_data, only_retention_due
 
 _ids = itertools.count()
 
@@ -228,7 +228,7 @@ def test_a_deferred_action_is_released_once_whatever_the_pieces(round_trip):
     assert [(a.action_id, a.created_at) for a in run.actions] == [
         (deferred.action_id, "2026-03-02T09:00:00Z")]
     assert run.state.deferred == []
-    assert run.state.next_due is None
+    assert only_retention_due(run.engine.pack, run.state)
 
 
 def test_an_event_during_quiet_hours_neither_releases_nor_duplicates_the_deferred_action():
@@ -430,7 +430,8 @@ def test_a_cooldown_on_a_timer_consumes_the_occurrence():
     assert [a.created_at for a in run.actions] == [rfc3339(start + DAY)]
     assert [(s.reason, s.created_at) for s in run.suppressed] == [
         ("cooldown", rfc3339(start + 2.5 * DAY))]
-    assert run.state.next_due is None  # not retried at the end of the cooldown
+    # Not retried at the end of the cooldown.
+    assert only_retention_due(run.engine.pack, run.state)
     run(_event("login", start + 11 * DAY, channel="web"))
     run.advance(start + 13 * DAY)
     assert [a.created_at for a in run.actions][-1] == rfc3339(start + 12 * DAY)

@@ -13,7 +13,7 @@ from churnguard.core.pack import PackInvalid, RuleSpec, ThresholdTrigger, build_
 from churnguard.core.processor import advance, apply_event
 from churnguard.core.rules import action_id, next_due
 from streams.codecs import encode_action
-from tests.unit.packs import make_pack, pack_data, rules_only
+from tests.unit.packs import make_pack, only_retention_due, pack_data, rules_only
 
 CONTRACT_FIELDS = [
     "action_id", "type", "customer_id", "rule_id", "rule_version", "pack_version", "created_at",
@@ -228,7 +228,8 @@ def test_no_winback_for_a_customer_never_at_60(winback_feed, event_factory):
     feed = winback_feed
     for day in range(12):
         feed(event_factory("login", day=day))  # at most 0 + 30 + 24 = 54
-    assert feed.state().next_due is None  # nothing to decay below: no crossing ahead
+    # Nothing to decay below: no crossing ahead.
+    assert only_retention_due(feed.engine.pack, feed.state())
     feed(event_factory("login", day=60))
     assert feed.state().score < 60
     assert feed.all_actions() == []
@@ -248,7 +249,7 @@ def test_winback_not_again_while_staying_below(winback_feed, event_factory, t0):
     for day in (50, 100):  # the window (from the crossing on day 16) is over
         assert feed(event_factory("login", day=day)) == []
         assert feed.state().episodes == []
-        assert feed.state().next_due is None
+        assert only_retention_due(feed.engine.pack, feed.state())
     assert feed.state().score < 60
 
 

@@ -5,6 +5,7 @@ and a realistic state is several times smaller than its JSON."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import fields
 from typing import Any
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from churnguard.census import standing, standing_of_raw
 from churnguard.core import state_codec as state_module
 from churnguard.core.state import CustomerState, Episode, LoggedAction, OpenTicket
-from churnguard.core.state_codec import FORMAT_1, StateFormatError, score_and_segment
+from churnguard.core.state_codec import FORMAT_1, FORMAT_2, StateFormatError, score_and_segment
 from churnguard.engine import build_engine
 from churnguard.replay import replay
 from streams.settings import Settings
@@ -116,6 +117,7 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "episodes": rows(episodes, len(Episode._fields), 4),
     "seen": st.lists(st.text(max_size=12), max_size=4),
     "offsets": st.dictionaries(st.text(max_size=8), ints, max_size=3),
+    "last_event_at": st.none() | nums,
 }
 states = st.builds(CustomerState, **FIELDS)
 
@@ -136,7 +138,7 @@ def exact(state: CustomerState) -> str:
 @given(states)
 def test_any_state_round_trips_exactly(state):
     raw = state.to_bytes()
-    assert raw[:1] == FORMAT_1
+    assert raw[:1] == FORMAT_2
     decoded = CustomerState.from_bytes(raw)
     assert decoded == state
     assert exact(decoded) == exact(state)
@@ -224,7 +226,7 @@ def test_realistic_states_round_trip_and_are_far_smaller_than_json(busy_states):
     for state in busy_states:
         decoded = CustomerState.from_bytes(state.to_bytes())
         assert exact(decoded) == exact(state)
-        assert CustomerState.from_bytes(state.to_json_bytes()) == state
+        assert CustomerState.from_bytes(state.to_json_bytes()) == without_new_fields(state)
     assert all(b < j for b, j in zip(binary, json, strict=True))
     # About a third of the JSON's bytes (measured here: 0.35 at the median, 0.35 for the
     # busiest, 50 actions; the 100,000-event workload's median: 0.32).
@@ -243,13 +245,19 @@ def test_the_census_reads_both_forms(busy_states):
 
 # --- JSON states (every state stored before format 1) ------------------------------------
 
+def without_new_fields(state: CustomerState) -> CustomerState:
+    """The state as the JSON form keeps it: without the fields added after format 1."""
+    return dataclasses.replace(state, last_event_at=None)
+
+
 def test_a_json_state_decodes_and_is_stored_binary_after(busy_states):
     state = busy_states[-1]
+    assert state.last_event_at is not None
     decoded = CustomerState.from_bytes(state.to_json_bytes())
-    assert decoded == state
+    assert decoded == without_new_fields(state)
     assert all(isinstance(entry, LoggedAction) for entry in decoded.actions_log)
     rewritten = decoded.to_bytes()
-    assert rewritten[:1] == FORMAT_1
+    assert rewritten[:1] == FORMAT_2
     assert exact(CustomerState.from_bytes(rewritten)) == exact(decoded)
 
 
@@ -305,7 +313,7 @@ def test_json_actions_of_fewer_fields_decode(busy_states):
 
 # --- what is no state of a known format ---------------------------------------------------
 
-@pytest.mark.parametrize("raw", [b"", b"\x00", b"\x02" + b"\x90", b"[1, 2]", b"\xff"])
+@pytest.mark.parametrize("raw", [b"", b"\x00", b"\x03" + b"\x90", b"[1, 2]", b"\xff"])
 def test_an_unknown_first_byte_is_refused_clearly(raw):
     with pytest.raises(StateFormatError, match="not a customer state of a known format"):
         CustomerState.from_bytes(raw)
@@ -316,8 +324,8 @@ def test_an_unknown_first_byte_is_refused_clearly(raw):
 def test_a_newer_format_is_refused_with_its_first_byte():
     """A worker on this code that reads a state of a later format (another worker, already
     upgraded, wrote it) fails loudly: readers are deployed first."""
-    raw = b"\x02" + CustomerState(customer_id="c1").to_bytes()[1:]
-    with pytest.raises(StateFormatError, match=r"b'\\x02'.*newer churnguard"):
+    raw = b"\x03" + CustomerState(customer_id="c1").to_bytes()[1:]
+    with pytest.raises(StateFormatError, match=r"b'\\x03'.*newer churnguard"):
         CustomerState.from_bytes(raw)
 
 
@@ -416,4 +424,15 @@ def test_json_is_written_while_a_rolling_upgrade_needs_it_and_both_are_read() ->
         state_module.write_format("binary")
     assert written[:1] == b"{"
     assert CustomerState.from_bytes(written) == state == CustomerState.from_bytes(binary)
-    assert state.to_bytes()[:1] == FORMAT_1
+    assert state.to_bytes()[:1] == FORMAT_2
+
+
+def test_a_format_1_state_decodes_without_its_last_event_time(busy_states):
+    """Format 1 is format 2 less its last field: a state stored before data retention
+    decodes with last_event_at None (its clock then stands in: core/rules.retention_due)."""
+    state = busy_states[-1]
+    values = msgspec.msgpack.decode(state.to_bytes()[1:])
+    old = FORMAT_1 + msgspec.msgpack.encode(values[:-1])
+    decoded = CustomerState.from_bytes(old)
+    assert exact(decoded) == exact(without_new_fields(state))
+    assert score_and_segment(old) == (state.score, state.segment)
