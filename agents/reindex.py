@@ -22,7 +22,6 @@ import structlog
 from agents.locks import PartitionLocks
 from churnguard import due_index
 from churnguard.batch import BatchContext, reindex
-from churnguard.rules.loading import default_pack
 from tables.state_store import TableBatchWriter
 
 log = structlog.get_logger(__name__)
@@ -57,10 +56,10 @@ class Reindex:
 
     async def _chunk(self, partition: int, pack: int) -> int:
         cursor = self._cursor(partition)
-        # A partition never re-indexed has only ever been indexed by the shipped pack
-        # (every other pack leaves a cursor), so under that pack there is nothing to move.
-        if (cursor.get("pack") == pack and cursor.get("done")) or (
-                not cursor and pack == default_pack().fingerprint):
+        # A partition without a cursor is scanned too, under the shipped pack as well: it
+        # was indexed by the shipped pack of an earlier release (whose dues may differ: the
+        # data retention, added later, was none), or by nothing (an empty one: one chunk).
+        if cursor.get("pack") == pack and cursor.get("done"):
             self._done[partition] = pack
             return 0
         after = cursor.get("after") if cursor.get("pack") == pack else None

@@ -421,8 +421,11 @@ def reindex(
     for key, state in _load(list(keys), load).items():
         if state is None:
             continue
+        pinned = state.last_event_at is None  # (stored before it existed: exact_due's pin)
+        if pinned:
+            state.last_event_at = state.clock
         due = next_due(ctx.engine.pack, state)
-        if due == state.next_due:
+        if due == state.next_due and not pinned:
             continue
         result.writes.update(due_index.moves(key, state.next_due, due))
         state.next_due = due

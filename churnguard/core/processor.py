@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from bisect import insort
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -36,6 +37,7 @@ from churnguard.core.rules import (
     next_due_after_activity,
     prime,
     release_deferred,
+    retention_by_events,
     retention_due,
     start_anniversaries,
 )
@@ -171,19 +173,10 @@ def apply_event(
         # that, as after every transition, nothing due by the clock is left unfired.
         exact_due(engine.pack, state)
         until = max(horizon, state.clock)
-    due = state.next_due
-    outcome = (Outcome(state) if due is None or due > until
-               else advance(state, until, engine, noticed_at=noticed_at))
-    if outcome.retired:
-        # Inactive past the retention before this event (no tick removed it yet): what fired
-        # up to then stands, and the event starts a fresh customer, as after a tick's removal.
-        outcome.state = state = _fresh(event, engine)
-        if source is not None:
-            state.offsets[source[0]] = source[1]
-        remember(state.seen, event.event_id, engine.dedup_window)
+    outcome = _due_before(state, event, engine, until, noticed_at)
+    state = outcome.state
     state.clock = max(state.clock, horizon)
-    last = state.clock if state.last_event_at is None else state.last_event_at
-    state.last_event_at = max(last, occurred)
+    _note_activity(state, event, occurred, noticed_at)
     bound, first_purchase = state.next_due, state.first_purchase_at
     memory = (tuple(state.armed), len(state.deferred), len(state.episodes))
     signals = _apply(state, event, occurred, engine, outcome)
@@ -220,10 +213,55 @@ def apply_event(
     return outcome
 
 
+def _due_before(state: CustomerState, event: Event, engine: Engine, until: float,
+                noticed_at: float | None) -> Outcome:
+    """What is due before the event (up to `until`) fires. A customer inactive past its
+    retention by then (no tick removed it: the worker was catching up, or replay) is gone
+    after that: the event starts a fresh customer, which the outcome's state is; what was
+    applied stays known applied (a redelivered record or repeated id changes nothing)."""
+    expired = retention_by_events(engine.pack, state)
+    if expired is not None and expired <= until:
+        outcome = _retire(advance(state, expired, engine, noticed_at=noticed_at))
+        outcome.state = _fresh(event, engine)
+        outcome.state.offsets, outcome.state.seen = state.offsets, state.seen
+        return outcome
+    due = state.next_due
+    if due is None or due > until:
+        return Outcome(state)
+    return advance(state, until, engine, noticed_at=noticed_at)
+
+
+def _retire(outcome: Outcome) -> Outcome:
+    """Data retention removes the customer: its win-back episodes still open count as
+    expired (at their windows' ends, as KPIs count every undecided one), not open forever."""
+    outcome.retired = True
+    outcome.outcome_records += expire_episodes(outcome.state, math.inf)
+    return outcome
+
+
+def _note_activity(state: CustomerState, event: Event, occurred: float,
+                   noticed_at: float | None) -> None:
+    """The event keeps the customer (retention), unless the customer did nothing in it: a
+    delivery report, a task the company completed."""
+    if isinstance(event, ActionFeedback) and event.status not in _CUSTOMER_FEEDBACK:
+        return
+    last = state.clock if state.last_event_at is None else state.last_event_at
+    state.last_event_at = max(last, occurred)
+    if noticed_at is not None:
+        state.last_noticed_at = noticed_at
+
+
 def _fresh(event: Event, engine: Engine) -> CustomerState:
-    state = CustomerState(customer_id=event.customer_id, due_pack=engine.pack.fingerprint)
+    # (Seen first at the event's time: not the clock's 0, which a stored state without
+    # last_event_at falls back to.)
+    state = CustomerState(customer_id=event.customer_id, due_pack=engine.pack.fingerprint,
+                          last_event_at=event.at)
     prime(engine.pack, state)
     return state
+
+
+# Feedback that the customer gave (opening, clicking): it keeps the customer (retention).
+_CUSTOMER_FEEDBACK = frozenset({"opened", "clicked"})
 
 
 # Events that only add activity (a first purchase and changed memory are checked apart).
@@ -269,8 +307,7 @@ def advance(
         retained = retention_due(engine.pack, state)
         if retained is not None and due >= retained:
             # (Nothing else of this moment fires: the customer is gone.)
-            outcome.retired = True
-            return outcome
+            return _retire(outcome)
         state.clock = max(state.clock, due)
         previous = state.segment
         signals: frozenset[str] = frozenset()

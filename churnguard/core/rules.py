@@ -277,9 +277,21 @@ def next_due(pack: RulePack, state: CustomerState) -> float | None:
 
 
 def retention_due(pack: RulePack, state: CustomerState) -> float | None:
-    """When data retention removes this customer: the pack's retention after its latest
-    event (processor.advance). An event only moves it later, so a lower bound kept after
-    one (next_due_after_activity) stays one."""
+    """When a tick removes this customer (data retention, processor.advance): the pack's
+    retention after its latest event, but never within the backfill horizon of the live
+    worker last applying one (history being imported is not removed before the rest of it
+    arrives). An event only moves it later, so a lower bound kept after one
+    (next_due_after_activity) stays one."""
+    expired = retention_by_events(pack, state)
+    noticed = state.last_noticed_at
+    if expired is None or noticed is None:
+        return expired
+    return max(expired, noticed + pack.backfill_horizon)
+
+
+def retention_by_events(pack: RulePack, state: CustomerState) -> float | None:
+    """The event time at which the customer's retention ends: an event at or after it finds
+    the customer gone (processor.apply_event), in a worker and in replay alike."""
     if pack.retention is None:
         return None
     last = state.last_event_at

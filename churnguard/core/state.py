@@ -134,10 +134,14 @@ class CustomerState:
     seen: list[str] = field(default_factory=list)
     # Source topic -> last applied offset: a redelivered record changes nothing.
     offsets: dict[str, int] = field(default_factory=dict)
-    # The latest occurred_at of any event applied (timers do not move it): data retention
-    # removes a customer the pack's retention_days after it (rules.retention_due). None in
-    # states stored before it existed: their clock stands in (never earlier than it was).
+    # The latest occurred_at of any event applied (timers and delivery reports do not move
+    # it): data retention removes a customer the pack's retention_days after it
+    # (rules.retention_due). None in states stored before it existed: their clock stands in.
     last_event_at: float | None = None
+    # The live worker's wall clock when it last applied an event (None in replay): its tick
+    # removes no customer within the backfill horizon of that, so that history still being
+    # imported or caught up on is not removed before its later events are applied.
+    last_noticed_at: float | None = None
     # Not state (no argument, not compared, not stored): the actions log as the codec last
     # read or wrote it, its entries and their stored bytes, so that to_bytes does not encode
     # an unchanged log again (about half the writes: a batch that sent the customer nothing).
@@ -197,7 +201,7 @@ class CustomerState:
 
 # The fields of the JSON form: not those added after format 1 (read back as their defaults).
 _JSON_FIELDS = tuple(f.name for f in fields(CustomerState)
-                     if f.init and f.name != "last_event_at")
+                     if f.init and f.name not in ("last_event_at", "last_noticed_at"))
 
 
 def _logged_action(entry: list[Any]) -> LoggedAction:

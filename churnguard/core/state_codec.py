@@ -21,7 +21,8 @@ changelog, and a rolling upgrade has workers on both sides of a change):
   it does not know as a string. Deploy the readers first (see docs/design.md;
   CHURNGUARD_STATE_FORMAT=json keeps writing JSON while older workers run).
 - A JSON state (first byte "{", every state written before format 1) still decodes, and
-  so does format 1 (format 2 less its last field, last_event_at: it decodes as None).
+  so does format 1 (format 2 less its last two fields, last_event_at and last_noticed_at:
+  they decode as None).
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def write_format(name: StateFormat) -> None:
 
 
 FORMAT_1 = b"\x01"
-# Format 2: format 1 with last_event_at appended (data retention). Written from its first
-# release on; format 1 is still read (a worker on older code refuses a format 2 state).
+# Format 2: format 1 with last_event_at and last_noticed_at appended (data retention).
+# Written from its first release on; format 1 is still read (a worker on older code
+# refuses a format 2 state).
 FORMAT_2 = b"\x02"
 _BINARY = frozenset({FORMAT_1, FORMAT_2})
 
@@ -166,8 +168,9 @@ class _Wire(msgspec.Struct, array_like=True, gc=False):
     episodes: _EpisodeColumns | None
     seen: list[str]
     offsets: dict[str, int]
-    # Format 2: appended (a format 1 state, one field shorter, decodes with the default).
+    # Format 2: appended (a format 1 state, without them, decodes with the defaults).
     last_event_at: _Num | None = None
+    last_noticed_at: _Num | None = None
 
 
 _FIELDS = _Wire.__struct_fields__

@@ -17,6 +17,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from churnguard.access_tokens import ROLES, AccessToken, new_token
 from churnguard.clocks import FileClock
+from churnguard.core.clock import rfc3339
 from churnguard.processes import start_worker, stop_process_group, wait_ready
 from connectors.embedded_broker import EmbeddedBroker
 from streams.settings import Settings, TopicNames
@@ -112,6 +113,16 @@ class Pipeline:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        """The worker's log records of this event (structlog JSON lines)."""
+        found = []
+        for line in self.log().splitlines():
+            if f'"{event}"' in line:
+                record = orjson.loads(line)
+                if record.get("event") == event:
+                    found.append(record)
+        return found
+
     def http_port(self) -> int:
         """The port of the worker's endpoints (it listens on a free one: web_port=0), as
         its last start logged it."""
@@ -171,3 +182,31 @@ def http_get(port: int, path: str, as_: str | None = "admin", *,
             return answer.status, answer.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+
+
+def customer_history(customer: str, start: float) -> list[dict[str, Any]]:
+    """A profile (with personal data), a purchase and an opened ticket from `start` on."""
+    return [
+        {"type": "profile", "event_id": f"{customer}-p", "customer_id": customer,
+         "occurred_at": rfc3339(start), "tier": "standard", "account_manager": "am-alice",
+         "birthday": "1990-04-01", "email": "someone@example.com"},
+        {"type": "purchase", "event_id": f"{customer}-o1", "customer_id": customer,
+         "occurred_at": rfc3339(start + 60), "order_id": "O1", "amount": "120",
+         "currency": "EUR"},
+        {"type": "ticket", "event_id": f"{customer}-t1", "customer_id": customer,
+         "occurred_at": rfc3339(start + 120), "ticket_id": "T1", "status": "opened",
+         "priority": "high"},
+    ]
+
+
+def customer_view(port: int, customer: str) -> tuple[int, Any]:
+    """The customer's 360 view, as an admin: (status, decoded body)."""
+    status, body = http_get(port, f"/customers/{customer}")
+    return status, orjson.loads(body)
+
+
+def customers_counted(port: int) -> int:
+    """The census's customers (-1 while a partition's census is still being counted)."""
+    _, body = http_get(port, "/segments")
+    segments = orjson.loads(body)
+    return -1 if segments["partial"] else sum(segments["bands"].values())

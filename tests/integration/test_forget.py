@@ -15,7 +15,14 @@ import pytest
 from churnguard import cli
 from churnguard.audit import read_audit
 from churnguard.core.clock import rfc3339
-from tests.integration.pipeline_support import Pipeline, http_get, wait_for
+from tests.integration.pipeline_support import (
+    Pipeline,
+    customer_history,
+    customer_view,
+    customers_counted,
+    http_get,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -23,29 +30,7 @@ NOW = time.time()  # the worker's clock (its clock file): an erasure is stamped 
 GONE, KEPT, LATER = "forget-me", "keep-me", "forget-me-too"
 
 
-def _events(customer: str, start: float) -> list[dict[str, Any]]:
-    return [
-        {"type": "profile", "event_id": f"{customer}-p", "customer_id": customer,
-         "occurred_at": rfc3339(start), "tier": "standard", "account_manager": "am-alice",
-         "birthday": "1990-04-01", "email": "someone@example.com"},
-        {"type": "purchase", "event_id": f"{customer}-o1", "customer_id": customer,
-         "occurred_at": rfc3339(start + 60), "order_id": "O1", "amount": "120",
-         "currency": "EUR"},
-        {"type": "ticket", "event_id": f"{customer}-t1", "customer_id": customer,
-         "occurred_at": rfc3339(start + 120), "ticket_id": "T1", "status": "opened",
-         "priority": "high"},
-    ]
 
-
-def _view(port: int, customer: str) -> tuple[int, Any]:
-    status, body = http_get(port, f"/customers/{customer}")
-    return status, orjson.loads(body)
-
-
-def _customers_counted(port: int) -> int:
-    _, body = http_get(port, "/segments")
-    segments = orjson.loads(body)
-    return -1 if segments["partial"] else sum(segments["bands"].values())
 
 
 def test_a_forgotten_customer_stays_forgotten_through_a_restart(
@@ -54,13 +39,14 @@ def test_a_forgotten_customer_stays_forgotten_through_a_restart(
     pipeline: Pipeline = pipeline_factory(NOW)
     pipeline.start()
     for customer in (GONE, KEPT, LATER):
-        for event in _events(customer, NOW - 3600):
+        for event in customer_history(customer, NOW - 3600):
             pipeline.send(pipeline.topics.events, event)
     pipeline.flush()
     port = pipeline.http_port()
     wait_for("three customers stored and counted", lambda: all(
-        _view(port, c)[0] == 200 for c in (GONE, KEPT, LATER)) and _customers_counted(port) == 3)
-    before = _view(port, GONE)[1]
+        customer_view(port, c)[0] == 200 for c in (GONE, KEPT, LATER))
+        and customers_counted(port) == 3)
+    before = customer_view(port, GONE)[1]
     assert before["actions"]  # the ticket's acknowledgement at least
     assert before["open_tickets"]
 
@@ -75,10 +61,10 @@ def test_a_forgotten_customer_stays_forgotten_through_a_restart(
                             body=b'{"reason": "ticket 7"}')
     assert status == 202, body
     assert orjson.loads(body)["customer_id"] == LATER
-    wait_for("both erased", lambda: _view(port, GONE)[0] == 404
-             and _view(port, LATER)[0] == 404)
-    assert _view(port, KEPT)[0] == 200
-    wait_for("the census without them", lambda: _customers_counted(port) == 1)
+    wait_for("both erased", lambda: customer_view(port, GONE)[0] == 404
+             and customer_view(port, LATER)[0] == 404)
+    assert customer_view(port, KEPT)[0] == 200
+    wait_for("the census without them", lambda: customers_counted(port) == 1)
     # What is refused: no reason, not JSON, not an admin.
     assert http_get(port, f"/customers/{KEPT}/forget", body=b"{}")[0] == 400
     assert http_get(port, f"/customers/{KEPT}/forget", body=b"reason")[0] == 400
@@ -92,18 +78,18 @@ def test_a_forgotten_customer_stays_forgotten_through_a_restart(
     shutil.rmtree(pipeline.settings.store_dir)
     pipeline.start()
     port = pipeline.http_port()
-    wait_for("the kept customer restored", lambda: _view(port, KEPT)[0] == 200)
-    assert _view(port, GONE)[0] == 404
-    assert _view(port, LATER)[0] == 404
-    wait_for("the census restored without them", lambda: _customers_counted(port) == 1)
+    wait_for("the kept customer restored", lambda: customer_view(port, KEPT)[0] == 200)
+    assert customer_view(port, GONE)[0] == 404
+    assert customer_view(port, LATER)[0] == 404
+    wait_for("the census restored without them", lambda: customers_counted(port) == 1)
 
     # A later event of the id starts a fresh customer: nothing of before.
     pipeline.send(pipeline.topics.events, {
         "type": "login", "event_id": "after-1", "customer_id": GONE,
         "occurred_at": rfc3339(NOW - 60)})
     pipeline.flush()
-    wait_for("the id back as a new customer", lambda: _view(port, GONE)[0] == 200)
-    fresh = _view(port, GONE)[1]
+    wait_for("the id back as a new customer", lambda: customer_view(port, GONE)[0] == 200)
+    fresh = customer_view(port, GONE)[1]
     assert fresh["lifetime"]["order_count"] == 0
     assert fresh["actions"] == []
     assert fresh["open_tickets"] == []

@@ -12,13 +12,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from churnguard.core.clock import rfc3339
 from churnguard.rules.loading import default_pack_text
-from tests.integration.pipeline_support import Pipeline, http_get, wait_for
+from tests.integration.pipeline_support import (
+    Pipeline,
+    customer_history,
+    customer_view,
+    customers_counted,
+    http_get,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -33,34 +39,12 @@ ACTIVE_LATER = NOW + 1000 * DAY  # ACTIVE's login: within its retention, moving 
 PAST_OLD = START + 120 + RETENTION + DAY
 
 
-def _events(customer: str, start: float) -> list[dict[str, Any]]:
-    return [
-        {"type": "profile", "event_id": f"{customer}-p", "customer_id": customer,
-         "occurred_at": rfc3339(start), "tier": "standard", "account_manager": "am-alice",
-         "birthday": "1990-04-01", "email": "someone@example.com"},
-        {"type": "purchase", "event_id": f"{customer}-o1", "customer_id": customer,
-         "occurred_at": rfc3339(start + 60), "order_id": "O1", "amount": "120",
-         "currency": "EUR"},
-        {"type": "ticket", "event_id": f"{customer}-t1", "customer_id": customer,
-         "occurred_at": rfc3339(start + 120), "ticket_id": "T1", "status": "opened",
-         "priority": "high"},
-    ]
-
 
 def _login(customer: str, event_id: str, at: float) -> dict[str, Any]:
     return {"type": "login", "event_id": event_id, "customer_id": customer,
             "occurred_at": rfc3339(at)}
 
 
-def _view(port: int, customer: str) -> tuple[int, Any]:
-    status, body = http_get(port, f"/customers/{customer}")
-    return status, orjson.loads(body)
-
-
-def _customers_counted(port: int) -> int:
-    _, body = http_get(port, "/segments")
-    segments = orjson.loads(body)
-    return -1 if segments["partial"] else sum(segments["bands"].values())
 
 
 def _metric(port: int, name: str) -> float | None:
@@ -73,15 +57,6 @@ def _metric(port: int, name: str) -> float | None:
     return sum(values) if values else None
 
 
-def _logged(pipeline: Pipeline, event: str) -> list[dict[str, Any]]:
-    found = []
-    for line in pipeline.log().splitlines():
-        if f'"{event}"' in line:
-            record = orjson.loads(line)
-            if record.get("event") == event:
-                found.append(record)
-    return found
-
 
 RETIRED = "churnguard_customers_retired_total"
 CUSTOMERS = "churnguard_customers"  # the gauge, per partition (summed by _metric)
@@ -93,13 +68,13 @@ def test_an_inactive_customer_is_retired_and_stays_retired_through_a_restart(
     pipeline: Pipeline = pipeline_factory(NOW)
     pipeline.start()
     for customer in (OLD, ACTIVE):
-        for event in _events(customer, START):
+        for event in customer_history(customer, START):
             pipeline.send(pipeline.topics.events, event)
     pipeline.flush()
     port = pipeline.http_port()
     wait_for("two customers stored and counted", lambda: all(
-        _view(port, c)[0] == 200 for c in (OLD, ACTIVE)) and _customers_counted(port) == 2)
-    before = _view(port, OLD)[1]
+        customer_view(port, c)[0] == 200 for c in (OLD, ACTIVE)) and customers_counted(port) == 2)
+    before = customer_view(port, OLD)[1]
     assert before["actions"]  # the ticket's acknowledgement at least
     assert before["lifetime"]["order_count"] == 1
 
@@ -108,22 +83,22 @@ def test_an_inactive_customer_is_retired_and_stays_retired_through_a_restart(
     pipeline.set_clock(ACTIVE_LATER)
     pipeline.send(pipeline.topics.events, _login(ACTIVE, "active-login", ACTIVE_LATER))
     pipeline.flush()
-    wait_for("ACTIVE's later login applied", lambda: _view(port, ACTIVE)[1]["lifetime"][
+    wait_for("ACTIVE's later login applied", lambda: customer_view(port, ACTIVE)[1]["lifetime"][
         "last_active_at"] >= rfc3339(ACTIVE_LATER - 1))
     # Nothing is past a retention yet: both still there, nothing retired.
-    assert _view(port, OLD)[0] == 200
-    assert _customers_counted(port) == 2
+    assert customer_view(port, OLD)[0] == 200
+    assert customers_counted(port) == 2
     assert _metric(port, RETIRED) == 0
     assert _metric(port, CUSTOMERS) == 2
 
     # Past OLD's retention, before ACTIVE's: the tick removes OLD alone.
     pipeline.set_clock(PAST_OLD)
-    wait_for("OLD retired, ACTIVE kept", lambda: _view(port, OLD)[0] == 404
-             and _view(port, ACTIVE)[0] == 200)
-    wait_for("the census without OLD", lambda: _customers_counted(port) == 1)
+    wait_for("OLD retired, ACTIVE kept", lambda: customer_view(port, OLD)[0] == 404
+             and customer_view(port, ACTIVE)[0] == 200)
+    wait_for("the census without OLD", lambda: customers_counted(port) == 1)
     wait_for("the retirement counted", lambda: _metric(port, RETIRED) == 1)
     assert _metric(port, CUSTOMERS) == 1
-    fired = _logged(pipeline, "timers_fired")
+    fired = pipeline.logged("timers_fired")
     assert [line["retired"] for line in fired if line["retired"]] == [1], fired
 
     # The store rebuilt from the changelog alone: the tombstone removes OLD there too.
@@ -131,22 +106,22 @@ def test_an_inactive_customer_is_retired_and_stays_retired_through_a_restart(
     shutil.rmtree(pipeline.settings.store_dir)
     pipeline.start()
     port = pipeline.http_port()
-    wait_for("ACTIVE restored", lambda: _view(port, ACTIVE)[0] == 200)
-    assert _view(port, OLD)[0] == 404
-    wait_for("the census restored without OLD", lambda: _customers_counted(port) == 1)
+    wait_for("ACTIVE restored", lambda: customer_view(port, ACTIVE)[0] == 200)
+    assert customer_view(port, OLD)[0] == 404
+    wait_for("the census restored without OLD", lambda: customers_counted(port) == 1)
     wait_for("the customers gauge restored", lambda: _metric(port, CUSTOMERS) == 1)
 
     # A later event of OLD's id starts a fresh customer: nothing of before.
     pipeline.send(pipeline.topics.events, _login(OLD, "old-after", PAST_OLD - 60))
     pipeline.flush()
-    wait_for("OLD's id back as a new customer", lambda: _view(port, OLD)[0] == 200)
-    fresh = _view(port, OLD)[1]
+    wait_for("OLD's id back as a new customer", lambda: customer_view(port, OLD)[0] == 200)
+    fresh = customer_view(port, OLD)[1]
     assert fresh["lifetime"]["order_count"] == 0
     assert fresh["actions"] == []
     assert fresh["open_tickets"] == []
     assert fresh["profile"]["account_manager"] is None
-    wait_for("the census with the fresh customer", lambda: _customers_counted(port) == 2)
-    assert _view(port, ACTIVE)[1]["lifetime"]["order_count"] == 1
+    wait_for("the census with the fresh customer", lambda: customers_counted(port) == 2)
+    assert customer_view(port, ACTIVE)[1]["lifetime"]["order_count"] == 1
 
 
 def test_a_pack_without_retention_keeps_customers_forever(
@@ -158,20 +133,20 @@ def test_a_pack_without_retention_keeps_customers_forever(
     rules.write_text(text.replace("\nretention_days: 1095\n", "\nretention_days: null\n"))
     pipeline: Pipeline = pipeline_factory(NOW, rules_file=rules)
     pipeline.start()
-    for event in _events(OLD, START):
+    for event in customer_history(OLD, START):
         pipeline.send(pipeline.topics.events, event)
     pipeline.flush()
     port = pipeline.http_port()
-    wait_for("the customer stored and counted", lambda: _view(port, OLD)[0] == 200
-             and _customers_counted(port) == 1)
-    ticked = len(_logged(pipeline, "timers_fired"))
+    wait_for("the customer stored and counted", lambda: customer_view(port, OLD)[0] == 200
+             and customers_counted(port) == 1)
+    ticked = len(pipeline.logged("timers_fired"))
     # Past the default retention by a year: the tick that advances the customer to the new
     # clock (everything due up to it, in one advance) would retire it under the default pack.
     pipeline.set_clock(PAST_OLD + 365 * DAY)
     wait_for("a tick advanced the customer to the new clock",
-             lambda: len(_logged(pipeline, "timers_fired")) > ticked)
-    assert _view(port, OLD)[0] == 200
-    assert _customers_counted(port) == 1
+             lambda: len(pipeline.logged("timers_fired")) > ticked)
+    assert customer_view(port, OLD)[0] == 200
+    assert customers_counted(port) == 1
     assert _metric(port, RETIRED) == 0
     assert _metric(port, CUSTOMERS) == 1
-    assert all(not line["retired"] for line in _logged(pipeline, "timers_fired"))
+    assert all(not line["retired"] for line in pipeline.logged("timers_fired"))

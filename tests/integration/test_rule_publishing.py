@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 import pytest
 
 from churnguard.audit import read_audit
@@ -33,15 +32,6 @@ def _publish(pipeline: Any, text: str, *, author: str = "alice") -> publishing.P
     publishing.write(bootstrap, topic, record)
     return record
 
-
-def _logged(pipeline: Any, event: str) -> list[dict[str, Any]]:
-    found = []
-    for line in pipeline.log().splitlines():
-        if f'"{event}"' in line:
-            record = orjson.loads(line)
-            if record.get("event") == event:
-                found.append(record)
-    return found
 
 
 def _acks(pipeline: Any) -> dict[str, dict[str, Any]]:
@@ -72,8 +62,8 @@ def test_a_published_pack_takes_over_between_batches(pipeline_factory: Any) -> N
                                        "template: ticket_ack_v2")
     published = _publish(pipeline, text)
     assert published.version == 1
-    wait_for("the switch", lambda: [r["version"] for r in _logged(
-        pipeline, "rule_pack_activated")] == [1], timeout=30)
+    wait_for("the switch", lambda: [r["version"] for r in pipeline.logged(
+        "rule_pack_activated")] == [1], timeout=30)
     for n in range(20, 40):
         pipeline.send(events, _ticket(n, now))
     pipeline.flush()
@@ -107,17 +97,17 @@ def test_an_invalid_published_pack_is_refused_and_a_new_worker_runs_the_newest_v
         version=2, author="mallory", published_at=rfc3339(now), message="broken",
         sha256="0" * 64, pack="rules: [{id: Bad-Id}]\n")
     publishing.write(pipeline.settings.bootstrap, pipeline.topics.rules, broken)
-    wait_for("the refusal", lambda: [r["version"] for r in _logged(
-        pipeline, "rule_pack_refused")] == [2], timeout=30)
+    wait_for("the refusal", lambda: [r["version"] for r in pipeline.logged(
+        "rule_pack_refused")] == [2], timeout=30)
     pipeline.send(events, _ticket(1, now))
     pipeline.flush()
     wait_for("a second acknowledgement", lambda: len(_acks(pipeline)) == 2)
     assert _acks(pipeline)["T-1"]["pack_version"] == valid.version
     wait_for("the refusal counted", lambda: any(
         r["rule_packs_refused"] == 1 and r["pack_version"] == 1
-        for r in _logged(pipeline, "worker_stats")))
+        for r in pipeline.logged("worker_stats")))
     # It started on version 1, read before its first event: never on the default.
-    assert [r["version"] for r in _logged(pipeline, "rule_pack_activated")] == [1]
+    assert [r["version"] for r in pipeline.logged("rule_pack_activated")] == [1]
 
 
 def test_publish_history_rollback_and_export_from_the_command_line(
@@ -201,9 +191,9 @@ def test_a_changed_timer_moves_every_customers_due_time(pipeline_factory: Any) -
     record = _publish(pipeline, default_pack_text().replace(
         "{on: inactivity, days: 30}", "{on: inactivity, days: 2}"))
     wait_for("the re-index of every partition", lambda: len({
-        r["partition"] for r in _logged(pipeline, "due_index_reindexed")
+        r["partition"] for r in pipeline.logged("due_index_reindexed")
         if r["pack_version"] == record.version}) == pipeline.settings.partitions)
-    moved = sum(r["moved"] for r in _logged(pipeline, "due_index_reindexed"))
+    moved = sum(r["moved"] for r in pipeline.logged("due_index_reindexed"))
     assert moved == len(customers)
     pipeline.set_clock(t0 + 2 * 86_400 + 60)
     wait_for("the follow-ups", lambda: len([a for a in pipeline.actions()

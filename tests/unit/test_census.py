@@ -21,6 +21,7 @@ from churnguard.core.scoring import BANDS, band_of
 from churnguard.core.state import CustomerState
 from churnguard.metrics import Metrics
 from streams.metrics_export import WorkerCollector, WorkerView, registry_for
+from tests.unit.memory_store import MemoryStore
 from tests.unit.raw_records import TOPICS, Record
 
 
@@ -157,20 +158,7 @@ def ctx(engine):
     return BatchContext.create(engine, TOPICS, Metrics(), 24)
 
 
-class Store:
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-
-    def load(self, keys: list[bytes]) -> list[bytes | None]:
-        return [self.data.get(k) for k in keys]
-
-    def write(self, writes: dict[bytes, bytes | None]) -> None:
-        for key, value in writes.items():
-            if value is None:
-                self.data.pop(key, None)
-            else:
-                self.data[key] = value
-
+class Store(MemoryStore):
     def standing(self, key: bytes) -> tuple[str, str]:
         return standing_of_raw(self.data[key])
 

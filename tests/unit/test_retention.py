@@ -21,6 +21,7 @@ from churnguard.core.state import CustomerState
 from churnguard.metrics import Metrics
 from churnguard.replay import replay
 from schemas.events import Event
+from tests.unit.memory_store import MemoryStore
 from tests.unit.packs import pack_data
 from tests.unit.raw_records import TOPICS, Record
 
@@ -176,21 +177,6 @@ def test_a_changed_retention_is_a_new_pack(engine_factory: Callable[..., Engine]
 
 # --- the worker's batch and tick -----------------------------------------------------------
 
-class _Store:
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-
-    def load(self, keys: list[bytes]) -> list[bytes | None]:
-        return [self.data.get(k) for k in keys]
-
-    def write(self, writes: dict[bytes, bytes | None]) -> None:
-        for key, value in writes.items():
-            if value is None:
-                self.data.pop(key, None)
-            else:
-                self.data[key] = value
-
-
 def _purchase(raw_factory: Callable[..., bytes], at: float, offset: int,
               event_id: str) -> Record:
     value = orjson.loads(raw_factory("purchase", occurred_at=rfc3339(at), amount="80",
@@ -204,7 +190,7 @@ def test_a_tick_past_the_retention_deletes_state_index_entry_and_census_place(
 ) -> None:
     engine = _engine(engine_factory, only=["onboarding_tips"])
     ctx = BatchContext.create(engine, TOPICS, Metrics(), 24)
-    store = _Store()
+    store = MemoryStore()
     first = process_partition([_purchase(raw_factory, t0, 0, "e1")], store.load, ctx,
                               now=t0 + 60)
     store.write(first.writes)
@@ -239,7 +225,7 @@ def test_an_event_past_the_retention_in_a_batch_counts_the_removal(
 ) -> None:
     engine = _engine(engine_factory, only=[])
     ctx = BatchContext.create(engine, TOPICS, Metrics(), 24)
-    store = _Store()
+    store = MemoryStore()
     store.write(process_partition([_purchase(raw_factory, t0, 0, "e1")], store.load, ctx,
                                   now=t0).writes)
     back_at = t0 + YEARS_3 + 2 * DAY
@@ -249,3 +235,103 @@ def test_an_event_past_the_retention_in_a_batch_counts_the_removal(
     assert fresh.order_count == 1
     assert result.new_customers == 0  # one removed, one new
     assert ctx.metrics.customers_retired == 1
+
+
+# --- what keeps a customer, and history being imported ---------------------------------------
+
+@pytest.mark.parametrize(("status", "kept"), [("delivered", False), ("failed", False),
+                                              ("completed", False), ("opened", True),
+                                              ("clicked", True)])
+def test_only_feedback_the_customer_gave_keeps_it(
+    engine_factory: Callable[..., Engine], ev: Callable[..., Event], status: str, kept: bool,
+) -> None:
+    """A delivery report of its yearly coupon does not keep a birthday-only customer."""
+    engine = _engine(engine_factory, only=["birthday_coupon"])
+    start = parse_rfc3339("2026-01-01T00:00:00Z")
+    events = [ev("profile", start, birthday="1990-05-05"),
+              ev("action_feedback", start + 2 * 365 * DAY, action_id="a1", status=status,
+                 event_id="f1")]
+    states: dict[str, CustomerState] = {}
+    list(replay(events, engine, until=start + 3 * 365 * DAY + DAY, states=states))
+    assert ("c1" in states) is kept
+
+
+def test_history_being_imported_is_not_removed_before_the_rest_of_it_arrives(
+    engine_factory: Callable[..., Engine], raw_factory: Callable[..., bytes],
+    ev: Callable[..., Event], t0: float,
+) -> None:
+    """Purchases 4 years, 2 years and 30 days ago, imported in three batches (records
+    stamped with the import's time) with ticks between: the customer is never 3 years
+    inactive, and the worker ends where replay ends — three orders."""
+    engine = _engine(engine_factory, only=[])
+    ctx = BatchContext.create(engine, TOPICS, Metrics(), 24)
+    store = MemoryStore()
+    now = t0 + 5 * 365 * DAY
+    ages = (4 * 365 * DAY, 2 * 365 * DAY, 30 * DAY)
+    for offset, age in enumerate(ages):
+        result = process_partition([_purchase(raw_factory, now - age, offset, f"e{offset}")],
+                                   store.load, ctx, now=now)
+        store.write(result.writes)
+        entries = sorted(k for k in store.data if k.startswith(due_index.PREFIX))
+        store.write(process_due(entries, store.load, ctx, until=now, noticed_at=now).writes)
+    assert ctx.metrics.customers_retired == 0
+    state = CustomerState.from_bytes(store.data[b"c1"])
+    assert state.order_count == 3
+    assert next_due(engine.pack, state) == now - 30 * DAY + YEARS_3  # (the stored: a bound)
+    replayed: dict[str, CustomerState] = {}
+    list(replay([ev("purchase", now - age, amount="80", event_id=f"e{n}")
+                 for n, age in enumerate(ages)], engine, states=replayed))
+    assert replayed["c1"].order_count == 3
+
+
+def test_an_imported_customer_past_its_retention_goes_a_backfill_horizon_later(
+    engine_factory: Callable[..., Engine], raw_factory: Callable[..., bytes], t0: float,
+) -> None:
+    engine = _engine(engine_factory, only=[])
+    ctx = BatchContext.create(engine, TOPICS, Metrics(), 24)
+    store = MemoryStore()
+    now = t0 + 5 * 365 * DAY
+    store.write(process_partition([_purchase(raw_factory, now - 4 * 365 * DAY, 0, "e0")],
+                                  store.load, ctx, now=now).writes)
+    [entry] = [k for k in store.data if k.startswith(due_index.PREFIX)]
+    assert due_index.due_of(entry) == now + engine.pack.backfill_horizon
+    early = process_due([entry], store.load, ctx, until=now + DAY, noticed_at=now + DAY)
+    assert early.writes[b"c1"] is not None  # kept
+    later = now + engine.pack.backfill_horizon
+    gone = process_due([entry], store.load, ctx, until=later, noticed_at=later)
+    assert gone.writes[b"c1"] is None
+    assert ctx.metrics.customers_retired == 1
+
+
+def test_a_record_applied_before_an_event_removed_the_customer_stays_applied(
+    engine_factory: Callable[..., Engine], raw_factory: Callable[..., bytes], t0: float,
+) -> None:
+    """The fresh customer keeps the offsets and event ids known: a redelivered record
+    changes nothing."""
+    engine = _engine(engine_factory, only=[])
+    ctx = BatchContext.create(engine, TOPICS, Metrics(), 24)
+    store = MemoryStore()
+    first = _purchase(raw_factory, t0, 0, "e0")
+    store.write(process_partition([first], store.load, ctx, now=t0).writes)
+    back_at = t0 + YEARS_3 + DAY
+    back = _purchase(raw_factory, back_at, 1, "e1")
+    store.write(process_partition([back], store.load, ctx, now=back_at).writes)
+    assert ctx.metrics.customers_retired == 1
+    again = process_partition([first, back], store.load, ctx, now=back_at)
+    assert ctx.metrics.duplicates == 2
+    assert CustomerState.from_bytes(again.writes[b"c1"]).order_count == 1
+
+
+def test_a_win_back_episode_open_at_the_removal_counts_as_expired(
+    engine_factory: Callable[..., Engine], ev: Callable[..., Event], t0: float,
+) -> None:
+    """Retention shorter than the recovery window: the episode the win-back started is not
+    left open in the KPIs forever."""
+    engine = _engine(engine_factory, 20, only=["health_winback"])
+    outcomes: list[Any] = []
+    actions = list(replay([ev("purchase", t0, amount="60")], engine, until=t0 + 60 * DAY,
+                          outcomes=outcomes))
+    assert {a.rule_id for a in actions} == {"health_winback"}  # (the score fell below 60)
+    kinds = [record["kind"] for record in outcomes]
+    assert kinds.count("episode_started") == 1
+    assert kinds.count("episode_expired") == 1
