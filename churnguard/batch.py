@@ -22,7 +22,6 @@ from churnguard.core.processor import (
     apply_event,
     exact_due,
 )
-from churnguard.core.rules import next_due
 from churnguard.core.state import MAX_OPEN_TICKETS, CustomerState
 from churnguard.core.validation import Rejected, parse_event
 from churnguard.metrics import Metrics
@@ -421,15 +420,11 @@ def reindex(
     for key, state in _load(list(keys), load).items():
         if state is None:
             continue
-        pinned = state.last_event_at is None  # (stored before it existed: exact_due's pin)
-        if pinned:
-            state.last_event_at = state.clock
-        due = next_due(ctx.engine.pack, state)
-        if due == state.next_due and not pinned:
+        before, unpinned = state.next_due, state.last_event_at is None
+        exact_due(ctx.engine.pack, state)  # (which pins a state stored before last_event_at)
+        if state.next_due == before and not unpinned:
             continue
-        result.writes.update(due_index.moves(key, state.next_due, due))
-        state.next_due = due
-        state.due_pack = ctx.engine.pack.fingerprint
+        result.writes.update(due_index.moves(key, before, state.next_due))
         result.writes[key] = state.to_bytes()
         moved += 1
     return result, moved

@@ -33,6 +33,7 @@ from churnguard.core.rules import (
     Firing,
     evaluate,
     forget_ticket_marks,
+    last_event,
     next_due,
     next_due_after_activity,
     prime,
@@ -245,8 +246,7 @@ def _note_activity(state: CustomerState, event: Event, occurred: float,
     delivery report, a task the company completed."""
     if isinstance(event, ActionFeedback) and event.status not in _CUSTOMER_FEEDBACK:
         return
-    last = state.clock if state.last_event_at is None else state.last_event_at
-    state.last_event_at = max(last, occurred)
+    state.last_event_at = max(last_event(state), occurred)
     if noticed_at is not None:
         state.last_noticed_at = noticed_at
 
@@ -272,10 +272,9 @@ _ACTIVITY = (Login, Purchase)
 
 def exact_due(pack: RulePack, state: CustomerState) -> None:
     """next_due recomputed under `pack`, and the pack recorded with it (state.due_pack)."""
-    if state.last_event_at is None:
-        # Stored before the field existed: its clock (at least its latest event) from now
-        # on, or every timer firing would move its retention later.
-        state.last_event_at = state.clock
+    # Pinned (a state stored before last_event_at: its clock now), or every timer firing
+    # would move its retention later.
+    state.last_event_at = last_event(state)
     state.next_due = next_due(pack, state)
     state.due_pack = pack.fingerprint
     state._due_exact = True

@@ -294,8 +294,13 @@ def retention_by_events(pack: RulePack, state: CustomerState) -> float | None:
     the customer gone (processor.apply_event), in a worker and in replay alike."""
     if pack.retention is None:
         return None
-    last = state.last_event_at
-    return (state.clock if last is None else last) + pack.retention
+    return last_event(state) + pack.retention
+
+
+def last_event(state: CustomerState) -> float:
+    """The customer's latest event time; for a state stored before last_event_at existed,
+    its clock (its latest event or timer: never earlier than that event)."""
+    return state.clock if state.last_event_at is None else state.last_event_at
 
 
 def next_due_after_activity(

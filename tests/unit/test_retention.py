@@ -177,6 +177,11 @@ def test_a_changed_retention_is_a_new_pack(engine_factory: Callable[..., Engine]
 
 # --- the worker's batch and tick -----------------------------------------------------------
 
+def _worker(engine: Engine) -> tuple[BatchContext, MemoryStore]:
+    """A worker's batch context for `engine` and an empty partition store."""
+    return BatchContext.create(engine, TOPICS, Metrics(), 24), MemoryStore()
+
+
 def _purchase(raw_factory: Callable[..., bytes], at: float, offset: int,
               event_id: str) -> Record:
     value = orjson.loads(raw_factory("purchase", occurred_at=rfc3339(at), amount="80",
@@ -189,8 +194,7 @@ def test_a_tick_past_the_retention_deletes_state_index_entry_and_census_place(
     engine_factory: Callable[..., Engine], raw_factory: Callable[..., bytes], t0: float,
 ) -> None:
     engine = _engine(engine_factory, only=["onboarding_tips"])
-    ctx = BatchContext.create(engine, TOPICS, Metrics(), 24)
-    store = MemoryStore()
+    ctx, store = _worker(engine)
     first = process_partition([_purchase(raw_factory, t0, 0, "e1")], store.load, ctx,
                               now=t0 + 60)
     store.write(first.writes)
@@ -224,8 +228,7 @@ def test_an_event_past_the_retention_in_a_batch_counts_the_removal(
     engine_factory: Callable[..., Engine], raw_factory: Callable[..., bytes], t0: float,
 ) -> None:
     engine = _engine(engine_factory, only=[])
-    ctx = BatchContext.create(engine, TOPICS, Metrics(), 24)
-    store = MemoryStore()
+    ctx, store = _worker(engine)
     store.write(process_partition([_purchase(raw_factory, t0, 0, "e1")], store.load, ctx,
                                   now=t0).writes)
     back_at = t0 + YEARS_3 + 2 * DAY
@@ -264,8 +267,7 @@ def test_history_being_imported_is_not_removed_before_the_rest_of_it_arrives(
     stamped with the import's time) with ticks between: the customer is never 3 years
     inactive, and the worker ends where replay ends — three orders."""
     engine = _engine(engine_factory, only=[])
-    ctx = BatchContext.create(engine, TOPICS, Metrics(), 24)
-    store = MemoryStore()
+    ctx, store = _worker(engine)
     now = t0 + 5 * 365 * DAY
     ages = (4 * 365 * DAY, 2 * 365 * DAY, 30 * DAY)
     for offset, age in enumerate(ages):
@@ -288,8 +290,7 @@ def test_an_imported_customer_past_its_retention_goes_a_backfill_horizon_later(
     engine_factory: Callable[..., Engine], raw_factory: Callable[..., bytes], t0: float,
 ) -> None:
     engine = _engine(engine_factory, only=[])
-    ctx = BatchContext.create(engine, TOPICS, Metrics(), 24)
-    store = MemoryStore()
+    ctx, store = _worker(engine)
     now = t0 + 5 * 365 * DAY
     store.write(process_partition([_purchase(raw_factory, now - 4 * 365 * DAY, 0, "e0")],
                                   store.load, ctx, now=now).writes)
@@ -309,8 +310,7 @@ def test_a_record_applied_before_an_event_removed_the_customer_stays_applied(
     """The fresh customer keeps the offsets and event ids known: a redelivered record
     changes nothing."""
     engine = _engine(engine_factory, only=[])
-    ctx = BatchContext.create(engine, TOPICS, Metrics(), 24)
-    store = MemoryStore()
+    ctx, store = _worker(engine)
     first = _purchase(raw_factory, t0, 0, "e0")
     store.write(process_partition([first], store.load, ctx, now=t0).writes)
     back_at = t0 + YEARS_3 + DAY
