@@ -33,11 +33,15 @@ from churnguard import due_index
 from churnguard.batch import BatchContext, process_partition
 from churnguard.clocks import Clock
 from churnguard.core.processor import Engine
+from churnguard.state_cache import DecodedStates
 from streams.batch_path import SourceRecord
 from streams.partition_group import group_order, merge
 from tables.state_store import OutputRecord, TableBatchWriter
 
 log = structlog.get_logger(__name__)
+
+# Customers kept decoded by default (streams/settings.py, state_cache_customers).
+DEFAULT_DECODED_STATES = 10_000
 
 
 @dataclass(slots=True)
@@ -55,9 +59,11 @@ class ScoreEvents:
 
     def __init__(
         self, ctx: BatchContext, writer: TableBatchWriter, locks: PartitionLocks, clock: Clock,
-        *, insights: WorkerInsights | None = None,
+        *, insights: WorkerInsights | None = None, decoded: DecodedStates | None = None,
     ) -> None:
         self.ctx = ctx
+        # The states this handler last wrote, kept decoded (churnguard/state_cache.py).
+        self.decoded = DecodedStates(DEFAULT_DECODED_STATES) if decoded is None else decoded
         self.insights = insights
         self.writer = writer
         self.locks = locks
@@ -121,7 +127,8 @@ class ScoreEvents:
         async with self.locks[partition]:
             engine = self._engine_for(partition, spans)
             loaded = census.StatesAndCensus(self.writer, partition)
-            result = process_partition(records, loaded, self.ctx, now=now, engine=engine)
+            result = process_partition(records, loaded, self.ctx, now=now, engine=engine,
+                                       decoded=self.decoded)
             # Outputs are co-partitioned with the inputs: same partition, no key hashing.
             outputs = [OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs]
             # The census record, when bands or segments changed, goes in the same write.
@@ -135,6 +142,7 @@ class ScoreEvents:
                 self._pin(partition, engine, spans)
                 raise
             self._settle(partition, spans)
+            self.decoded.keep(result.writes, result.states)
             if self.insights is not None:
                 self.insights.publish(partition, added)
             metrics = self.ctx.metrics

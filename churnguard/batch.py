@@ -25,6 +25,7 @@ from churnguard.core.processor import (
 from churnguard.core.state import MAX_OPEN_TICKETS, CustomerState
 from churnguard.core.validation import Rejected, parse_event
 from churnguard.metrics import Metrics
+from churnguard.state_cache import DecodedStates
 from schemas.events import PERSONAL_FIELDS, Event
 from streams.codecs import (
     DLQ_KEY_LIMIT,
@@ -81,6 +82,9 @@ class PartitionResult:
     # the outcome records it puts on the outcomes topic, and the comments' terms.
     outcomes: list[OutcomeRecord] = field(default_factory=list)
     comments: list[CommentTerms] = field(default_factory=list)
+    # The written (not deleted) states by key, as `writes` stores them: what the shell keeps
+    # decoded once the write succeeded (churnguard/state_cache.py).
+    states: dict[bytes, CustomerState] = field(default_factory=dict)
 
 
 # Kafka's per-record framing on top of key and value (aiokafka estimates up to 82 bytes
@@ -143,6 +147,7 @@ def process_partition(
     *,
     now: float,
     engine: Engine | None = None,
+    decoded: DecodedStates | None = None,
 ) -> PartitionResult:
     """`records` all belong to one partition (of one or several co-partitioned topics), in
     the order they are to be applied. `load` multi-gets stored states by customer key.
@@ -151,7 +156,11 @@ def process_partition(
     write that failed once its outputs may have gone out is evaluated by the pack of its
     first attempt, so the same action ids carry the same payloads. The written states'
     dues are still indexed under the running pack (`ctx.engine`), as the re-index would
-    put them: it may already have passed these customers."""
+    put them: it may already have passed these customers.
+
+    `decoded` holds states this worker wrote, kept decoded: those still stored as it has
+    them are taken from it instead of being decoded again (result.states goes back in once
+    written)."""
     result = PartitionResult()
     metrics = ctx.metrics
     valid: list[tuple[RawRecord, Event]] = []
@@ -177,7 +186,8 @@ def process_partition(
     stored = dict(zip(keys, load(keys), strict=True))
     evaluator = ctx.engine if engine is None else engine
     try:
-        applied = _apply_all(valid, stored, ctx, now, evaluator, isolate=False)
+        applied = _apply_all(valid, stored, ctx, now, evaluator, isolate=False,
+                             decoded=decoded)
     except Exception as exc:  # a record the core cannot process: find it, never stall
         log.warning("batch_isolating_failed_record", error=type(exc).__name__,
                     records=len(valid))
@@ -189,6 +199,7 @@ def process_partition(
     result.census = applied.census
     result.outcomes = applied.outcomes
     result.comments = applied.comments
+    result.states = applied.states
     result.new_customers += sum(1 for key, value in applied.writes.items()
                                 if value is not None and stored.get(key, b"") is None)
     result.new_customers -= sum(1 for key, value in applied.writes.items()
@@ -218,6 +229,7 @@ class _Applied:
     comments: list[CommentTerms] = field(default_factory=list)
     # Customer -> its latest score change of the batch: the only one published.
     scores: dict[bytes, ScoreChange] = field(default_factory=dict)
+    states: dict[bytes, CustomerState] = field(default_factory=dict)
 
 
 def _log_bounds(applied: _Applied) -> None:
@@ -241,14 +253,15 @@ def _apply_all(
     engine: Engine,
     *,
     isolate: bool,
+    decoded: DecodedStates | None = None,
 ) -> _Applied:
     """Apply the events with `engine`; with `isolate`, one at a time from the last good
     serialized state, so that an event the core fails on is dead-lettered and its customer's
-    state is the one before it (slower: only used after a failure)."""
+    state is the one before it (slower: only used after a failure). A state taken from
+    `decoded` is out of it: a second pass decodes the stored bytes."""
     applied = _Applied(Metrics())
     metrics = applied.metrics
-    states = {key: None if raw is None else CustomerState.from_bytes(raw)
-              for key, raw in stored.items()}
+    states = {key: _decode(key, raw, decoded) for key, raw in stored.items()}
     good = dict(stored)
     due_before = {key: None if state is None else state.next_due for key, state in states.items()}
     # Before any event: apply_event changes the loaded states in place.
@@ -301,7 +314,7 @@ def _apply_all(
                         for key, change in applied.scores.items()]
     _due_under(engine, ctx.engine, dirty, states)
     # A state over the limit (seen here first) is found per event by the isolate pass.
-    applied.writes = _store(dirty, states, due_before, ctx)
+    applied.writes, applied.states = _store(dirty, states, due_before, ctx)
     applied.census = {key: moved for key in dirty
                       if (moved := change(standing_before[key], standing(states[key])))}
     return applied
@@ -430,6 +443,15 @@ def reindex(
     return result, moved
 
 
+def _decode(key: bytes, raw: bytes | None, decoded: DecodedStates | None
+            ) -> CustomerState | None:
+    if raw is None:
+        return None
+    if decoded is not None and (state := decoded.take(key, raw)) is not None:
+        return state
+    return CustomerState.from_bytes(raw)
+
+
 def _load(
     keys: list[bytes], load: Callable[[list[bytes]], list[bytes | None]]
 ) -> dict[bytes, CustomerState | None]:
@@ -489,10 +511,11 @@ def _store(
     states: dict[bytes, CustomerState | None],
     due_before: dict[bytes, float | None],
     ctx: BatchContext,
-) -> dict[bytes, bytes | None]:
+) -> tuple[dict[bytes, bytes | None], dict[bytes, CustomerState]]:
     """Each dirty state once (None: forgotten, deleted), and its due-index entry moved if
-    its next due changed."""
+    its next due changed; and the states written."""
     writes: dict[bytes, bytes | None] = {}
+    written: dict[bytes, CustomerState] = {}
     for key in dirty:
         state = states[key]
         if state is None:
@@ -502,8 +525,9 @@ def _store(
         raw = state.to_bytes()
         _check_state(key, raw, ctx)
         writes[key] = raw
+        written[key] = state
         writes.update(due_index.moves(key, due_before[key], state.next_due))
-    return writes
+    return writes, written
 
 
 def _scrub(text: str, event: Event) -> str:

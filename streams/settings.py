@@ -154,6 +154,10 @@ class Settings(BaseSettings):
     # of JSON's bytes); `json` while a rolling upgrade still runs workers of a version that
     # reads JSON only (docs/design.md, "Stored state").
     state_format: Literal["binary", "json"] = "binary"
+    # Customer states kept decoded after a batch wrote them (churnguard/state_cache.py):
+    # a batch whose customers were in a recent one takes them instead of decoding them, and
+    # keeps their next due known exact. About 4 KB of memory each; 0 keeps none.
+    state_cache_customers: int = Field(10_000, ge=0)
     # How often processed offsets are committed (faust's broker_commit_interval).
     commit_interval_s: float = Field(2.8, gt=0)
     log_level: str = "info"

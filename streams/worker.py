@@ -49,6 +49,7 @@ from churnguard.logging import install_exception_hooks, stdlib_logging_config
 from churnguard.metrics import Metrics
 from churnguard.rules.loading import load_pack
 from churnguard.rules.publishing import Published, load_publishable_file, newest_valid, read_history
+from churnguard.state_cache import DecodedStates
 from streams.app import Topology, create_app
 from streams.audit_log import AuditLog
 from streams.batch_path import BatchPathConsumer, install_batch_path
@@ -146,7 +147,8 @@ def build_worker_app(
     )
     locks = PartitionLocks()
     insights = WorkerInsights(writer, locks, max_record_bytes=ctx.max_record_bytes)
-    score_events = ScoreEvents(ctx, writer, locks, clock, insights=insights)
+    decoded = DecodedStates(settings.state_cache_customers)
+    score_events = ScoreEvents(ctx, writer, locks, clock, insights=insights, decoded=decoded)
     install_batch_path(app, topology.inputs, score_events,
                        max_idle_s=settings.max_task_idle_s,
                        max_buffered=settings.buffered_records_per_partition,
@@ -204,7 +206,7 @@ def build_worker_app(
         log.info("rules_file_in_use", path=str(settings.rules_file),
                  note="published packs are not followed")
 
-    _background_scans(app, inputs, reindexing, census, insights)
+    _background_scans(app, inputs, reindexing, census, insights, decoded)
     web = _observability(topology, settings, metrics, inputs, writer,
                          insights=insights, ctx=ctx, clock=clock)
 
@@ -221,7 +223,8 @@ def build_worker_app(
 
 
 def _background_scans(app: faust.App, inputs: set[str], reindexing: Reindex,
-                      census: CensusScan, insights: WorkerInsights) -> None:
+                      census: CensusScan, insights: WorkerInsights,
+                      decoded: DecodedStates) -> None:
     """The throttled walks of the store, each through the guarded-run path: the re-index
     after a pack changed a timer, the census of a store without one, the read of the KPI
     aggregates of a partition taken over."""
@@ -245,6 +248,7 @@ def _background_scans(app: faust.App, inputs: set[str], reindexing: Reindex,
         # may write the partition meanwhile).
         census.forget()
         insights.forget()
+        decoded.forget()  # (would only be misses: memory back)
 
 
 def _observability(
