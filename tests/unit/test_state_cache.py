@@ -1,7 +1,9 @@
 """churnguard.state_cache: states a worker wrote, kept decoded. A batch run with the cache
 gives exactly what it gives without (outputs, stored bytes), whatever writes the store
-between batches (timer ticks, erasures) and however often a batch's write fails and it is
-read again; an entry is used only while the store holds the bytes it was kept with."""
+between batches (timer ticks, the re-index after a publish, erasures, retention), however
+often a batch's write fails (before or after the store was written) and it is read again
+under its first pack, and when a record makes the core fail (the isolating pass); an entry
+is used only while the store holds the bytes it was kept with."""
 
 from __future__ import annotations
 
@@ -11,18 +13,30 @@ import orjson
 import pytest
 
 from benchmarks.workload import generate
-from churnguard import due_index
-from churnguard.batch import BatchContext, process_due, process_partition
+from churnguard import batch, due_index
+from churnguard.batch import BatchContext, process_due, process_partition, reindex
 from churnguard.core.clock import DAY, parse_rfc3339
+from churnguard.core.processor import Engine, Outcome
 from churnguard.core.state import CustomerState
-from churnguard.engine import build_engine
 from churnguard.metrics import Metrics
 from churnguard.state_cache import DecodedStates
-from streams.settings import Settings
+from schemas.events import Event
 from tests.unit.memory_store import MemoryStore
+from tests.unit.packs import make_pack
 from tests.unit.raw_records import TOPICS, Record
 
 END = parse_rfc3339("2026-06-30T12:00:00Z")
+# Two packs published in turn: quiet hours and caps keep deferrals and guard memory in the
+# states, a short retention removes customers at ticks.
+GUARDS = {"quiet_hours": {"start": "21:00", "end": "09:00"},
+          "frequency_caps": [{"type": "notification", "max": 2, "days": 7}]}
+FIRST = Engine(pack=make_pack(changes={"guards": GUARDS, "retention_days": 15}),
+               dedup_window=64)
+SECOND = Engine(pack=make_pack(changes={"retention_days": 10,
+                                        "rules.health_winback.trigger.below": 70}),
+                dedup_window=64)
+# The event ids the core fails on (the isolating pass dead-letters them).
+FAILING = {"ev-1-300", "ev-2-300", "ev-3-300"}
 
 
 def _state(customer: str = "c1", orders: int = 1) -> tuple[bytes, CustomerState]:
@@ -101,43 +115,80 @@ def _records(seed: int) -> list[Record]:
 
 
 def _worker_run(records: list[Record], seed: int, cache: DecodedStates | None
-                ) -> tuple[list[tuple[str, bytes | None, bytes]], dict[bytes, bytes]]:
-    """The worker's loop over one partition: batches of random sizes, a tick after some
-    (its writes bypass the cache), and some writes failing (nothing stored or kept; the
-    batch is read again)."""
+                ) -> tuple[list[tuple[str, bytes | None, bytes]], dict[bytes, bytes], Metrics]:
+    """The worker's loop over one partition: batches of random sizes; some writes failing
+    (nothing kept; the store sometimes written all the same) and read again under the
+    pack of their first attempt; packs published in turn, the re-index and ticks between
+    batches (their writes bypass the cache)."""
     rng = random.Random(seed)  # the same choices with and without the cache
-    ctx = BatchContext.create(build_engine(Settings()), TOPICS, Metrics(), 24)
+    ctx = BatchContext.create(FIRST, TOPICS, Metrics(), 24)
     store = MemoryStore()
     sent: list[tuple[str, bytes | None, bytes]] = []
     start = 0
+    pinned: Engine | None = None
     while start < len(records):
-        batch = records[start:start + rng.randint(1, 80)]
-        now = batch[-1].timestamp_ms / 1000 + 1
-        result = process_partition(batch, store.load, ctx, now=now, decoded=cache)
-        if rng.random() < 0.15:
-            continue  # the write failed: read again (its outputs may be out: sent twice)
+        part = records[start:start + rng.randint(1, 80)]
+        now = part[-1].timestamp_ms / 1000 + rng.choice([1, 3600])
+        engine = ctx.engine if pinned is None else pinned
+        result = process_partition(part, store.load, ctx, now=now, engine=engine,
+                                   decoded=cache)
         sent += [(o.topic, o.key, o.value) for o in result.outputs]
+        if rng.random() < 0.15:
+            # The write failed after its outputs went out (or even after the store took
+            # it): read again, by the same engine.
+            if rng.random() < 0.3:
+                store.write(result.writes)
+            pinned = engine
+            continue
+        pinned = None
         store.write(result.writes)
         if cache is not None:
             cache.keep(result.writes, result.states)
-        start += len(batch)
+        start += len(part)
+        if rng.random() < 0.05:
+            ctx.engine = SECOND if ctx.engine is FIRST else FIRST
         if rng.random() < 0.3:
-            until = now + rng.choice([0, DAY, 7 * DAY])
+            customers = sorted(k for k in store.data
+                               if due_index.FIRST_CUSTOMER <= k < due_index.AFTER_CUSTOMERS)
+            if customers:
+                first = rng.randrange(len(customers))
+                store.write(reindex(customers[first:first + 10], store.load, ctx)[0].writes)
+        if rng.random() < 0.3:
+            until = now + rng.choice([0, DAY, 7 * DAY, 30 * DAY])
             upper = due_index.scan_upper_bound(until)
             entries = sorted(k for k in store.data if due_index.PREFIX <= k < upper)
             ticked = process_due(entries, store.load, ctx, until=until, noticed_at=until)
             sent += [(o.topic, o.key, o.value) for o in ticked.outputs]
             store.write(ticked.writes)
-    return sent, store.data
+    return sent, store.data, ctx.metrics
 
 
+@pytest.fixture
+def failing_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    apply_event = batch.apply_event
+
+    def failing(state: CustomerState | None, event: Event, engine: Engine,
+                **kwargs: object) -> Outcome:
+        if event.event_id in FAILING:
+            raise RuntimeError("a record the core fails on")
+        return apply_event(state, event, engine, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch, "apply_event", failing)
+
+
+@pytest.mark.usefixtures("failing_core")
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("capacity", [5, 10_000])
 def test_batches_give_the_same_outputs_and_states_with_the_cache(seed: int,
                                                                  capacity: int) -> None:
     records = _records(seed)
+    assert FAILING & {orjson.loads(r.value or b"{}").get("event_id") for r in records}
     cache = DecodedStates(capacity)
-    assert _worker_run(records, seed, cache) == _worker_run(records, seed, None)
+    sent, stored, metrics = _worker_run(records, seed, cache)
+    assert (sent, stored) == _worker_run(records, seed, None)[:2]
+    # What it is run through.
+    assert metrics.customers_retired > 0
+    assert metrics.dead_letters["processing_error"] == 1
     # Both paths taken.
     assert cache.hits > 0
     assert cache.misses > 0
