@@ -11,7 +11,12 @@ which the JSON form of a rolling upgrade does not (it leaves fields out).
 
 An entry is taken out when used (the batch then changes the object in place) and put back
 only after the write that stored its new bytes succeeded, so a failed or isolated batch
-starts again from the stored bytes. Bounded: the least recently written go first."""
+starts again from the stored bytes. Bounded: the least recently written go first.
+
+A kept state also keeps what is not stored: that its next due is exact under `due_pack`
+(`_due_exact`), as replay's states do. That holds while next_due depends on nothing but the
+stored fields and the pack (whose fingerprint `due_pack` is); the equivalence test
+(tests/unit/test_state_cache.py) would tell otherwise."""
 
 from __future__ import annotations
 
