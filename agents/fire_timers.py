@@ -25,6 +25,7 @@ from agents.locks import PartitionLocks
 from churnguard import due_index
 from churnguard.batch import BatchContext, process_due
 from churnguard.clocks import Clock
+from churnguard.state_cache import DecodedStates
 from tables.state_store import OutputRecord, TableBatchWriter
 
 log = structlog.get_logger(__name__)
@@ -64,8 +65,11 @@ class FireTimers:
         insights: WorkerInsights | None = None,
         interval: float = 0.25,
         floor: float = 0.02,
+        decoded: DecodedStates | None = None,
     ) -> None:
         self.ctx = ctx
+        # The batches' decoded states (churnguard/state_cache.py): taken and kept as they do.
+        self.decoded = decoded
         self.insights = insights
         self.writer = writer
         self.locks = locks
@@ -139,7 +143,8 @@ class FireTimers:
                 return 0  # nothing due: one seek, which also tells when the next tick is
             entries = self.writer.scan(partition, due_index.PREFIX, upper, self.limit)
             loaded = census.StatesAndCensus(self.writer, partition)
-            result = process_due(entries, loaded, self.ctx, until=until, noticed_at=now)
+            result = process_due(entries, loaded, self.ctx, until=until, noticed_at=now,
+                                 decoded=self.decoded)
             # Outputs are co-partitioned with the inputs: same partition, no key hashing.
             outputs = [OutputRecord(o.topic, o.key, o.value, partition) for o in result.outputs]
             # Scores decayed or segments aged: the census record goes in the same write.
@@ -147,6 +152,8 @@ class FireTimers:
             # Episodes expired or recovered: their KPI slices too.
             added = None if self.insights is None else self.insights.stage(partition, result)
             await self.writer.write(partition, result.writes, outputs=outputs)
+            if self.decoded is not None:
+                self.decoded.keep(result.writes, result.states)
             if self.insights is not None:
                 self.insights.publish(partition, added)
             self.ctx.metrics.timers_pending[partition] += due_index.entries_delta(result.writes)

@@ -353,12 +353,15 @@ def process_due(
     *,
     until: float,
     noticed_at: float,
+    decoded: DecodedStates | None = None,
 ) -> PartitionResult:
     """A tick: advance the customers of these due-index entries to `until` (the wall clock,
     or less while events are still unconsumed), firing their timers; `noticed_at` is the
-    wall clock (for grace). Index entries move in the same writes as their states."""
+    wall clock (for grace). Index entries move in the same writes as their states. States
+    are taken from `decoded` as by process_partition."""
     result = PartitionResult()
-    states = _load(list(dict.fromkeys(due_index.customer_of(e) for e in entries)), load)
+    states = _load(list(dict.fromkeys(due_index.customer_of(e) for e in entries)), load,
+                   decoded)
     due_before = {key: None if state is None else state.next_due for key, state in states.items()}
     too_large = 0
     for key, state in list(states.items()):
@@ -393,6 +396,8 @@ def process_due(
         result.outputs += outputs
         result.outcomes += outcome.outcome_records
         result.writes[key] = encoded
+        if encoded is not None:
+            result.states[key] = state
         if outcome.retired:
             # Data retention, after what fired up to it: the customer goes as an erasure
             # removes one (state, index entry, census place; no score).
@@ -453,12 +458,10 @@ def _decode(key: bytes, raw: bytes | None, decoded: DecodedStates | None
 
 
 def _load(
-    keys: list[bytes], load: Callable[[list[bytes]], list[bytes | None]]
+    keys: list[bytes], load: Callable[[list[bytes]], list[bytes | None]],
+    decoded: DecodedStates | None = None,
 ) -> dict[bytes, CustomerState | None]:
-    return {
-        key: None if raw is None else CustomerState.from_bytes(raw)
-        for key, raw in zip(keys, load(keys), strict=True)
-    }
+    return {key: _decode(key, raw, decoded) for key, raw in zip(keys, load(keys), strict=True)}
 
 
 def _encode(outcome: Outcome, key: bytes, ctx: BatchContext) -> list[Output]:

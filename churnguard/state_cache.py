@@ -4,8 +4,9 @@ about a tenth of a batch's processing, and most customers of a batch were in a r
 
 Sound by construction rather than by invalidation: an entry is the object *and* the bytes
 it was stored as, and it is used only when the store still holds exactly those bytes, so a
-write by any other path (a timer tick, the re-index, an erasure, a store rebuilt from the
-changelog, another worker after a rebalance) makes it a miss, never a wrong state. Only the
+write by any other path (the re-index, an erasure, a store rebuilt from the changelog,
+another worker after a rebalance) makes it a miss, never a wrong state. The batches and the
+timer tick take and keep. Only the
 current binary format is kept: it decodes to an exactly equal state (test_state_codec),
 which the JSON form of a rolling upgrade does not (it leaves fields out).
 

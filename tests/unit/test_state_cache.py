@@ -1,9 +1,10 @@
 """churnguard.state_cache: states a worker wrote, kept decoded. A batch run with the cache
 gives exactly what it gives without (outputs, stored bytes), whatever writes the store
-between batches (timer ticks, the re-index after a publish, erasures, retention), however
-often a batch's write fails (before or after the store was written) and it is read again
-under its first pack, and when a record makes the core fail (the isolating pass); an entry
-is used only while the store holds the bytes it was kept with."""
+between batches (the re-index after a publish; erasures; ticks, which use the cache too,
+and their retention removals), however often a batch's write fails (before or after the
+store was written) and it is read again under its first pack, and when a record makes the
+core fail (the isolating pass); an entry is used only while the store holds the bytes it
+was kept with."""
 
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ def _worker_run(records: list[Record], seed: int, cache: DecodedStates | None
     """The worker's loop over one partition: batches of random sizes; some writes failing
     (nothing kept; the store sometimes written all the same) and read again under the
     pack of their first attempt; packs published in turn, the re-index and ticks between
-    batches (their writes bypass the cache)."""
+    batches (the re-index's writes bypass the cache; the ticks' take and keep as batches do)."""
     rng = random.Random(seed)  # the same choices with and without the cache
     ctx = BatchContext.create(FIRST, TOPICS, Metrics(), 24)
     store = MemoryStore()
@@ -157,9 +158,12 @@ def _worker_run(records: list[Record], seed: int, cache: DecodedStates | None
             until = now + rng.choice([0, DAY, 7 * DAY, 30 * DAY])
             upper = due_index.scan_upper_bound(until)
             entries = sorted(k for k in store.data if due_index.PREFIX <= k < upper)
-            ticked = process_due(entries, store.load, ctx, until=until, noticed_at=until)
+            ticked = process_due(entries, store.load, ctx, until=until, noticed_at=until,
+                                 decoded=cache)
             sent += [(o.topic, o.key, o.value) for o in ticked.outputs]
             store.write(ticked.writes)
+            if cache is not None:
+                cache.keep(ticked.writes, ticked.states)
     return sent, store.data, ctx.metrics
 
 
