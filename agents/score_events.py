@@ -33,15 +33,12 @@ from churnguard import due_index
 from churnguard.batch import BatchContext, process_partition
 from churnguard.clocks import Clock
 from churnguard.core.processor import Engine
-from churnguard.state_cache import DecodedStates
+from churnguard.state_cache import DEFAULT_CAPACITY, DecodedStates
 from streams.batch_path import SourceRecord
 from streams.partition_group import group_order, merge
 from tables.state_store import OutputRecord, TableBatchWriter
 
 log = structlog.get_logger(__name__)
-
-# Customers kept decoded by default (streams/settings.py, state_cache_customers).
-DEFAULT_DECODED_STATES = 10_000
 
 
 @dataclass(slots=True)
@@ -63,7 +60,7 @@ class ScoreEvents:
     ) -> None:
         self.ctx = ctx
         # The states this handler last wrote, kept decoded (churnguard/state_cache.py).
-        self.decoded = DecodedStates(DEFAULT_DECODED_STATES) if decoded is None else decoded
+        self.decoded = DecodedStates(DEFAULT_CAPACITY) if decoded is None else decoded
         self.insights = insights
         self.writer = writer
         self.locks = locks

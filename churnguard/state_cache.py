@@ -26,7 +26,10 @@ from collections.abc import Mapping
 from churnguard.core.state import CustomerState
 from churnguard.core.state_codec import FORMAT_2
 
-__all__ = ["DecodedStates"]
+__all__ = ["DEFAULT_CAPACITY", "DecodedStates"]
+
+# Customers kept (CHURNGUARD_STATE_CACHE_CUSTOMERS): ~4 KB each, some 40 MB.
+DEFAULT_CAPACITY = 10_000
 
 
 class DecodedStates:

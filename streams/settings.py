@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from churnguard.access_tokens import AccessToken
 from churnguard.errors import UserError
+from churnguard.state_cache import DEFAULT_CAPACITY
 from connectors.delivery.settings import DeliverySettings
 from connectors.gateway.settings import GatewaySettings
 from connectors.kafka_link import KafkaLink, KafkaSecurity
@@ -157,7 +158,7 @@ class Settings(BaseSettings):
     # Customer states kept decoded after a batch wrote them (churnguard/state_cache.py):
     # a batch whose customers were in a recent one takes them instead of decoding them, and
     # keeps their next due known exact. About 4 KB of memory each; 0 keeps none.
-    state_cache_customers: int = Field(10_000, ge=0)
+    state_cache_customers: int = Field(DEFAULT_CAPACITY, ge=0)
     # How often processed offsets are committed (faust's broker_commit_interval).
     commit_interval_s: float = Field(2.8, gt=0)
     log_level: str = "info"
