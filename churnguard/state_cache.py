@@ -6,9 +6,9 @@ Sound by construction rather than by invalidation: an entry is the object *and* 
 it was stored as, and it is used only when the store still holds exactly those bytes, so a
 write by any other path (the re-index, an erasure, a store rebuilt from the changelog,
 another worker after a rebalance) makes it a miss, never a wrong state. The batches and the
-timer tick take and keep. Only the
-current binary format is kept: it decodes to an exactly equal state (test_state_codec),
-which the JSON form of a rolling upgrade does not (it leaves fields out).
+timer tick take and keep. Only the current binary format is kept: it decodes to an exactly
+equal state (test_state_codec), which the JSON form of a rolling upgrade does not (it leaves
+fields out).
 
 An entry is taken out when used (the batch then changes the object in place) and put back
 only after the write that stored its new bytes succeeded, so a failed or isolated batch
@@ -22,6 +22,7 @@ stored fields and the pack (whose fingerprint `due_pack` is); the equivalence te
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import islice
 
 from churnguard.core.state import CustomerState
 from churnguard.core.state_codec import FORMAT_2
@@ -61,12 +62,12 @@ class DecodedStates:
         entries = self._entries
         for key, state in states.items():
             raw = writes.get(key)
-            if raw is not None and raw[:1] == FORMAT_2:
+            if raw is not None and raw.startswith(FORMAT_2):
                 entries.pop(key, None)  # (moved to the newest end)
                 entries[key] = (raw, state)
         excess = len(entries) - self.capacity
         if excess > 0:
-            for key in [key for key, _ in zip(entries, range(excess), strict=False)]:
+            for key in list(islice(entries, excess)):  # the least recently written
                 del entries[key]
 
     def forget(self) -> None:

@@ -174,7 +174,7 @@ def build_worker_app(
     timers = FireTimers(ctx, writer, locks, clock, limit=settings.tick_limit,
                         watermark=watermark, insights=insights,
                         interval=settings.tick_interval_s, floor=settings.fetch_max_wait_s,
-                       decoded=decoded)
+                        decoded=decoded)
     score_events.on_due = timers.note_due
     reindexing = Reindex(ctx, writer, locks)
     census = CensusScan(writer, locks, metrics)

@@ -105,11 +105,11 @@ def _records(seed: int) -> list[Record]:
     rng = random.Random(seed)
     out: list[Record] = []
     for key, value in generate(1_500, 60, days=20, seed=seed, end=END):
-        at = parse_rfc3339(orjson.loads(value)["occurred_at"])
+        occurred_at = orjson.loads(value)["occurred_at"]
+        at = parse_rfc3339(occurred_at)
         if rng.random() < 0.01:
             erasure = orjson.dumps({"type": "erasure", "event_id": f"erase-{len(out)}",
-                                    "customer_id": key.decode(),
-                                    "occurred_at": orjson.loads(value)["occurred_at"]})
+                                    "customer_id": key.decode(), "occurred_at": occurred_at})
             out.append(Record(TOPICS.events, 0, len(out), key, erasure, int(at * 1000)))
         out.append(Record(TOPICS.events, 0, len(out), key, value, int(at * 1000)))
     return out
