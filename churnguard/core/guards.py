@@ -13,83 +13,21 @@ import contextlib
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from datetime import time as clock_time
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from churnguard.core.clock import DAY, HOUR
+from churnguard.core.specs import PackGuards, RuleGuards
 from churnguard.core.state import CustomerState
 
 Reason = Literal[
     "global_control", "holdout", "cooldown", "max_per_customer", "frequency_cap",
     "quiet_hours_deferred",
 ]
-ActionType = Literal["notification", "task", "coupon", "profile_update"]
 # Deferred actions a customer may have waiting for the end of quiet hours (state stays small).
 MAX_DEFERRED = 20
 # The global control group's hash namespace: a hyphen, which no rule id can contain.
 CONTROL_GROUP = "global-control"
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class RuleGuards(_Spec):
-    """A rule's own guards (all optional)."""
-
-    # No second firing for the same customer within this many hours.
-    cooldown_hours: float | None = Field(None, gt=0, le=24 * 3660)
-    max_per_customer: int | None = Field(None, ge=1, le=1_000_000)
-    # This share of customers (a stable hash of rule and customer) never gets the actions:
-    # their firings are recorded as suppressed (`holdout`), to measure the rule's uplift.
-    holdout_percent: float = Field(0, ge=0, le=100)
-    # Service messages (ticket acknowledgement, survey): not counted by frequency caps,
-    # not held for quiet hours, not withheld from the global control group.
-    transactional: bool = False
-
-
-class FrequencyCap(_Spec):
-    """At most `max` actions of `type` (and `channel`, for notifications) per customer per
-    `days`, across all non-transactional rules."""
-
-    type: ActionType
-    channel: Literal["any", "email", "sms", "push"] = "any"
-    max: int = Field(ge=0, le=10_000)
-    days: float = Field(gt=0, le=366)
-
-    @model_validator(mode="after")
-    def _channel_of_notifications(self) -> FrequencyCap:
-        if self.channel != "any" and self.type != "notification":
-            raise ValueError(f"only notifications have a channel; a {self.type} cap counts "
-                             "every one (leave channel out)")
-        return self
-
-
-class QuietHours(_Spec):
-    """Notifications due between `start` and `end` (local time of the customer's profile
-    time zone, else the pack's) are deferred to `end`."""
-
-    start: clock_time
-    end: clock_time
-    types: tuple[ActionType, ...] = ("notification",)
-
-    @field_validator("end")
-    @classmethod
-    def _not_empty(cls, end: clock_time, info: Any) -> clock_time:
-        if info.data.get("start") == end:
-            raise ValueError("quiet hours need an end other than their start")
-        return end
-
-
-class PackGuards(_Spec):
-    frequency_caps: tuple[FrequencyCap, ...] = ()
-    quiet_hours: QuietHours | None = None
-    # This share of all customers (a stable hash of the customer) gets no non-transactional
-    # action from any rule: the baseline the whole program is measured against.
-    global_control_percent: float = Field(0, ge=0, le=100)
 
 
 @dataclass(frozen=True, slots=True)

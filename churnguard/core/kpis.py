@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from churnguard.core.clock import DAY, day_number, parse_rfc3339, rfc3339
-from churnguard.core.outcomes import KpiSettings, OutcomeRecord
+from churnguard.core.outcomes import OutcomeRecord
+from churnguard.core.specs import KpiSettings
 from churnguard.core.state import SPEND_SCALE
 
 # The customer's dimensions every record carries (at its cohort moment); a task's assignee

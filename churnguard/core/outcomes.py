@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from churnguard.core.clock import DAY, parse_rfc3339, rfc3339
+from churnguard.core.specs import KpiSettings
 from churnguard.core.state import (
     MAX_LOGGED_ACTIONS,
     SPEND_SCALE,
@@ -31,32 +30,6 @@ OutcomeRecord = dict[str, Any]
 # Bits of LoggedAction.flags: each feedback status and the redemption count once.
 FLAGS = {"delivered": 1, "opened": 2, "clicked": 4, "completed": 8, "failed": 16,
          "redeemed": 32}
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ActionCosts(_Spec):
-    """What one action costs, in the currency of the purchases (ROI's cost side)."""
-
-    email: float = Field(0.0, ge=0, le=1_000_000)
-    sms: float = Field(0.0, ge=0, le=1_000_000)
-    push: float = Field(0.0, ge=0, le=1_000_000)
-    task: float = Field(0.0, ge=0, le=1_000_000)
-
-
-class KpiSettings(_Spec):
-    """The pack's `kpis:` section."""
-
-    # A win-back episode recovers within this many days of its start, or expires.
-    recovery_window_days: float = Field(30, gt=0, le=366)
-    # Recovery by score for a win-back rule without a `health_score below` threshold.
-    recovery_score: float = Field(60, ge=0, le=100)
-    # A first purchase repeats when another follows within this many days.
-    repeat_purchase_days: float = Field(90, gt=0, le=3660)
-    gross_margin: float = Field(0.3, ge=0, le=1)
-    costs: ActionCosts = ActionCosts()
 
 
 def _e4(amount: float) -> int:

@@ -34,18 +34,21 @@ from churnguard.core.conditions import (
     compile_condition,
     compile_variable,
 )
-from churnguard.core.guards import PackGuards, RuleGuards
-from churnguard.core.outcomes import ActionCosts, KpiSettings
-from churnguard.core.rfm import PROSPECT, RfmSettings
-from churnguard.core.scoring import ScoringSettings
-from churnguard.core.triggers import (
+from churnguard.core.rfm import PROSPECT
+from churnguard.core.specs import (
+    ActionCosts,
     AfterTrigger,
     AnniversaryTrigger,
     InactivityTrigger,
+    KpiSettings,
+    PackGuards,
+    RfmSettings,
+    RuleGuards,
+    ScoringSettings,
     TicketOverdueTrigger,
     TimerTrigger,
-    moved_by,
 )
+from churnguard.core.triggers import moved_by
 from schemas.events import MODEL_BY_TYPE, PERSONAL_FIELDS
 
 # Signals an event can raise (see processor.apply_event).

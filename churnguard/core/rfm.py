@@ -4,62 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict
-
 from churnguard.core.clock import DAY
+from churnguard.core.specs import RfmSettings, SegmentRule
 from churnguard.core.state import SPEND_SCALE, CustomerState
-
-
-class SegmentRule(BaseModel):
-    """A segment applies when R, F and M each lie in their inclusive [low, high] range."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    segment: str
-    r: tuple[int, int] = (1, 5)
-    f: tuple[int, int] = (1, 5)
-    m: tuple[int, int] = (1, 5)
-
-
-DEFAULT_SEGMENTS = (
-    SegmentRule(segment="champion", r=(4, 5), f=(4, 5), m=(4, 5)),
-    SegmentRule(segment="needs_reactivation", r=(1, 2), f=(4, 5), m=(4, 5)),
-    SegmentRule(segment="loyal", r=(3, 5), f=(3, 5)),
-    SegmentRule(segment="new", r=(4, 5), f=(1, 1)),
-    SegmentRule(segment="promising", r=(3, 5)),
-    SegmentRule(segment="at_risk", r=(1, 2), f=(2, 5)),
-    SegmentRule(segment="hibernating", r=(1, 2)),
-)
-
-
-class RfmSettings(BaseModel):
-    """Score 5 for the first threshold met, 4 for the second, … 1 when none is met."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    # Days since the last purchase, at most.
-    recency_days: tuple[float, float, float, float] = (14, 30, 60, 120)
-    # Lifetime orders, at least.
-    frequency_orders: tuple[int, int, int, int] = (20, 10, 5, 2)
-    # Lifetime spend, at least.
-    monetary_spend: tuple[float, float, float, float] = (10_000, 5_000, 1_000, 200)
-    # First match wins; customers without a purchase are `prospect`.
-    segments: tuple[SegmentRule, ...] = DEFAULT_SEGMENTS
-    fallback_segment: str = "hibernating"
-
-    @property
-    def segment_by_scores(self) -> dict[tuple[int, int, int], str]:
-        """Every (R, F, M) to its segment: 125 entries, looked up on every rescore; built
-        once per segment list (kept by identity: a model_copy with new segments gets its
-        own table)."""
-        found = _TABLES.get(id(self.segments))
-        if found is None or found[0] is not self.segments or found[1] != self.fallback_segment:
-            grades = range(1, 6)
-            found = _TABLES[id(self.segments)] = (self.segments, self.fallback_segment, {
-                (r, f, m): _first_segment(r, f, m, self)
-                for r in grades for f in grades for m in grades})
-        return found[2]
-
 
 PROSPECT = "prospect"
 # Segment tables by the id of their segment list (which the entry keeps alive, so the id
@@ -91,7 +38,19 @@ def segment_of(scores: tuple[int, int, int] | None, cfg: RfmSettings) -> str:
     """The first segment rule whose R, F and M ranges all contain the scores."""
     if scores is None:
         return PROSPECT
-    return cfg.segment_by_scores[scores]
+    return _segment_table(cfg)[scores]
+
+
+def _segment_table(cfg: RfmSettings) -> dict[tuple[int, int, int], str]:
+    """Every (R, F, M) to its segment: 125 entries, looked up on every rescore; built once
+    per segment list (kept by identity: a model_copy with new segments gets its own table)."""
+    found = _TABLES.get(id(cfg.segments))
+    if found is None or found[0] is not cfg.segments or found[1] != cfg.fallback_segment:
+        grades = range(1, 6)
+        found = _TABLES[id(cfg.segments)] = (cfg.segments, cfg.fallback_segment, {
+            (r, f, m): _first_segment(r, f, m, cfg)
+            for r in grades for f in grades for m in grades})
+    return found[2]
 
 
 def _first_segment(r: int, f: int, m: int, cfg: RfmSettings) -> str:

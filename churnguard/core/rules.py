@@ -36,8 +36,14 @@ from churnguard.core.pack import (
     TaskSpec,
     ThresholdTrigger,
 )
-from churnguard.core.rfm import RfmSettings
 from churnguard.core.scoring import crossing_time
+from churnguard.core.specs import (
+    AnniversaryTrigger,
+    InactivityTrigger,
+    RfmSettings,
+    TicketOverdueTrigger,
+    TimerTrigger,
+)
 from churnguard.core.state import (
     LOGIN_WINDOW_DAYS,
     PURCHASE_WINDOW_DAYS,
@@ -45,11 +51,7 @@ from churnguard.core.state import (
     count_in_window,
 )
 from churnguard.core.triggers import (
-    AnniversaryTrigger,
-    InactivityTrigger,
     Occurrence,
-    TicketOverdueTrigger,
-    TimerTrigger,
     begin_anniversaries,
     earliest_due,
     mark,

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from churnguard.core.clock import DAY, HOUR, day_number
+from churnguard.core.specs import ScoringSettings
 from churnguard.core.state import CustomerState, count_in_window
 
 # Score bands (the backtest report, the worker's census of customers): a customer never
@@ -23,35 +22,6 @@ def band_of(score: float | None) -> str:
     if score >= GOOD_AT_LEAST:
         return "good"
     return "average" if score >= AVERAGE_AT_LEAST else "poor"
-
-
-class ScoringSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    recency_weight: float = Field(0.4, ge=0)
-    engagement_weight: float = Field(0.3, ge=0)
-    service_weight: float = Field(0.3, ge=0)
-    recency_full_days: float = Field(7.0, ge=0)
-    recency_zero_days: float = Field(90.0, gt=0)
-    # Login buckets are kept this many days: at most a year keeps the state small.
-    engagement_window_days: int = Field(30, ge=1, le=366)
-    engagement_points_per_login: float = Field(10.0, ge=0)
-    satisfaction_sample: int = Field(5, ge=1)
-    service_without_ratings: float = Field(80.0, ge=0, le=100)
-    overdue_ticket_hours: float = Field(72.0, gt=0)
-    overdue_ticket_penalty: float = Field(15.0, ge=0)
-
-    @model_validator(mode="after")
-    def _weights(self) -> ScoringSettings:
-        total = self.recency_weight + self.engagement_weight + self.service_weight
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(
-                f"scoring weights must add up to 1.0, got {total:g} "
-                "(recency_weight + engagement_weight + service_weight)"
-            )
-        if self.recency_zero_days <= self.recency_full_days:
-            raise ValueError("recency_zero_days must be greater than recency_full_days")
-        return self
 
 
 class Health(NamedTuple):

@@ -9,56 +9,18 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from datetime import time as clock_time
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from churnguard.core.clock import DAY, HOUR, rfc3339
+from churnguard.core.specs import (
+    AfterTrigger,
+    AnniversaryTrigger,
+    InactivityTrigger,
+    TicketOverdueTrigger,
+    TimerTrigger,
+)
 from churnguard.core.state import CustomerState
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class AfterTrigger(_Spec):
-    """Once, `days` after the anchor (the first purchase)."""
-
-    on: Literal["after"]
-    anchor: Literal["first_purchase"]
-    days: float = Field(gt=0)
-    # An occurrence found later than this after its due time (a backfill of old events) is
-    # recorded as expired instead of firing.
-    grace_hours: float = Field(24, gt=0)
-
-
-class AnniversaryTrigger(_Spec):
-    """Once a year on a profile date at a local time of the business time zone. Feb 29 is
-    celebrated on Feb 28 in other years; occurrences before the date was known never fire."""
-
-    on: Literal["anniversary"]
-    date: Literal["birthday", "signup_date"]
-    at: clock_time = clock_time(9, 0)
-    grace_hours: float = Field(24, gt=0)
-
-
-class InactivityTrigger(_Spec):
-    """`days` with neither login nor purchase; again after new activity and another silence."""
-
-    on: Literal["inactivity"]
-    days: float = Field(gt=0)
-    grace_hours: float = Field(24, gt=0)
-
-
-class TicketOverdueTrigger(_Spec):
-    """A ticket still open past the SLA of its priority (the pack's ticket_sla_hours)."""
-
-    on: Literal["ticket_overdue"]
-    grace_hours: float = Field(24, gt=0)
-
-
-TimerTrigger = AfterTrigger | AnniversaryTrigger | InactivityTrigger | TicketOverdueTrigger
 
 
 @dataclass(frozen=True, slots=True)

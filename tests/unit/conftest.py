@@ -20,7 +20,7 @@ from churnguard.core.clock import DAY, rfc3339
 from churnguard.core.pack import RulePack
 from churnguard.core.processor import Engine, Outcome, apply_event
 from churnguard.core.rules import Action
-from churnguard.core.scoring import ScoringSettings
+from churnguard.core.specs import ScoringSettings
 from churnguard.core.state import CustomerState
 from churnguard.engine import build_engine
 from schemas.events import MODEL_BY_TYPE, Event

@@ -10,7 +10,7 @@ import pytest
 from churnguard.core.clock import DAY, day_number, rfc3339
 from churnguard.core.pack import PackInvalid
 from churnguard.core.processor import apply_event
-from churnguard.core.scoring import ScoringSettings
+from churnguard.core.specs import ScoringSettings
 from churnguard.core.state import CustomerState, OpenTicket
 from streams.codecs import encode_action, encode_record
 from tests.unit.packs import rules_only

@@ -7,12 +7,12 @@ from pydantic import ValidationError
 
 from churnguard.core.clock import DAY, HOUR, day_number
 from churnguard.core.scoring import (
-    ScoringSettings,
     engagement_component,
     health,
     recency_component,
     service_component,
 )
+from churnguard.core.specs import ScoringSettings
 from churnguard.core.state import OpenTicket
 
 CFG = ScoringSettings()

@@ -29,7 +29,7 @@ from churnguard.core.clock import DAY, rfc3339
 from churnguard.core.conditions import FIELDS, FieldType
 from churnguard.core.pack import PackSpec, RulePack, build_pack, trigger_fields
 from churnguard.core.processor import Engine
-from churnguard.core.triggers import AnniversaryTrigger
+from churnguard.core.specs import AnniversaryTrigger
 from churnguard.errors import UserError
 from churnguard.replay import replay
 from churnguard.rules.export import export_pack

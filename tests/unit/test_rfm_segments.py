@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from churnguard.core.clock import DAY
-from churnguard.core.rfm import PROSPECT, RfmSettings, SegmentRule, rfm_scores, segment_of
+from churnguard.core.rfm import PROSPECT, rfm_scores, segment_of
+from churnguard.core.specs import RfmSettings, SegmentRule
 from churnguard.core.state import SPEND_SCALE
 
 CFG = RfmSettings()

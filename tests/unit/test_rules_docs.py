@@ -6,8 +6,8 @@ import typing
 from pathlib import Path
 
 from churnguard.core.conditions import FIELDS, PROPERTY_PREFIX
-from churnguard.core.outcomes import ActionCosts, KpiSettings
 from churnguard.core.pack import ActionSpec, PackSpec, RuleSpec, Trigger
+from churnguard.core.specs import ActionCosts, KpiSettings
 
 DOC = (Path(__file__).parents[2] / "docs" / "rules.md").read_text()
 
