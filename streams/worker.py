@@ -40,7 +40,7 @@ from churnguard import __version__
 from churnguard.access_tokens import configured_tokens
 from churnguard.batch import BatchContext
 from churnguard.clocks import Clock, clock_for
-from churnguard.core import state_codec
+from churnguard.core import native, state_codec
 from churnguard.core.pack import RulePack
 from churnguard.engine import build_engine
 from churnguard.gc_policy import tune_for_throughput
@@ -361,6 +361,7 @@ def run_worker(settings: Settings) -> int:
     log.info("worker_starting", app_id=settings.app_id, partitions=settings.partitions,
              store=settings.store, store_dir=str(settings.store_dir),
              embedded_broker=settings.embedded_broker, pid=os.getpid(),
-             store_lock=None if store_lock is None else str(store_lock.path))
+             store_lock=None if store_lock is None else str(store_lock.path),
+             core=native.MODE)
     worker.execute_from_commandline()
     return 0

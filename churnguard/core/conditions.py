@@ -153,17 +153,20 @@ def format_path(path: Path) -> str:
     return text
 
 
+# Problems a ConditionError lists (a module constant: a class attribute of an exception is
+# not readable from its instances once the module is compiled).
+_SHOWN_PROBLEMS = 20
+
+
 class ConditionError(ValueError):
     """Every problem of one condition tree (or variable). A ValueError, so a pydantic
     validator that compiles a condition turns it into a validation error."""
 
-    SHOWN = 20
-
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
-        lines = [str(problem) for problem in problems[: self.SHOWN]]
-        if len(problems) > self.SHOWN:
-            lines.append(f"... and {len(problems) - self.SHOWN} more problems")
+        lines = [str(problem) for problem in problems[:_SHOWN_PROBLEMS]]
+        if len(problems) > _SHOWN_PROBLEMS:
+            lines.append(f"... and {len(problems) - _SHOWN_PROBLEMS} more problems")
         count = len(problems)
         head = "1 problem in the condition" if count == 1 else f"{count} problems in the condition"
         super().__init__(head + ":\n  " + "\n  ".join(lines))
