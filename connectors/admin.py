@@ -61,7 +61,7 @@ def _ensure(
     replication_factor: int,
     configs: Mapping[str, Mapping[str, str]],
 ) -> None:
-    admin = KafkaAdminClient(**link.client_options(), client_id="churnguard-admin")
+    admin = KafkaAdminClient(**link.tool_options(), client_id="churnguard-admin")
     try:
         existing = set(admin.list_topics())
         missing = [t for t in wanted if t not in existing]

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 from churnguard.errors import UserError
 
 Protocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+# How long a command (`topics`, `rules ...`) waits for a broker to answer at all.
+TOOL_TIMEOUT_S = 10.0
 Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
@@ -68,6 +70,12 @@ class KafkaLink:
             options["ssl_context"] = self.ssl_context()
         options.update(self._sasl())
         return options
+
+    def tool_options(self, timeout_s: float = TOOL_TIMEOUT_S) -> dict[str, Any]:
+        """client_options for a command's kafka-python client, which gives up on a broker it
+        cannot reach (down, or refusing the link's security) after `timeout_s` instead of
+        kafka-python's 30 s."""
+        return {**self.client_options(), "bootstrap_timeout_ms": round(timeout_s * 1000)}
 
     def faust_credentials(self) -> Any:
         """faust's `broker_credentials` (None: plaintext)."""

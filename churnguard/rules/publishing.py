@@ -266,7 +266,8 @@ def read_versions(
 ) -> list[Stored]:
     """read_history with where each version's record is."""
     try:
-        consumer = KafkaConsumer(**link_of(bootstrap).client_options(), enable_auto_commit=False,
+        consumer = KafkaConsumer(**link_of(bootstrap).tool_options(timeout_s),
+                                 enable_auto_commit=False,
                                  group_id=None, consumer_timeout_ms=int(timeout_s * 1000),
                                  request_timeout_ms=int(timeout_s * 1000))
     except KafkaError as exc:
@@ -304,7 +305,7 @@ def read_versions(
 
 def _producer(bootstrap: KafkaLink | str) -> KafkaProducer:
     try:
-        return KafkaProducer(**link_of(bootstrap).client_options(), acks="all",
+        return KafkaProducer(**link_of(bootstrap).tool_options(), acks="all",
                              max_request_size=MAX_RECORD_BYTES + 10_000)
     except KafkaError as exc:
         raise _broker_error(bootstrap, exc) from None

@@ -36,8 +36,9 @@ from tests.integration.tls_support import TlsBroker, require_stunnel, security_e
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-# A refused link must be reported within this (kafka-python's own bootstrap timeout is 30 s;
-# a hang would never end). The subprocess is killed at HANG_S and the test fails "hung".
+# A refused link must be reported within this (`topics` retries for 30 s, a command's client
+# gives up after connectors.kafka_link.TOOL_TIMEOUT_S; a hang would never end). The
+# subprocess is killed at HANG_S and the test fails "hung".
 FAIL_WITHIN_S = 65.0
 HANG_S = 150.0
 _names = itertools.count()
@@ -211,8 +212,8 @@ def test_worker_and_tools_over_tls(tls: TlsBroker, tmp_path: Path,
 
 def test_a_client_whose_link_does_not_match_fails_clearly(tls: TlsBroker) -> None:
     """A plaintext client to the TLS port (`topics`, `rules history`) and a client trusting
-    another CA: each one line, exit code 2, in bounded time. (The three run at once: each
-    waits out kafka-python's 30 s bootstrap.)"""
+    another CA: each one line, exit code 2, in bounded time. (The three run at once: `topics`
+    retries for 30 s.)"""
     offset = len(tls.tunnel.log())
     plain = {"CHURNGUARD_KAFKA__SECURITY_PROTOCOL": "PLAINTEXT",
              "CHURNGUARD_TOPICS": TopicNames().with_prefix("plain.").model_dump_json()}

@@ -29,6 +29,7 @@ from churnguard.rules import commands, publishing
 from churnguard.rules.loading import default_pack_text, load_pack
 from connectors.admin import ensure_topics
 from connectors.embedded_broker import EmbeddedBroker, free_port, start_broker
+from connectors.kafka_link import TOOL_TIMEOUT_S
 from streams.rules_feed import PackSwitch, follow
 from streams.settings import Settings, TopicNames
 from streams.worker import startup_pack
@@ -501,10 +502,13 @@ def test_a_broker_that_is_down_is_one_line_and_exit_2(
 ) -> None:
     monkeypatch.setattr(cli, "configure_logging", lambda *args, **kwargs: None)
     down = f"kafka://127.0.0.1:{free_port()}"
+    started = time.monotonic()
     try:
         code = cli.main([*argv, "--broker", down])
     except Exception as exc:
         raise AssertionError(f"{type(exc).__name__}: {exc}") from exc
+    # The command's client gives up after TOOL_TIMEOUT_S, not kafka-python's 30 s.
+    assert time.monotonic() - started < TOOL_TIMEOUT_S + 10
     gc.collect()  # the failed clients' sockets, while their warning is ignored
     err = capsys.readouterr().err
     assert code == 2, err
