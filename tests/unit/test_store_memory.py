@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,20 @@ def test_every_partition_is_in_the_one_budget(tmp_path: Path) -> None:
     _wait_for_flushes(dbs)  # the write buffer manager's flushes run on RocksDB's threads
     memtables = sum(db.property_int_value("rocksdb.cur-size-all-mem-tables") for db in dbs)
     assert memtables <= 4 * MIB + MIB  # half the budget (the manager flushes past it)
-    assert options.usage() <= 8 * MIB + MIB  # memtables charged to the cache, with blocks
+    # Memtables charged to the cache, with blocks. The write buffer manager gives back the
+    # charge of flushed memtables in steps, on RocksDB's threads: within the budget once
+    # they have (failed once under load, at 9.3 MiB, right after the flushes).
+    _give_time(lambda: options.usage() <= 8 * MIB + MIB)
+    assert options.usage() <= 8 * MIB + MIB
     for db in dbs:
         db.close()
+
+
+def _give_time(holds: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Until `holds()` or `timeout_s` (the caller then asserts it, with the value)."""
+    deadline = time.monotonic() + timeout_s
+    while not holds() and time.monotonic() < deadline:
+        time.sleep(0.01)  # RocksDB's threads signal nothing a test can await
 
 
 def _wait_for_flushes(dbs: list[Any], timeout_s: float = 30.0) -> None:
