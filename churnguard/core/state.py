@@ -164,7 +164,8 @@ class CustomerState:
         (their only one; CHURNGUARD_STATE_FORMAT=json during a rolling upgrade). Fields
         added since are left out: such a worker builds its state from every key it finds."""
         data = {name: getattr(self, name) for name in _JSON_FIELDS}
-        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS, default=_as_list)
+        return orjson.dumps(data, default=_as_json,
+                            option=orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CustomerState:
@@ -213,10 +214,15 @@ def _logged_action(entry: list[Any]) -> LoggedAction:
     return logged._replace(caused_by=tuple(logged.caused_by))
 
 
-def _as_list(value: object) -> list[Any]:
-    # orjson writes tuples but not their subclasses: the NamedTuples above, as lists.
+def _as_json(value: object) -> list[Any] | dict[str, Any]:
+    # orjson writes tuples but not their subclasses: the NamedTuples above, as lists. An open
+    # ticket, as orjson would write a dataclass: its own way reads the instance's memory,
+    # which a compiled class (core/native.py) does not lay out as it expects.
     if isinstance(value, tuple):
         return list(value)
+    if isinstance(value, OpenTicket):
+        return {"opened_at": value.opened_at, "priority": value.priority,
+                "category": value.category}
     raise TypeError(f"{type(value).__name__} is not stored in a customer state")
 
 
