@@ -6,6 +6,7 @@ Python source runs (churnguard.core.native.MODE tells which form runs)."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -28,29 +29,39 @@ def _native() -> Any:
     return module
 
 
+NATIVE = _native()
+
+
+def _forget_build() -> None:
+    """No compiled form from an earlier build in the tree (an editable install keeps its
+    extension modules there), nor its record: the core then runs as Python."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        for leftover in [*CORE.glob(f"*{suffix}"), *Path().glob(f"{NATIVE.GROUP}__mypyc*")]:
+            leftover.unlink()
+    (CORE / NATIVE.BUILT_FROM).unlink(missing_ok=True)
+
+
 def _compiled() -> list[Any]:
+    _forget_build()
     if os.environ.get("CHURNGUARD_COMPILE", "1") == "0":
         return []
-    native = _native()
-    sources = [CORE / f"{name}.py" for name in native.COMPILED]
     try:
         from mypyc.build import mypycify
 
-        extensions: list[Any] = mypycify([str(s) for s in sources], opt_level="3",
-                                         group_name=native.GROUP)
+        extensions: list[Any] = mypycify(
+            [str(CORE / f"{name}.py") for name in NATIVE.COMPILED], opt_level="3",
+            group_name=NATIVE.GROUP)
     except (Exception, SystemExit) as exc:  # mypyc exits on a type error
         print(f"churnguard: the core is not compiled ({exc!r}); it runs as Python",
               file=sys.stderr)
         return []
-    # What the compiled form was built from: a later edit of a source makes it stale.
-    (CORE / native.BUILT_FROM).write_text(
-        json.dumps({s.stem: native.digest(s) for s in sources}, indent=1) + "\n")
     return extensions
 
 
 class _BuildOrFallBack(build_ext):  # type: ignore[misc]
     """A compiler that fails (none installed, say) leaves the core as Python: the install
-    goes on. Modules it did compile are not used unless all are (native.choose)."""
+    goes on. Only a build that compiled everything leaves the record of what it was built
+    from (native.choose runs the sources without it, and once a source changes)."""
 
     def run(self) -> None:
         try:
@@ -58,6 +69,15 @@ class _BuildOrFallBack(build_ext):  # type: ignore[misc]
         except Exception as exc:
             print(f"churnguard: the core is not compiled ({exc!r}); it runs as Python",
                   file=sys.stderr)
+            _forget_build()
+            return
+        if not self.extensions:
+            return
+        text = json.dumps(NATIVE.record(CORE.resolve()), indent=1) + "\n"
+        (CORE / NATIVE.BUILT_FROM).write_text(text)
+        built = Path(self.build_lib) / CORE
+        if built.is_dir():  # a wheel's files, copied before the extensions were built
+            (built / NATIVE.BUILT_FROM).write_text(text)
 
 
 setup(ext_modules=_compiled(), cmdclass={"build_ext": _BuildOrFallBack})

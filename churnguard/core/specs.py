@@ -159,7 +159,8 @@ class ScoringSettings(BaseModel):
     engagement_points_per_login: float = Field(10.0, ge=0)
     satisfaction_sample: int = Field(5, ge=1)
     service_without_ratings: float = Field(80.0, ge=0, le=100)
-    overdue_ticket_hours: float = Field(72.0, gt=0)
+    # At most ten years: the score's crossing time adds it to a ticket's opening (floored).
+    overdue_ticket_hours: float = Field(72.0, gt=0, le=24 * 3660)
     overdue_ticket_penalty: float = Field(15.0, ge=0)
 
     @model_validator(mode="after")

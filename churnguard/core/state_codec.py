@@ -55,10 +55,13 @@ def encode(state: CustomerState) -> bytes:
 def decode(raw: bytes) -> CustomerState:
     """A stored state, of any format: binary (formats 1 and 2) or JSON (older states)."""
     head = raw[:1]
-    if head in _BINARY:
-        return _decode(raw)
-    if head == b"{":
-        return CustomerState.from_json(raw)
+    try:
+        if head in _BINARY:
+            return _decode(raw)
+        if head == b"{":
+            return CustomerState.from_json(raw)
+    except TypeError as exc:  # a value the compiled state refuses (core/native.py): 1.0 in an int
+        raise StateFormatError(f"corrupt customer state: {exc}") from exc
     raise StateFormatError(f"not a customer state of a known format: first byte "
                            f"{head!r} (a state written by a newer churnguard?)")
 

@@ -216,3 +216,11 @@ def test_negative_weight_is_rejected():
 def test_recency_zero_days_must_exceed_full_days():
     with pytest.raises(ValidationError, match="recency_zero_days"):
         ScoringSettings(recency_full_days=30, recency_zero_days=30)
+
+
+@pytest.mark.parametrize("hours", [1e308, 24 * 3660 + 1])
+def test_an_overdue_limit_past_ten_years_is_rejected(hours):
+    # 1e308 passed once, and the score's crossing time then overflowed (a crash in replay).
+    with pytest.raises(ValidationError, match="overdue_ticket_hours"):
+        ScoringSettings(overdue_ticket_hours=hours)
+    assert ScoringSettings(overdue_ticket_hours=24 * 3660).overdue_ticket_hours == 24 * 3660

@@ -86,32 +86,44 @@ def test_replay_gives_the_same_output_compiled(tmp_path: Path, args: list[str]) 
 
 @needs_compiled
 def test_call_counting_tests_run_against_the_reference() -> None:
-    """test_due_bound counts calls by patching module functions, which compiled modules call
-    directly: it runs in the reference, in a process of its own."""
+    """These count calls by patching module functions, which compiled modules call directly:
+    they run in the reference, in a process of their own."""
     env = {**os.environ, native.PURE_ENV: "1"}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/unit/test_due_bound.py"],
+         "tests/unit/test_due_bound.py",
+         "tests/unit/test_state_bounds.py::"
+         "test_next_due_builds_no_occurrence_for_tickets_not_yet_due"],
         check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:]
     assert " passed" in done.stdout, done.stdout[-500:]
     assert "skipped" not in done.stdout, done.stdout[-500:]
 
 
-def _fake_build(directory: Path, names: tuple[str, ...]) -> None:
-    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    for name in native.COMPILED:
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+@pytest.fixture
+def core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fake install: churnguard/core with every compiled module built (empty extension
+    files), a module left as Python, schemas beside it, and the build's record."""
+    directory = tmp_path / "churnguard" / "core"
+    directory.mkdir(parents=True)
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "events.py").write_text("EVENTS = 1\n")
+    for name in (*native.COMPILED, "conditions"):
         (directory / f"{name}.py").write_text(f"NAME = {name!r}\n")
-        if name in names:
-            (directory / f"{name}{suffix}").write_bytes(b"")
-    record = {name: native.digest(directory / f"{name}.py") for name in native.COMPILED}
-    (directory / native.BUILT_FROM).write_text(json.dumps(record))
+    for name in native.COMPILED:
+        (directory / f"{name}{SUFFIX}").write_bytes(b"")
+    (directory / native.BUILT_FROM).write_text(json.dumps(native.record(directory)))
+    monkeypatch.setattr(native, "library_found", lambda: True)
+    monkeypatch.setenv(native.PURE_ENV, "")
+    return directory
 
 
-def _choose(directory: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, bool]:
+def _choose(directory: Path) -> tuple[str, bool]:
     """The mode for `directory`, and whether it made the sources run (the finder is taken
     out again: the real package's modules are imported already)."""
-    monkeypatch.setenv(native.PURE_ENV, "")
     finders = list(sys.meta_path)
     try:
         mode = native.choose(directory)
@@ -120,46 +132,78 @@ def _choose(directory: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, bool
         sys.meta_path[:] = finders
 
 
-def test_a_fresh_build_runs_compiled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_build(tmp_path, native.COMPILED)
-    assert _choose(tmp_path, monkeypatch) == ("compiled", False)
+REBUILD = "; `pip install -e .` compiles it again)"
 
 
-def test_a_source_edited_since_the_build_runs_every_source(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_build(tmp_path, native.COMPILED)
-    (tmp_path / "rules.py").write_text("NAME = 'rules, edited'\n")
-    mode, sources = _choose(tmp_path, monkeypatch)
-    assert sources
-    assert mode == ("python (rules.py changed since the core was compiled; "
-                    "`pip install -e .` compiles it again)")
+def test_a_whole_build_runs_compiled(core: Path) -> None:
+    assert _choose(core) == ("compiled", False)
 
 
-def test_a_missing_build_record_runs_the_sources(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_build(tmp_path, native.COMPILED)
-    (tmp_path / native.BUILT_FROM).write_text("[not a record")
-    mode, sources = _choose(tmp_path, monkeypatch)
-    assert sources
-    assert "changed since the core was compiled" in mode
+def test_a_compiled_source_edited_since_the_build_runs_every_source(core: Path) -> None:
+    (core / "rules.py").write_text("NAME = 'rules, edited'\n")
+    assert _choose(core) == (
+        "python (churnguard/core/rules.py changed since the core was compiled" + REBUILD, True)
 
 
-def test_a_half_built_core_runs_the_sources(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_build(tmp_path, native.COMPILED[:3])
-    mode, sources = _choose(tmp_path, monkeypatch)
-    assert sources
-    assert mode == f"python ({native.COMPILED[3]}.py is not compiled)"
+@pytest.mark.parametrize("edited", ["churnguard/core/conditions.py", "schemas/events.py",
+                                    "churnguard/core/specs.py"])
+def test_an_edit_to_what_compiled_code_reads_runs_every_source(core: Path, edited: str) -> None:
+    """Compiled code checks the types of what it reads from the modules left as Python (a
+    pack's specs, the event models): an edit there counts too, and so does a new module."""
+    (core.parent.parent / edited).write_text("CHANGED = True\n")
+    assert _choose(core) == (
+        f"python ({edited} changed since the core was compiled" + REBUILD, True)
 
 
-def test_no_build_is_plain_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_build(tmp_path, ())
-    assert _choose(tmp_path, monkeypatch) == ("python (not compiled)", False)
+def test_no_record_of_the_build_runs_the_sources(core: Path) -> None:
+    (core / native.BUILT_FROM).write_text("[not a record")
+    assert _choose(core) == (
+        "python (no record of what was compiled (a build that did not compile)" + REBUILD,
+        True)
 
 
-def test_the_finder_imports_a_compiled_module_from_its_source(tmp_path: Path) -> None:
-    _fake_build(tmp_path, native.COMPILED)
-    spec = native._Sources(tmp_path).find_spec("churnguard.core.rules")
+def test_a_half_built_core_runs_the_sources(core: Path) -> None:
+    (core / f"processor{SUFFIX}").unlink()
+    assert _choose(core) == ("python (processor.py is not compiled" + REBUILD, True)
+
+
+def test_a_missing_shared_library_runs_the_sources(core: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "library_found", lambda: False)
+    assert _choose(core) == (
+        f"python (the compiled core's library {native.GROUP}__mypyc is missing" + REBUILD, True)
+
+
+def test_a_module_an_older_build_compiled_runs_from_its_source_too(core: Path) -> None:
+    (core / f"conditions{SUFFIX}").write_bytes(b"")
+    finders = list(sys.meta_path)
+    try:
+        mode = native.choose(core)
+        finder = sys.meta_path[0]
+        spec = finder.find_spec(f"{native.__package__}.conditions", None)
+    finally:
+        sys.meta_path[:] = finders
+    assert mode == ("python (conditions has a compiled form this version does not compile"
+                    + REBUILD)
     assert spec is not None
-    assert spec.origin == str(tmp_path / "rules.py")
-    assert native._Sources(tmp_path).find_spec("churnguard.core.pack") is None
+    assert spec.origin == str(core / "conditions.py")
+
+
+def test_asking_for_the_reference_runs_the_sources(core: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.PURE_ENV, "1")
+    assert _choose(core) == (f"python ({native.PURE_ENV} is set)", True)
+
+
+def test_no_build_is_plain_python(core: Path) -> None:
+    for built in core.glob(f"*{SUFFIX}"):
+        built.unlink()
+    assert _choose(core) == ("python (not compiled)", False)
+
+
+def test_the_finder_imports_a_compiled_module_from_its_source(core: Path) -> None:
+    finder = native._Sources(core, native.COMPILED)
+    spec = finder.find_spec(f"{native.__package__}.rules")
+    assert spec is not None
+    assert spec.origin == str(core / "rules.py")
+    assert finder.find_spec(f"{native.__package__}.pack") is None
