@@ -35,10 +35,16 @@ NATIVE = _native()
 def _forget_build() -> None:
     """No compiled form from an earlier build in the tree (an editable install keeps its
     extension modules there), nor its record: the core then runs as Python."""
+    leftovers = {*Path().glob(f"{NATIVE.GROUP}__mypyc*")}
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        for leftover in [*CORE.glob(f"*{suffix}"), *Path().glob(f"{NATIVE.GROUP}__mypyc*")]:
-            leftover.unlink()
+        leftovers.update(CORE.glob(f"*{suffix}"))
+    for leftover in leftovers:
+        leftover.unlink()
     (CORE / NATIVE.BUILT_FROM).unlink(missing_ok=True)
+
+
+def _not_compiled(exc: BaseException) -> None:
+    print(f"churnguard: the core is not compiled ({exc!r}); it runs as Python", file=sys.stderr)
 
 
 def _compiled() -> list[Any]:
@@ -52,8 +58,7 @@ def _compiled() -> list[Any]:
             [str(CORE / f"{name}.py") for name in NATIVE.COMPILED], opt_level="3",
             group_name=NATIVE.GROUP)
     except (Exception, SystemExit) as exc:  # mypyc exits on a type error
-        print(f"churnguard: the core is not compiled ({exc!r}); it runs as Python",
-              file=sys.stderr)
+        _not_compiled(exc)
         return []
     return extensions
 
@@ -67,8 +72,7 @@ class _BuildOrFallBack(build_ext):  # type: ignore[misc]
         try:
             super().run()
         except Exception as exc:
-            print(f"churnguard: the core is not compiled ({exc!r}); it runs as Python",
-                  file=sys.stderr)
+            _not_compiled(exc)
             _forget_build()
             return
         if not self.extensions:

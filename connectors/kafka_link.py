@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 from churnguard.errors import UserError
 
 Protocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 # How long a command (`topics`, `rules ...`) waits for a broker to answer at all.
 TOOL_TIMEOUT_S = 10.0
-Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class KafkaSecurity(BaseModel):

@@ -52,7 +52,7 @@ def digest(source: Path) -> str:
     return hashlib.sha256(source.read_bytes()).hexdigest()
 
 
-def compiled_here(directory: Path, names: Sequence[str] = COMPILED) -> list[str]:
+def compiled_here(directory: Path, names: Sequence[str]) -> list[str]:
     """The modules of `names` that have a compiled form in `directory`."""
     return [name for name in names
             if any((directory / f"{name}{suffix}").exists()
@@ -111,7 +111,6 @@ def choose(directory: Path) -> str:
     rebuild = "; `pip install -e .` compiles it again"
     extra = sorted(set(built) - set(COMPILED))
     missing = sorted(set(COMPILED) - set(built))
-    changed = changed_since_build(directory)
     if extra:
         reason = f"{extra[0]} has a compiled form this version does not compile" + rebuild
     elif missing:
@@ -120,7 +119,7 @@ def choose(directory: Path) -> str:
         reason = f"the compiled core's library {GROUP}__mypyc is missing" + rebuild
     elif os.environ.get(PURE_ENV, "") not in ("", "0"):
         reason = f"{PURE_ENV} is set"
-    elif changed is None:
+    elif (changed := changed_since_build(directory)) is None:
         reason = "no record of what was compiled (a build that did not compile)" + rebuild
     elif changed:
         reason = f"{changed[0]} changed since the core was compiled" + rebuild
