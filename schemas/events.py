@@ -8,8 +8,7 @@ import math
 import re
 from datetime import date, datetime
 from decimal import Decimal
-from functools import cached_property
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import available_timezones
 
 import orjson
@@ -202,11 +201,15 @@ class _Event(BaseModel):
     customer_id: Id
     occurred_at: Timestamp
 
-    @cached_property
-    def at(self) -> float:
-        """occurred_at in epoch seconds, computed once (validation, ordering and the core
-        all read it)."""
-        return self.occurred_at.timestamp()
+    if TYPE_CHECKING:
+        @property
+        def at(self) -> float:
+            """occurred_at in epoch seconds (validation, ordering and the core read it)."""
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Set once validated, like a field (pydantic keeps fields in __dict__): a
+        # cached_property took a lock and a Python call on its first read, ~1 µs per event.
+        self.__dict__["at"] = self.occurred_at.timestamp()
 
 
 class Purchase(_Event):

@@ -110,28 +110,45 @@ class ScoreChange(NamedTuple):
 @dataclass(slots=True)
 class Outcome:
     state: CustomerState
-    actions: list[Action] = field(default_factory=list)
+    # Every action fired, in order.
+    actions: list[Action] = field(default_factory=list, init=False)
     # Every score or segment change, for the scores topic.
-    score_changes: list[ScoreChange] = field(default_factory=list)
+    score_changes: list[ScoreChange] = field(default_factory=list, init=False)
     duplicate: bool = False
     # Noticed too late to act on: timer occurrences past their grace, rules an event older
     # than the pack's backfill horizon fired (history) — recorded, not fired.
-    expired: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list, init=False)
     # Open tickets dropped to keep the state bounded (MAX_OPEN_TICKETS): their SLA is no
     # longer watched and they no longer count in the service score.
-    evicted_tickets: list[str] = field(default_factory=list)
+    evicted_tickets: list[str] = field(default_factory=list, init=False)
     # Firings and actions the guards stopped or deferred, for the suppressed topic.
-    suppressed: list[Suppressed] = field(default_factory=list)
+    suppressed: list[Suppressed] = field(default_factory=list, init=False)
     # What KPIs are computed from (core/outcomes.py), for the outcomes topic.
-    outcome_records: list[OutcomeRecord] = field(default_factory=list)
+    outcome_records: list[OutcomeRecord] = field(default_factory=list, init=False)
     # Feedback on an action this customer was not sent lately (or never): not counted.
     unmatched_feedback: int = 0
     # Ticket comments as the terms that may be counted (core/feedback.py): never encoded.
-    comments: list[CommentTerms] = field(default_factory=list)
+    comments: list[CommentTerms] = field(default_factory=list, init=False)
     # Data retention removed the customer (advance: no event for the pack's retention_days).
     # From advance, `state` is what was removed: the shell deletes it. From apply_event, the
     # event then started a fresh customer, which `state` is.
     retired: bool = False
+
+    # Written out: compiled (core/native.py), the one dataclasses generates runs as Python,
+    # one per event. Its parameters are the init fields above (tests/unit/test_native_core.py).
+    def __init__(self, state: CustomerState, duplicate: bool = False,
+                 unmatched_feedback: int = 0, retired: bool = False) -> None:
+        self.state = state
+        self.actions = []
+        self.score_changes = []
+        self.duplicate = duplicate
+        self.expired = []
+        self.evicted_tickets = []
+        self.suppressed = []
+        self.outcome_records = []
+        self.unmatched_feedback = unmatched_feedback
+        self.comments = []
+        self.retired = retired
 
     @property
     def score_record(self) -> dict[str, Any] | None:

@@ -74,6 +74,25 @@ class Action:
     payload: dict[str, Any]
     pack_version: int = 0
 
+    # Written out, as Outcome's (core/processor.py): compiled, one per action. Frozen, so
+    # each field is set through object.__setattr__, as the generated one does.
+    def __init__(self, action_id: str, type: str, customer_id: str,
+                 rule_id: str, rule_version: int, created_at: str, caused_by: tuple[str, ...],
+                 health_score: float | None, segment: str | None, payload: dict[str, Any],
+                 pack_version: int = 0) -> None:
+        init = object.__setattr__
+        init(self, "action_id", action_id)
+        init(self, "type", type)
+        init(self, "customer_id", customer_id)
+        init(self, "rule_id", rule_id)
+        init(self, "rule_version", rule_version)
+        init(self, "created_at", created_at)
+        init(self, "caused_by", caused_by)
+        init(self, "health_score", health_score)
+        init(self, "segment", segment)
+        init(self, "payload", payload)
+        init(self, "pack_version", pack_version)
+
     def to_record(self) -> dict[str, Any]:
         return {
             "action_id": self.action_id,
@@ -140,12 +159,30 @@ class Firing:
     previous_segment: str | None = None
     # Filled by evaluate: what was noticed too late to act on and did not fire — timer
     # occurrences past their grace, the firings of a stale event.
-    expired: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list, init=False)
     # Filled by evaluate: what the guards stopped or deferred (core/guards.py).
-    suppressed: list[Suppressed] = field(default_factory=list)
+    suppressed: list[Suppressed] = field(default_factory=list, init=False)
     # Filled by evaluate: win-back rules that fired or were held out, with the ids of their
     # actions (those a held-out firing would have had): episodes start from these.
-    winbacks: list[tuple[Rule, Arm, list[str]]] = field(default_factory=list)
+    winbacks: list[tuple[Rule, Arm, list[str]]] = field(default_factory=list, init=False)
+
+    # Written out, as Outcome's (core/processor.py): compiled, one per evaluation.
+    def __init__(self, signals: frozenset[str], now: float, trigger_key: str,
+                 caused_by: tuple[str, ...], event: BaseModel | None = None,
+                 noticed_at: float | None = None, time_driven: bool = False,
+                 stale: bool = False, previous_segment: str | None = None) -> None:
+        self.signals = signals
+        self.now = now
+        self.trigger_key = trigger_key
+        self.caused_by = caused_by
+        self.event = event
+        self.noticed_at = noticed_at
+        self.time_driven = time_driven
+        self.stale = stale
+        self.previous_segment = previous_segment
+        self.expired = []
+        self.suppressed = []
+        self.winbacks = []
 
 
 def evaluate(pack: RulePack, state: CustomerState, firing: Firing) -> list[Action]:

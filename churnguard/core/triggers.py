@@ -30,6 +30,13 @@ class Occurrence:
     key: str
     context: dict[str, Any] = field(default_factory=dict)
 
+    # Written out, as Outcome's (core/processor.py): compiled, several per event.
+    def __init__(self, due: float, key: str, context: dict[str, Any] | None = None) -> None:
+        init = object.__setattr__
+        init(self, "due", due)
+        init(self, "key", key)
+        init(self, "context", {} if context is None else context)
+
 
 def pending(
     rule_id: str,

@@ -103,6 +103,54 @@ def test_call_counting_tests_run_against_the_reference() -> None:
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
+def _written_out() -> list[tuple[type, dict[str, object]]]:
+    """The core's dataclasses whose __init__ is written out (compiled, the generated one
+    runs as Python), with a value of the right type for each init field, none its default."""
+    from churnguard.core.rules import Action, Firing
+    from churnguard.core.state import CustomerState
+    from churnguard.core.triggers import Occurrence
+    from schemas.events import Login
+
+    login = Login(event_id="e1", customer_id="c1", occurred_at="2026-11-23T09:00:00Z")
+    return [
+        (processor.Outcome, {"state": CustomerState("c1"), "duplicate": True,
+                             "unmatched_feedback": 3, "retired": True}),
+        (Firing, {"signals": frozenset({"login"}), "now": 1.5, "trigger_key": "k",
+                  "caused_by": ("e1",), "event": login, "noticed_at": 2.5,
+                  "time_driven": True, "stale": True, "previous_segment": "loyal"}),
+        (Action, {"action_id": "a", "type": "task", "customer_id": "c1", "rule_id": "r",
+                  "rule_version": 2, "created_at": "2026-11-23T09:00:00Z",
+                  "caused_by": ("e1",), "health_score": 0.5, "segment": "vip",
+                  "payload": {"k": 1}, "pack_version": 9}),
+        (Occurrence, {"due": 1.5, "key": "k", "context": {"x": 1}}),
+    ]
+
+
+@pytest.mark.parametrize(("cls", "values"), _written_out(),
+                         ids=lambda v: v.__name__ if isinstance(v, type) else "")
+def test_a_written_out_init_is_the_one_dataclasses_would_generate(
+        cls: type, values: dict[str, object]) -> None:
+    import dataclasses
+
+    fields = dataclasses.fields(cls)
+    init = [f for f in fields if f.init]
+    assert list(values) == [f.name for f in init]  # a field added must be taken too
+    for built in (cls(**values), cls(*values.values())):  # names, and their order
+        assert {name: getattr(built, name) for name in values} == values
+    required = {f.name: values[f.name] for f in init
+                if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING}
+    first, second = cls(**required), cls(**required)
+    for f in fields:
+        if f.name in required:
+            continue
+        if f.default_factory is not dataclasses.MISSING:
+            assert getattr(first, f.name) == f.default_factory(), f.name
+            assert getattr(first, f.name) is not getattr(second, f.name), f.name  # fresh
+        else:
+            assert getattr(first, f.name) == f.default, f.name
+
+
 @pytest.fixture
 def core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fake install: churnguard/core with every compiled module built (empty extension
