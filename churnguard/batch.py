@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import structlog
 
@@ -56,8 +56,7 @@ class RawRecord(Protocol):
     def timestamp_ms(self) -> int: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):  # several per event: a tuple is cheaper to build
     topic: str
     key: bytes | None
     value: bytes

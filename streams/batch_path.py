@@ -34,7 +34,7 @@ import enum
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import faust
 import structlog
@@ -56,9 +56,9 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """One fetched record of a source topic."""
+class SourceRecord(NamedTuple):
+    """One fetched record of a source topic (a tuple: built per record, a frozen dataclass
+    costs ~1 µs more per record)."""
 
     topic: str
     partition: int

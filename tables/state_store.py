@@ -40,8 +40,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 import rocksdict
@@ -63,9 +62,9 @@ _SURELY_FITS_MARGIN = 128
 _PARTITION_CACHE_SIZE = 200_000
 
 
-@dataclass(frozen=True, slots=True)
-class OutputRecord:
-    """A record to produce before the state it belongs to is written (action, DLQ...)."""
+class OutputRecord(NamedTuple):
+    """A record to produce before the state it belongs to is written (action, DLQ...). A
+    tuple: several per event, cheaper to build than a frozen dataclass."""
 
     topic: str
     key: bytes | None
