@@ -189,8 +189,8 @@ def _standing(
 
 def _segment_order(pack: RulePack) -> list[str]:
     """The pack's segments in the order its RFM table names them."""
-    names = [rule.segment for rule in pack.rfm.segments]
-    return list(dict.fromkeys([*names, pack.rfm.fallback_segment, PROSPECT]))
+    names = [rule.segment for rule in pack.spec.rfm.segments]
+    return list(dict.fromkeys([*names, pack.spec.rfm.fallback_segment, PROSPECT]))
 
 
 def compare(

@@ -36,7 +36,7 @@ from types import ModuleType
 # pack, specs and the rest: pydantic models, or cold code.
 COMPILED = (
     "clock", "guards", "outcomes", "processor", "rfm", "rules", "scoring", "state",
-    "triggers", "validation",
+    "thresholds", "triggers", "validation",
 )
 # The shared library of the compiled group (setup.py).
 GROUP = "churnguard_core"

@@ -34,7 +34,8 @@ from churnguard.core.conditions import (
     compile_condition,
     compile_variable,
 )
-from churnguard.core.rfm import PROSPECT
+from churnguard.core.rfm import PROSPECT, Rfm
+from churnguard.core.scoring import Scoring
 from churnguard.core.specs import (
     ActionCosts,
     AfterTrigger,
@@ -48,15 +49,12 @@ from churnguard.core.specs import (
     TicketOverdueTrigger,
     TimerTrigger,
 )
+from churnguard.core.thresholds import Metric, Threshold
 from churnguard.core.triggers import moved_by
 from schemas.events import MODEL_BY_TYPE, PERSONAL_FIELDS
 
 # Signals an event can raise (see processor.apply_event).
 Signal = Literal["purchase", "first_purchase", "login", "profile", "ticket_opened", "ticket_closed"]
-Metric = Literal[
-    "health_score", "lifetime_spend", "order_count", "logins_30d", "purchases_90d",
-    "open_tickets",
-]
 PRIORITIES = ("urgent", "high", "normal", "low")
 MAX_RULES = 500
 # The longest backfill horizon a pack may set: ten years.
@@ -104,10 +102,10 @@ class ThresholdTrigger(_Spec):
             raise ValueError("a threshold trigger needs exactly one of `below` or `at_least`")
         return self
 
-    def holds(self, value: float) -> bool:
-        if self.below is not None:
-            return value < self.below
-        return self.at_least is not None and value >= self.at_least
+    def compiled(self) -> Threshold:
+        """What the core reads (core/thresholds.py)."""
+        return Threshold(self.metric, self.below, self.at_least, self.once,
+                         float(self.grace_hours))
 
 
 class SegmentTrigger(_Spec):
@@ -310,6 +308,8 @@ class Rule:
     id: str = field(init=False)
     trigger: Trigger = field(init=False)
     kind: str = field(init=False)
+    # A threshold trigger as the compiled core reads it; None for the other kinds.
+    threshold: Threshold | None = field(init=False)
 
     def __post_init__(self) -> None:
         trigger = self.spec.trigger
@@ -318,6 +318,8 @@ class Rule:
         object.__setattr__(self, "id", self.spec.id)
         object.__setattr__(self, "trigger", trigger)
         object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "threshold", trigger.compiled()
+                           if isinstance(trigger, ThresholdTrigger) else None)
 
     @property
     def version(self) -> int:
@@ -338,9 +340,10 @@ class RulePack:
     spec: PackSpec
     rules: tuple[Rule, ...]  # enabled ones, in pack order
     tz: ZoneInfo
-    # The spec's, as plain attributes: read on the hot path.
-    scoring: ScoringSettings
-    rfm: RfmSettings
+    # The spec's, as plain attributes: read on the hot path (scoring and rfm as compiled
+    # classes; the spec's own are in `spec`).
+    scoring: Scoring
+    rfm: Rfm
     ticket_sla_hours: Mapping[str, float]
     guards: PackGuards
     kpis: KpiSettings
@@ -353,7 +356,7 @@ class RulePack:
     # Rules by the signal that fires them (event triggers) or may make them due (timers:
     # triggers.moved_by), and the ones metrics fire: evaluate visits only what can fire.
     by_signal: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
-    thresholds: tuple[tuple[Rule, ThresholdTrigger], ...] = ()
+    thresholds: tuple[tuple[Rule, Threshold], ...] = ()
     timers: tuple[tuple[Rule, TimerTrigger], ...] = ()
     segment_rules: tuple[Rule, ...] = ()
     # Signals some rule listens to, and the candidate rules per set of them and kind of
@@ -696,8 +699,8 @@ def _assemble(spec: PackSpec, rules: list[Rule]) -> RulePack:
         spec=spec,
         rules=enabled,
         tz=ZoneInfo(spec.timezone),
-        scoring=spec.scoring,
-        rfm=spec.rfm,
+        scoring=Scoring.of(spec.scoring),
+        rfm=Rfm.of(spec.rfm),
         ticket_sla_hours={str(k): v for k, v in spec.ticket_sla_hours.items()},
         guards=spec.guards,
         kpis=spec.kpis,
@@ -705,8 +708,7 @@ def _assemble(spec: PackSpec, rules: list[Rule]) -> RulePack:
         backfill_horizon=spec.backfill_horizon_hours * HOUR,
         retention=None if spec.retention_days is None else spec.retention_days * DAY,
         by_signal={signal: tuple(group) for signal, group in by_signal.items()},
-        thresholds=tuple((r, r.spec.trigger) for r in enabled
-                         if isinstance(r.spec.trigger, ThresholdTrigger)),
+        thresholds=tuple((r, r.threshold) for r in enabled if r.threshold is not None),
         timers=tuple((r, r.spec.trigger) for r in enabled
                      if isinstance(r.spec.trigger, TIMER_TRIGGERS)),
         segment_rules=tuple(r for r in enabled if isinstance(r.spec.trigger, SegmentTrigger)),

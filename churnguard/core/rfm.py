@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from churnguard.core.clock import DAY
-from churnguard.core.specs import RfmSettings, SegmentRule
+from churnguard.core.specs import RfmSettings
 from churnguard.core.state import SPEND_SCALE, CustomerState
 
 PROSPECT = "prospect"
-# Segment tables by the id of their segment list (which the entry keeps alive, so the id
-# is not reused): one per pack's RFM settings, a handful per process.
-_TABLES: dict[int, tuple[tuple[SegmentRule, ...], str, dict[tuple[int, int, int], str]]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Rfm:
+    """The pack's RFM settings (RfmSettings, validated) as the core reads them, a compiled
+    class (as core/scoring.Scoring), with every (R, F, M) to its segment: 125 entries,
+    looked up on every rescore. RulePack.rfm."""
+
+    # Days since the last purchase at most, lifetime orders and spend at least: grades 5..2.
+    recency_days: tuple[float, ...]
+    frequency_orders: tuple[int, ...]
+    monetary_spend: tuple[float, ...]
+    segments: dict[tuple[int, int, int], str]
+
+    @staticmethod
+    def of(settings: RfmSettings) -> Rfm:
+        grades = range(1, 6)
+        return Rfm(
+            tuple(map(float, settings.recency_days)), settings.frequency_orders,
+            tuple(map(float, settings.monetary_spend)),
+            {(r, f, m): _first_segment(r, f, m, settings)
+             for r in grades for f in grades for m in grades})
 
 
 def _grade(value: float, thresholds: Sequence[float], *, at_most: bool) -> int:
@@ -22,7 +42,7 @@ def _grade(value: float, thresholds: Sequence[float], *, at_most: bool) -> int:
     return 1
 
 
-def rfm_scores(state: CustomerState, now: float, cfg: RfmSettings) -> tuple[int, int, int] | None:
+def rfm_scores(state: CustomerState, now: float, cfg: Rfm) -> tuple[int, int, int] | None:
     """None for a customer who never purchased (no recency to grade)."""
     if state.last_purchase_at is None:
         return None
@@ -34,23 +54,11 @@ def rfm_scores(state: CustomerState, now: float, cfg: RfmSettings) -> tuple[int,
     )
 
 
-def segment_of(scores: tuple[int, int, int] | None, cfg: RfmSettings) -> str:
+def segment_of(scores: tuple[int, int, int] | None, cfg: Rfm) -> str:
     """The first segment rule whose R, F and M ranges all contain the scores."""
     if scores is None:
         return PROSPECT
-    return _segment_table(cfg)[scores]
-
-
-def _segment_table(cfg: RfmSettings) -> dict[tuple[int, int, int], str]:
-    """Every (R, F, M) to its segment: 125 entries, looked up on every rescore; built once
-    per segment list (kept by identity: a model_copy with new segments gets its own table)."""
-    found = _TABLES.get(id(cfg.segments))
-    if found is None or found[0] is not cfg.segments or found[1] != cfg.fallback_segment:
-        grades = range(1, 6)
-        found = _TABLES[id(cfg.segments)] = (cfg.segments, cfg.fallback_segment, {
-            (r, f, m): _first_segment(r, f, m, cfg)
-            for r in grades for f in grades for m in grades})
-    return found[2]
+    return cfg.segments[scores]
 
 
 def _first_segment(r: int, f: int, m: int, cfg: RfmSettings) -> str:

@@ -26,7 +26,6 @@ from churnguard.core.pack import (
     ActionTemplate,
     CouponSpec,
     EventTrigger,
-    Metric,
     NotificationSpec,
     ProfileUpdateSpec,
     Rule,
@@ -34,13 +33,12 @@ from churnguard.core.pack import (
     SegmentTrigger,
     SignalTrigger,
     TaskSpec,
-    ThresholdTrigger,
 )
+from churnguard.core.rfm import Rfm
 from churnguard.core.scoring import crossing_time
 from churnguard.core.specs import (
     AnniversaryTrigger,
     InactivityTrigger,
-    RfmSettings,
     TicketOverdueTrigger,
     TimerTrigger,
 )
@@ -50,6 +48,7 @@ from churnguard.core.state import (
     CustomerState,
     count_in_window,
 )
+from churnguard.core.thresholds import Metric, Threshold
 from churnguard.core.triggers import (
     Occurrence,
     begin_anniversaries,
@@ -370,7 +369,7 @@ def next_due_after_activity(
     return min(dues, default=None)
 
 
-def recency_grade_change(state: CustomerState, rfm: RfmSettings) -> float | None:
+def recency_grade_change(state: CustomerState, rfm: Rfm) -> float | None:
     """The first whole second after the clock at which the RFM recency grade drops (the only
     part of the segment that moves with time alone)."""
     if state.last_purchase_at is None:
@@ -420,7 +419,7 @@ def _fired(
             return []
         return [(firing.trigger_key, _event_context(pack, rule.trigger, firing))]
     if kind == "threshold":
-        trigger = cast(ThresholdTrigger, rule.trigger)
+        trigger = cast(Threshold, rule.threshold)
         if not _crossed(rule.id, trigger, state):
             return []
         if not firing.time_driven:
@@ -496,7 +495,7 @@ def _late(firing: Firing, due: float, grace_hours: float) -> bool:
     return noticed - due > grace_hours * HOUR
 
 
-def _crossed(rule_id: str, trigger: ThresholdTrigger, state: CustomerState) -> bool:
+def _crossed(rule_id: str, trigger: Threshold, state: CustomerState) -> bool:
     if trigger.once and rule_id in state.fired:
         return False
     holds = trigger.holds(metric_value(state, trigger.metric))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from churnguard.core.clock import DAY, HOUR, day_number
@@ -32,7 +33,30 @@ class Health(NamedTuple):
     service: float
 
 
-def recency_component(state: CustomerState, now: float, cfg: ScoringSettings) -> float:
+@dataclass(frozen=True, slots=True)
+class Scoring:
+    """The pack's scoring settings (ScoringSettings, validated) as the core reads them: a
+    compiled class, read at a fixed place (a pydantic model's field, read from compiled code,
+    is a lookup through its type and its dictionary: ~18 per event). RulePack.scoring."""
+
+    recency_weight: float
+    engagement_weight: float
+    service_weight: float
+    recency_full_days: float
+    recency_zero_days: float
+    engagement_window_days: int
+    engagement_points_per_login: float
+    satisfaction_sample: int
+    service_without_ratings: float
+    overdue_ticket_hours: float
+    overdue_ticket_penalty: float
+
+    @staticmethod
+    def of(settings: ScoringSettings) -> Scoring:
+        return Scoring(**settings.model_dump())
+
+
+def recency_component(state: CustomerState, now: float, cfg: Scoring) -> float:
     """100 up to `recency_full_days` since the last purchase, linear to 0 at `recency_zero_days`."""
     if state.last_purchase_at is None:
         return 0.0
@@ -45,12 +69,12 @@ def recency_component(state: CustomerState, now: float, cfg: ScoringSettings) ->
     return 100.0 * (cfg.recency_zero_days - age_days) / span
 
 
-def engagement_component(state: CustomerState, now: float, cfg: ScoringSettings) -> float:
+def engagement_component(state: CustomerState, now: float, cfg: Scoring) -> float:
     logins = count_in_window(state.login_days, day_number(now), cfg.engagement_window_days)
     return min(100.0, cfg.engagement_points_per_login * logins)
 
 
-def service_component(state: CustomerState, now: float, cfg: ScoringSettings) -> float:
+def service_component(state: CustomerState, now: float, cfg: Scoring) -> float:
     base = _service_base(state, cfg)
     if not state.open_tickets:
         return base
@@ -59,7 +83,7 @@ def service_component(state: CustomerState, now: float, cfg: ScoringSettings) ->
     return max(0.0, base - cfg.overdue_ticket_penalty * overdue)
 
 
-def health(state: CustomerState, now: float, cfg: ScoringSettings) -> Health:
+def health(state: CustomerState, now: float, cfg: Scoring) -> Health:
     recency = recency_component(state, now, cfg)
     engagement = engagement_component(state, now, cfg)
     service = service_component(state, now, cfg)
@@ -73,7 +97,7 @@ def health(state: CustomerState, now: float, cfg: ScoringSettings) -> Health:
 
 
 def crossing_time(
-    state: CustomerState, threshold: float, now: float, cfg: ScoringSettings
+    state: CustomerState, threshold: float, now: float, cfg: Scoring
 ) -> float | None:
     """The first whole second after `now` at which the score, with no new event, is below
     `threshold` — or None if it never gets there. Without events the score only falls:
@@ -130,14 +154,14 @@ def crossing_time(
     return None
 
 
-def _service_base(state: CustomerState, cfg: ScoringSettings) -> float:
+def _service_base(state: CustomerState, cfg: Scoring) -> float:
     recent = state.ratings[-cfg.satisfaction_sample :]
     if not recent:
         return cfg.service_without_ratings
     return sum((rating - 1) * 25.0 for _, rating in recent) / len(recent)
 
 
-def _confirm(state: CustomerState, threshold: float, moment: float, cfg: ScoringSettings) -> float:
+def _confirm(state: CustomerState, threshold: float, moment: float, cfg: Scoring) -> float:
     """The closed form is exact up to float rounding: step to the whole second that the
     rounded score really is below the threshold."""
     candidate = float(math.ceil(moment))

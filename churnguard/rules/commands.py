@@ -57,7 +57,7 @@ def _validate(path: Path) -> int:
     # Unreadable: one line, exit 2; invalid: every problem, exit 1 (churnguard.cli.main).
     pack = publishing.load_publishable_file(path)
     print(f"{path}: valid: {len(pack.spec.rules)} rules ({len(pack.rules)} enabled), "
-          f"{len(pack.rfm.segments)} segments, time zone {pack.spec.timezone}")
+          f"{len(pack.spec.rfm.segments)} segments, time zone {pack.spec.timezone}")
     return 0
 
 

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from churnguard.core.clock import DAY, HOUR, day_number
 from churnguard.core.scoring import (
+    Scoring,
     engagement_component,
     health,
     recency_component,
@@ -15,7 +16,13 @@ from churnguard.core.scoring import (
 from churnguard.core.specs import ScoringSettings
 from churnguard.core.state import OpenTicket
 
-CFG = ScoringSettings()
+
+def scoring(**settings: object) -> Scoring:
+    """Settings as a pack gives them to the core (validated, then RulePack.scoring)."""
+    return Scoring.of(ScoringSettings(**settings))
+
+
+CFG = scoring()
 
 
 # --- recency -------------------------------------------------------------------------------
@@ -56,7 +63,7 @@ def test_recency_of_a_purchase_stamped_after_now_is_full(state_factory, t0):
 
 
 def test_recency_follows_custom_full_and_zero_days(state_factory, t0):
-    cfg = ScoringSettings(recency_full_days=10, recency_zero_days=20)
+    cfg = scoring(recency_full_days=10, recency_zero_days=20)
     assert recency_component(state_factory(last_purchase_at=t0 - 10 * DAY), t0, cfg) == 100.0
     assert recency_component(state_factory(last_purchase_at=t0 - 15 * DAY), t0, cfg) == 50.0
     assert recency_component(state_factory(last_purchase_at=t0 - 20 * DAY), t0, cfg) == 0.0
@@ -101,7 +108,7 @@ def test_engagement_ignores_future_day_buckets(state_factory, t0):
 def test_engagement_window_and_points_are_configurable(state_factory, t0):
     today = day_number(t0)
     state = state_factory(login_days={today: 1, today - 6: 1, today - 7: 1})
-    cfg = ScoringSettings(engagement_window_days=7, engagement_points_per_login=25)
+    cfg = scoring(engagement_window_days=7, engagement_points_per_login=25)
     assert engagement_component(state, t0, cfg) == 50.0
 
 
@@ -192,9 +199,9 @@ def test_score_is_rounded_to_two_decimals(state_factory, t0):
 def test_custom_weights_change_the_score(state_factory, t0):
     today = day_number(t0)
     state = state_factory(last_purchase_at=t0 - DAY, login_days={today: 5})
-    cfg = ScoringSettings(recency_weight=0.5, engagement_weight=0.5, service_weight=0.0)
+    cfg = scoring(recency_weight=0.5, engagement_weight=0.5, service_weight=0.0)
     assert health(state, t0, cfg).score == 75.0
-    only_service = ScoringSettings(recency_weight=0, engagement_weight=0, service_weight=1)
+    only_service = scoring(recency_weight=0, engagement_weight=0, service_weight=1)
     assert health(state, t0, only_service).score == 80.0
 
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import pytest
 
 from churnguard.core.clock import DAY
-from churnguard.core.rfm import PROSPECT, rfm_scores, segment_of
+from churnguard.core.rfm import PROSPECT, Rfm, rfm_scores, segment_of
 from churnguard.core.specs import RfmSettings, SegmentRule
 from churnguard.core.state import SPEND_SCALE
 
-CFG = RfmSettings()
+
+def rfm(**settings: object) -> Rfm:
+    """Settings as a pack gives them to the core (validated, then RulePack.rfm)."""
+    return Rfm.of(RfmSettings(**settings))
+
+
+CFG = rfm()
 
 
 @pytest.fixture
@@ -91,7 +97,7 @@ def test_recency_grade_is_measured_at_the_given_now(customer, t0):
 
 
 def test_custom_thresholds(customer, t0):
-    cfg = RfmSettings(
+    cfg = rfm(
         recency_days=(1, 2, 3, 4),
         frequency_orders=(4, 3, 2, 1),
         monetary_spend=(40, 30, 20, 10),
@@ -104,7 +110,7 @@ def test_custom_thresholds(customer, t0):
 
 
 def test_custom_segments_first_match_wins_and_fallback(t0):
-    cfg = RfmSettings(
+    cfg = rfm(
         segments=(
             SegmentRule(segment="whale", m=(5, 5)),
             SegmentRule(segment="fresh", r=(5, 5)),

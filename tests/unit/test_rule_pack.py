@@ -493,7 +493,7 @@ def test_threshold_trigger_needs_exactly_one_bound(bounds):
 )
 def test_threshold_trigger_condition(bounds, value, holds):
     trigger = ThresholdTrigger(on="threshold", metric="lifetime_spend", **bounds)
-    assert trigger.holds(value) is holds
+    assert trigger.compiled().holds(value) is holds
 
 
 @pytest.mark.parametrize(("once", "fired"), [(True, 1), (False, 2)])

@@ -32,7 +32,7 @@ from streams.settings import Settings
 
 DEFAULT = default_pack_text()
 RULE_IDS = [rule.id for rule in default_pack().spec.rules]
-SEGMENTS = len(default_pack().rfm.segments)
+SEGMENTS = len(default_pack().spec.rfm.segments)
 SUMMARY = "churnguard: the rule pack is invalid ({} problem{}); fix the file"
 
 
