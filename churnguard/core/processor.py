@@ -220,7 +220,7 @@ def apply_event(
     )
     _settle(engine.pack, state, firing, evaluate(engine.pack, state, firing), outcome)
     # (A segment change alone moves no due: the segment rules it fires change memory.)
-    if (isinstance(event, _ACTIVITY) and state.first_purchase_at == first_purchase
+    if (type(event) in _ACTIVITY and state.first_purchase_at == first_purchase  # (as _apply)
             and (tuple(state.armed), len(state.deferred), len(state.episodes)) == memory):
         # Most events: a lower bound, cheap to keep (see next_due_after_activity). The
         # stored due is the running pack's (due_pack, checked above).
@@ -407,55 +407,57 @@ def _apply(
     """Fold the event into the state (order-insensitive where history matters)."""
     today = day_number(state.clock)
     day = day_number(occurred)
-    match event:
-        case Purchase():
-            signals = {"purchase"}
-            if state.first_purchase_at is None:
-                signals.add("first_purchase")
-            state.first_purchase_at = min(state.first_purchase_at or occurred, occurred)
-            state.last_purchase_at = max(state.last_purchase_at or occurred, occurred)
-            state.order_count += 1
-            state.spend_e4 += int(event.amount * SPEND_SCALE)
-            state.last_active_at = max(state.last_active_at or occurred, occurred)
-            state.purchase_days[day] = state.purchase_days.get(day, 0) + 1
-            prune(state.purchase_days, today, PURCHASE_WINDOW_DAYS)
-            outcome.outcome_records += on_purchase(
-                state, occurred, float(event.amount), event.coupon_code,
-                "first_purchase" in signals, engine.pack.kpis)
-            return frozenset(signals)
-        case Login():
-            state.last_active_at = max(state.last_active_at or occurred, occurred)
-            state.login_days[day] = state.login_days.get(day, 0) + 1
-            # Kept as long as the engagement window (configurable) needs them.
-            prune(state.login_days, today,
-                  max(LOGIN_WINDOW_DAYS, engine.pack.scoring.engagement_window_days))
-            return frozenset({"login"})
-        case Ticket():
-            return _apply_ticket(state, event, occurred, engine, outcome)
-        case Profile():
-            before = {"birthday": state.birthday, "signup_date": state.signup_date}
-            tags = set(state.tags)
-            _apply_profile(state, event)
-            changed = {name for name, value in before.items() if getattr(state, name) != value}
-            if changed:
-                start_anniversaries(engine.pack, state, changed)
-            now = set(state.tags)
-            return frozenset({"profile"} | {f"tag_added:{tag}" for tag in now - tags}
-                             | {f"tag_removed:{tag}" for tag in tags - now})
-        case Custom():
-            # Business-defined: no state of its own, only the rules listening to its name.
-            return frozenset({f"custom:{event.name}"})
-        case ActionFeedback():
-            records = on_feedback(state, event.action_id, event.status, occurred)
-            if records is None:
-                outcome.unmatched_feedback += 1
-            else:
-                outcome.outcome_records += records
-            return frozenset()
-        case Erasure():
-            # The callers forget the customer instead (batch.py, replay.py): nothing of an
-            # erased customer is folded into anything.
-            raise ValueError("an erasure is not applied to a state")
+    # Exact types, not a match on classes: isinstance of an event that is not one goes
+    # through pydantic's metaclass (ABCMeta's instance check), on every event.
+    if type(event) is Purchase:
+        signals = {"purchase"}
+        if state.first_purchase_at is None:
+            signals.add("first_purchase")
+        state.first_purchase_at = min(state.first_purchase_at or occurred, occurred)
+        state.last_purchase_at = max(state.last_purchase_at or occurred, occurred)
+        state.order_count += 1
+        state.spend_e4 += int(event.amount * SPEND_SCALE)
+        state.last_active_at = max(state.last_active_at or occurred, occurred)
+        state.purchase_days[day] = state.purchase_days.get(day, 0) + 1
+        prune(state.purchase_days, today, PURCHASE_WINDOW_DAYS)
+        outcome.outcome_records += on_purchase(
+            state, occurred, float(event.amount), event.coupon_code,
+            "first_purchase" in signals, engine.pack.kpis)
+        return frozenset(signals)
+    if type(event) is Login:
+        state.last_active_at = max(state.last_active_at or occurred, occurred)
+        state.login_days[day] = state.login_days.get(day, 0) + 1
+        # Kept as long as the engagement window (configurable) needs them.
+        prune(state.login_days, today,
+              max(LOGIN_WINDOW_DAYS, engine.pack.scoring.engagement_window_days))
+        return frozenset({"login"})
+    if type(event) is Ticket:
+        return _apply_ticket(state, event, occurred, engine, outcome)
+    if type(event) is Profile:
+        before = {"birthday": state.birthday, "signup_date": state.signup_date}
+        tags = set(state.tags)
+        _apply_profile(state, event)
+        changed = {name for name, value in before.items() if getattr(state, name) != value}
+        if changed:
+            start_anniversaries(engine.pack, state, changed)
+        now = set(state.tags)
+        return frozenset({"profile"} | {f"tag_added:{tag}" for tag in now - tags}
+                         | {f"tag_removed:{tag}" for tag in tags - now})
+    if type(event) is Custom:
+        # Business-defined: no state of its own, only the rules listening to its name.
+        return frozenset({f"custom:{event.name}"})
+    if type(event) is ActionFeedback:
+        records = on_feedback(state, event.action_id, event.status, occurred)
+        if records is None:
+            outcome.unmatched_feedback += 1
+        else:
+            outcome.outcome_records += records
+        return frozenset()
+    if type(event) is Erasure:
+        # The callers forget the customer instead (batch.py, replay.py): nothing of an
+        # erased customer is folded into anything.
+        raise ValueError("an erasure is not applied to a state")
+    raise TypeError(f"not an event type the core knows: {type(event).__name__}")
 
 
 def _apply_ticket(

@@ -357,7 +357,7 @@ def next_due_after_activity(
     else:
         dues = [bound]
     for rule, timer in pack.timers:
-        if isinstance(timer, InactivityTrigger):
+        if type(timer) is InactivityTrigger:  # (exact: see triggers.earliest_due)
             due = earliest_due(rule.id, timer, state, sla_hours=pack.ticket_sla_hours,
                                tz=pack.tz)
             if due is not None:

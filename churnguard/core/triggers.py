@@ -50,47 +50,47 @@ def pending(
     """The occurrences of this timer that have not fired yet; of the per-ticket ones only
     those due by `until` (their contexts are built, so an event pays for what is due)."""
     marks = state.marks
-    match trigger:
-        case AfterTrigger():
-            if state.first_purchase_at is None or rule_id in marks:
-                return []
-            return [Occurrence(state.first_purchase_at + trigger.days * DAY, rule_id)]
-        case AnniversaryTrigger():
-            text = getattr(state, trigger.date)
-            if text is None:
-                return []
-            if rule_id not in marks:
-                # A rule that came with a published pack after the date was set: its first
-                # occurrence is the next one from the customer's clock, as for a new date.
-                marks[rule_id] = str(_last_passed_year(
-                    date.fromisoformat(text), trigger, state.clock, tz))
-            year = int(marks[rule_id]) + 1
-            due = _anniversary_of(text, year, trigger.at, tz)
-            return [Occurrence(due, f"{rule_id}:{year}", {"anniversary.year": year})]
-        case InactivityTrigger():
-            if state.last_active_at is None:
-                return []
-            key = f"{rule_id}:{rfc3339(state.last_active_at)}"
-            if marks.get(rule_id) == key:
-                return []
-            return [Occurrence(state.last_active_at + trigger.days * DAY, key,
-                               {"inactivity.days": trigger.days})]
-        case TicketOverdueTrigger():
-            return [
-                Occurrence(
-                    ticket.opened_at + sla_hours[ticket.priority] * HOUR,
-                    ticket_mark(rule_id, ticket_id),
-                    {
-                        "ticket.ticket_id": ticket_id,
-                        "ticket.priority": ticket.priority,
-                        "ticket.opened_at": rfc3339(ticket.opened_at),
-                        "ticket.sla_hours": sla_hours[ticket.priority],
-                    },
-                )
-                for ticket_id, ticket in state.open_tickets.items()
-                if ticket.opened_at + sla_hours[ticket.priority] * HOUR <= until
-                and ticket_mark(rule_id, ticket_id) not in marks
-            ]
+    # Exact types, not isinstance (see earliest_due).
+    if type(trigger) is AfterTrigger:
+        if state.first_purchase_at is None or rule_id in marks:
+            return []
+        return [Occurrence(state.first_purchase_at + trigger.days * DAY, rule_id)]
+    if type(trigger) is AnniversaryTrigger:
+        text = getattr(state, trigger.date)
+        if text is None:
+            return []
+        if rule_id not in marks:
+            # A rule that came with a published pack after the date was set: its first
+            # occurrence is the next one from the customer's clock, as for a new date.
+            marks[rule_id] = str(_last_passed_year(
+                date.fromisoformat(text), trigger, state.clock, tz))
+        year = int(marks[rule_id]) + 1
+        due = _anniversary_of(text, year, trigger.at, tz)
+        return [Occurrence(due, f"{rule_id}:{year}", {"anniversary.year": year})]
+    if type(trigger) is InactivityTrigger:
+        if state.last_active_at is None:
+            return []
+        key = f"{rule_id}:{rfc3339(state.last_active_at)}"
+        if marks.get(rule_id) == key:
+            return []
+        return [Occurrence(state.last_active_at + trigger.days * DAY, key,
+                           {"inactivity.days": trigger.days})]
+    assert isinstance(trigger, TicketOverdueTrigger)
+    return [
+        Occurrence(
+            ticket.opened_at + sla_hours[ticket.priority] * HOUR,
+            ticket_mark(rule_id, ticket_id),
+            {
+                "ticket.ticket_id": ticket_id,
+                "ticket.priority": ticket.priority,
+                "ticket.opened_at": rfc3339(ticket.opened_at),
+                "ticket.sla_hours": sla_hours[ticket.priority],
+            },
+        )
+        for ticket_id, ticket in state.open_tickets.items()
+        if ticket.opened_at + sla_hours[ticket.priority] * HOUR <= until
+        and ticket_mark(rule_id, ticket_id) not in marks
+    ]
 
 
 def moved_by(trigger: TimerTrigger) -> frozenset[str]:
@@ -117,7 +117,9 @@ def earliest_due(
 ) -> float | None:
     """The due time of this timer's next unfired occurrence, without building occurrences:
     called after every event (state.next_due), so plain arithmetic."""
-    if isinstance(trigger, InactivityTrigger):
+    # Dispatched on exact types (the trigger models have no subclasses): isinstance of a
+    # model that is not one reads its __class__ through pydantic's attribute lookup.
+    if type(trigger) is InactivityTrigger:
         if state.last_active_at is None:
             return None
         due = state.last_active_at + trigger.days * DAY
@@ -127,18 +129,18 @@ def earliest_due(
         if marked is None or marked != f"{rule_id}:{rfc3339(state.last_active_at)}":
             return due
         return None
-    if isinstance(trigger, AfterTrigger):
+    if type(trigger) is AfterTrigger:
         if state.first_purchase_at is None or rule_id in state.marks:
             return None
         return state.first_purchase_at + trigger.days * DAY
-    if isinstance(trigger, AnniversaryTrigger):
+    if type(trigger) is AnniversaryTrigger:
         text = getattr(state, trigger.date)
         if text is None:
             return None
         year = state.marks.get(rule_id)
         if year is not None:  # else pending marks the year it starts from
             return _anniversary_of(text, int(year) + 1, trigger.at, tz)
-    elif isinstance(trigger, TicketOverdueTrigger):
+    elif type(trigger) is TicketOverdueTrigger:
         if not state.open_tickets:
             return None
         marks = state.marks
@@ -156,15 +158,16 @@ def earliest_due(
 
 def mark(rule_id: str, trigger: TimerTrigger, state: CustomerState, occurrence: Occurrence) -> None:
     """Remember a fired (or expired) occurrence so it never fires again."""
-    match trigger:
-        case AnniversaryTrigger():
-            state.marks[rule_id] = occurrence.key.rsplit(":", 1)[1]
-        case InactivityTrigger():
-            state.marks[rule_id] = occurrence.key
-        case AfterTrigger():
-            state.marks[rule_id] = "done"
-        case TicketOverdueTrigger():
-            state.marks[occurrence.key] = "done"
+    # Exact types, not isinstance (see earliest_due).
+    if type(trigger) is AnniversaryTrigger:
+        state.marks[rule_id] = occurrence.key.rsplit(":", 1)[1]
+    elif type(trigger) is InactivityTrigger:
+        state.marks[rule_id] = occurrence.key
+    elif type(trigger) is AfterTrigger:
+        state.marks[rule_id] = "done"
+    else:
+        assert isinstance(trigger, TicketOverdueTrigger)
+        state.marks[occurrence.key] = "done"
 
 
 def ticket_mark(rule_id: str, ticket_id: str) -> str:
