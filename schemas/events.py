@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 from zoneinfo import available_timezones
 
 import orjson
@@ -210,6 +211,13 @@ class _Event(BaseModel):
         # Set once validated, like a field (pydantic keeps fields in __dict__): a
         # cached_property took a lock and a Python call on its first read, ~1 µs per event.
         self.__dict__["at"] = self.occurred_at.timestamp()
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None,
+                   deep: bool = False) -> Self:
+        # A copy is not validated again: `at` follows an occurred_at it was given.
+        copied = super().model_copy(update=update, deep=deep)
+        copied.model_post_init(None)
+        return copied
 
 
 class Purchase(_Event):

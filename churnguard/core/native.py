@@ -35,7 +35,7 @@ from types import ModuleType
 # conditions (an int where a float is annotated is refused; lambdas have no __qualname__).
 # pack, specs and the rest: pydantic models, or cold code.
 COMPILED = (
-    "clock", "guards", "outcomes", "processor", "rfm", "rules", "scoring", "state",
+    "clock", "feedback", "guards", "outcomes", "processor", "rfm", "rules", "scoring", "state",
     "thresholds", "triggers", "validation",
 )
 # The shared library of the compiled group (setup.py).

@@ -104,8 +104,8 @@ class ThresholdTrigger(_Spec):
 
     def compiled(self) -> Threshold:
         """What the core reads (core/thresholds.py)."""
-        return Threshold(self.metric, self.below, self.at_least, self.once,
-                         float(self.grace_hours))
+        return Threshold(metric=self.metric, below=self.below, at_least=self.at_least,
+                         once=self.once, grace_hours=float(self.grace_hours))
 
 
 class SegmentTrigger(_Spec):

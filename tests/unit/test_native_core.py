@@ -85,25 +85,25 @@ def test_replay_gives_the_same_output_compiled(tmp_path: Path, args: list[str]) 
 
 
 @needs_compiled
-def test_call_counting_tests_run_against_the_reference() -> None:
-    """These count calls by patching module functions, which compiled modules call directly:
-    they run in the reference, in a process of their own."""
+def test_reference_only_tests_run_against_the_reference() -> None:
+    """These count calls by patching module functions, which compiled modules call directly,
+    or read signatures, which compiled functions lack: they run in the reference, in a
+    process of their own."""
     env = {**os.environ, native.PURE_ENV: "1"}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "tests/unit/test_due_bound.py",
          "tests/unit/test_state_bounds.py::"
-         "test_next_due_builds_no_occurrence_for_tickets_not_yet_due"],
+         "test_next_due_builds_no_occurrence_for_tickets_not_yet_due",
+         "tests/unit/test_native_core.py::"
+         "test_a_written_out_init_has_the_generated_signature"],
         check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:]
     assert " passed" in done.stdout, done.stdout[-500:]
     assert "skipped" not in done.stdout, done.stdout[-500:]
 
 
-SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
-
-
-def _written_out() -> list[tuple[type, dict[str, object]]]:
+def _written_out_samples() -> dict[type, dict[str, object]]:
     """The core's dataclasses whose __init__ is written out (compiled, the generated one
     runs as Python), with a value of the right type for each init field, none its default."""
     from churnguard.core.rules import Action, Firing
@@ -112,26 +112,46 @@ def _written_out() -> list[tuple[type, dict[str, object]]]:
     from schemas.events import Login
 
     login = Login(event_id="e1", customer_id="c1", occurred_at="2026-11-23T09:00:00Z")
-    return [
-        (processor.Outcome, {"state": CustomerState("c1"), "duplicate": True,
-                             "unmatched_feedback": 3, "retired": True}),
-        (Firing, {"signals": frozenset({"login"}), "now": 1.5, "trigger_key": "k",
-                  "caused_by": ("e1",), "event": login, "noticed_at": 2.5,
-                  "time_driven": True, "stale": True, "previous_segment": "loyal"}),
-        (Action, {"action_id": "a", "type": "task", "customer_id": "c1", "rule_id": "r",
-                  "rule_version": 2, "created_at": "2026-11-23T09:00:00Z",
-                  "caused_by": ("e1",), "health_score": 0.5, "segment": "vip",
-                  "payload": {"k": 1}, "pack_version": 9}),
-        (Occurrence, {"due": 1.5, "key": "k", "context": {"x": 1}}),
-    ]
+    return {
+        processor.Outcome: {"state": CustomerState("c1"), "duplicate": True,
+                            "unmatched_feedback": 3, "retired": True},
+        Firing: {"signals": frozenset({"login"}), "now": 1.5, "trigger_key": "k",
+                 "caused_by": ("e1",), "event": login, "noticed_at": 2.5,
+                 "time_driven": True, "stale": True, "previous_segment": "loyal"},
+        Action: {"action_id": "a", "type": "task", "customer_id": "c1", "rule_id": "r",
+                 "rule_version": 2, "created_at": "2026-11-23T09:00:00Z",
+                 "caused_by": ("e1",), "health_score": 0.5, "segment": "vip",
+                 "payload": {"k": 1}, "pack_version": 9},
+        Occurrence: {"due": 1.5, "key": "k", "context": {"x": 1}},
+    }
 
 
-@pytest.mark.parametrize(("cls", "values"), _written_out(),
-                         ids=lambda v: v.__name__ if isinstance(v, type) else "")
-def test_a_written_out_init_is_the_one_dataclasses_would_generate(
-        cls: type, values: dict[str, object]) -> None:
+def _generated(cls: type) -> bool:
+    """Whether a dataclass's __init__ is the one dataclasses generated (its code is compiled
+    from a string; a written-out one is a function of the module or, compiled, native)."""
+    code = getattr(cls.__dict__.get("__init__"), "__code__", None)
+    return code is not None and code.co_filename == "<string>"
+
+
+def test_every_written_out_init_is_checked() -> None:
+    import dataclasses
+    import importlib
+
+    found = set()
+    for name in native.COMPILED:
+        module = importlib.import_module(f"churnguard.core.{name}")
+        for value in vars(module).values():
+            if (isinstance(value, type) and value.__module__ == module.__name__
+                    and dataclasses.is_dataclass(value) and not _generated(value)):
+                found.add(value)
+    assert found == set(_written_out_samples())
+
+
+@pytest.mark.parametrize("cls", list(_written_out_samples()), ids=lambda c: c.__name__)
+def test_a_written_out_init_is_the_one_dataclasses_would_generate(cls: type) -> None:
     import dataclasses
 
+    values = _written_out_samples()[cls]
     fields = dataclasses.fields(cls)
     init = [f for f in fields if f.init]
     assert list(values) == [f.name for f in init]  # a field added must be taken too
@@ -140,15 +160,46 @@ def test_a_written_out_init_is_the_one_dataclasses_would_generate(
     required = {f.name: values[f.name] for f in init
                 if f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING}
-    first, second = cls(**required), cls(**required)
-    for f in fields:
-        if f.name in required:
-            continue
-        if f.default_factory is not dataclasses.MISSING:
-            assert getattr(first, f.name) == f.default_factory(), f.name
-            assert getattr(first, f.name) is not getattr(second, f.name), f.name  # fresh
+
+    def default(f: dataclasses.Field[object]) -> object:
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING \
+            else f.default
+
+    # Each optional argument alone: it lands in its own field, every other field keeps
+    # its default (of the same type: 0 is not False), a mutable one fresh per instance.
+    for alone in [None, *(f.name for f in init if f.name not in required)]:
+        given = required | ({} if alone is None else {alone: values[alone]})
+        first, second = cls(**given), cls(**given)
+        for f in fields:
+            got = getattr(first, f.name)
+            expected = given[f.name] if f.name in given else default(f)
+            assert (got, type(got)) == (expected, type(expected)), (alone, f.name)
+            if f.name not in given and f.default_factory is not dataclasses.MISSING:
+                assert got is not getattr(second, f.name), f.name
+
+
+@pytest.mark.skipif(COMPILED, reason="run in the Python reference by test_native_core.py "
+                    "(a compiled __init__ has no signature to read)")
+@pytest.mark.parametrize("cls", list(_written_out_samples()), ids=lambda c: c.__name__)
+def test_a_written_out_init_has_the_generated_signature(cls: type) -> None:
+    import dataclasses
+    import inspect
+
+    parameters = list(inspect.signature(cls).parameters.values())
+    init = [f for f in dataclasses.fields(cls) if f.init]
+    assert [p.name for p in parameters] == [f.name for f in init]
+    for parameter, f in zip(parameters, init, strict=True):
+        assert parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, f.name
+        if f.default is not dataclasses.MISSING:
+            assert (parameter.default, type(parameter.default)) == (f.default,
+                                                                    type(f.default))
+        elif f.default_factory is not dataclasses.MISSING:
+            assert parameter.default is None, f.name  # None: a fresh default_factory()
         else:
-            assert getattr(first, f.name) == f.default, f.name
+            assert parameter.default is inspect.Parameter.empty, f.name
+
+
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
 @pytest.fixture

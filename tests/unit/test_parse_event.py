@@ -307,3 +307,14 @@ def test_amount_over_a_billion_is_rejected(reject, raw_factory):
     rejected = reject(raw_factory("purchase", amount="1000000000.0001"))
     assert rejected.kind == "invalid_event"
     assert "amount" in rejected.reason
+
+
+# --- the epoch time every reader takes (`at`) ------------------------------------------------
+
+def test_an_events_epoch_time_is_its_occurred_at_also_in_a_copy():
+    event = Login(event_id="e1", customer_id="c1", occurred_at="2026-11-23T10:00:00+01:00")
+    assert event.at == datetime(2026, 11, 23, 9, tzinfo=UTC).timestamp()
+    later = datetime(2027, 1, 1, tzinfo=UTC)
+    assert event.model_copy(update={"occurred_at": later}).at == later.timestamp()
+    assert event.model_copy().at == event.at
+    assert "at" not in event.model_dump()  # not a field: never written anywhere
