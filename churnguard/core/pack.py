@@ -366,23 +366,9 @@ class RulePack:
     # are recomputed (processor.apply_event, the re-index), whatever the version number says
     # (a rules file edited and the worker restarted keeps version 0).
     fingerprint: int = 0
-    _candidates: dict[tuple[frozenset[str], bool], tuple[Rule, ...]] = field(
+    # Filled by rules.candidates (compiled: it runs for every evaluation).
+    candidates_by_signals: dict[tuple[frozenset[str], bool], tuple[Rule, ...]] = field(
         default_factory=dict)
-
-    def candidates(self, signals: frozenset[str], *, time_driven: bool) -> tuple[Rule, ...]:
-        """The rules that may fire for an evaluation with these signals, in pack order: the
-        threshold rules always; the timers when time brought the evaluation, else only those
-        an event of these signals may have made due (everything due up to the customer's
-        clock fired before the event was applied)."""
-        key = (signals & self.signals if signals else signals, time_driven)
-        found = self._candidates.get(key)
-        if found is None:
-            listening = {rule.order for signal in key[0] for rule in self.by_signal[signal]}
-            found = self._candidates[key] = tuple(
-                rule for rule in self.rules
-                if rule.order in listening or rule.kind == "threshold"
-                or (time_driven and rule.kind == "timer"))
-        return found
 
     @property
     def version(self) -> int:

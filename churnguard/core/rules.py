@@ -184,14 +184,31 @@ class Firing:
         self.winbacks = []
 
 
+def candidates(pack: RulePack, signals: frozenset[str], *,
+               time_driven: bool) -> tuple[Rule, ...]:
+    """The rules that may fire for an evaluation with these signals, in pack order: the
+    threshold rules always; the timers when time brought the evaluation, else only those
+    an event of these signals may have made due (everything due up to the customer's
+    clock fired before the event was applied). Kept per pack and set of signals."""
+    key = (signals & pack.signals if signals else signals, time_driven)
+    found = pack.candidates_by_signals.get(key)
+    if found is None:
+        listening = {rule.order for signal in key[0] for rule in pack.by_signal[signal]}
+        found = pack.candidates_by_signals[key] = tuple(
+            rule for rule in pack.rules
+            if rule.order in listening or rule.kind == "threshold"
+            or (time_driven and rule.kind == "timer"))
+    return found
+
+
 def evaluate(pack: RulePack, state: CustomerState, firing: Firing) -> list[Action]:
-    """Run the rules that may fire (pack.candidates) against the state after the event (or
+    """Run the rules that may fire (candidates) against the state after the event (or
     at a due time); update the rules' trigger memory and apply profile updates to `state` in
     place; return the actions in pack order. Timer occurrences found past their grace, and
     the firings of a stale event, are recorded in `firing.expired`; what the guards stop
     goes to `firing.suppressed`."""
     actions: list[Action] = []
-    for rule in pack.candidates(firing.signals, time_driven=firing.time_driven):
+    for rule in candidates(pack, firing.signals, time_driven=firing.time_driven):
         for trigger_key, extra in _fired(pack, rule, state, firing):
             # Conditions read the state live: a profile update earlier in the rule is seen.
             subject = Subject(state, firing.event, firing.now, pack.tz, extra)
