@@ -1,7 +1,7 @@
 """After an event that only adds activity, `state.next_due` is kept as a lower bound instead
 of being recomputed (processor.apply_event, rules.next_due_after_activity); timers' dues are
 plain arithmetic (triggers.earliest_due); an event evaluates only the rules it may fire
-(RulePack.candidates). The property: nothing is ever due before the stored bound, and a
+(rules.candidates). The property: nothing is ever due before the stored bound, and a
 customer fed any history (ticks at any moments, a pack published midway), gets exactly the
 actions, score records and outcome records it got when all three are switched off (the
 reference: every due recomputed exactly from the occurrences, every rule evaluated)."""
@@ -87,7 +87,7 @@ def _reference() -> ExitStack:
                                    _exact_after_activity))
     stack.enter_context(mock.patch("churnguard.core.rules.earliest_due",
                                    _due_from_occurrences))
-    stack.enter_context(mock.patch.object(RulePack, "candidates", _every_rule))
+    stack.enter_context(mock.patch("churnguard.core.rules.candidates", _every_rule))
     return stack
 
 
