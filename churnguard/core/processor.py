@@ -261,7 +261,7 @@ def _note_activity(state: CustomerState, event: Event, occurred: float,
                    noticed_at: float | None) -> None:
     """The event keeps the customer (retention), unless the customer did nothing in it: a
     delivery report, a task the company completed."""
-    if isinstance(event, ActionFeedback) and event.status not in _CUSTOMER_FEEDBACK:
+    if type(event) is ActionFeedback and event.status not in _CUSTOMER_FEEDBACK:  # (as _apply)
         return
     state.last_event_at = max(last_event(state), occurred)
     if noticed_at is not None:

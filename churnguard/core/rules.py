@@ -246,7 +246,7 @@ def _guarded(
     spec = template.spec
     if rule.spec.guards.transactional or not pack.guarded:
         return _build(pack, rule, template, subject, firing, trigger_key)
-    channel = _channel(spec.channel, state) if isinstance(spec, NotificationSpec) else None
+    channel = _channel(spec.channel, state) if type(spec) is NotificationSpec else None
     release = quiet_until(pack.guards, spec.type, state, firing.now, pack.tz)
     if (release is not None and len(state.deferred) >= MAX_DEFERRED) or capped(
             pack.guards, spec.type, channel, state, firing.now, sends_at=release):
@@ -401,14 +401,14 @@ def recency_grade_change(state: CustomerState, rfm: Rfm) -> float | None:
 def start_anniversaries(pack: RulePack, state: CustomerState, dates: set[str]) -> None:
     """Profile `dates` changed: their anniversaries fire from the customer's clock on."""
     for rule, trigger in pack.timers:
-        if isinstance(trigger, AnniversaryTrigger) and trigger.date in dates:
+        if type(trigger) is AnniversaryTrigger and trigger.date in dates:
             begin_anniversaries(rule.id, trigger, state, pack.tz)
 
 
 def forget_ticket_marks(pack: RulePack, state: CustomerState, ticket_id: str) -> None:
     """A closed ticket can no longer be overdue: drop its marks (state stays small)."""
     for rule, trigger in pack.timers:
-        if isinstance(trigger, TicketOverdueTrigger):
+        if type(trigger) is TicketOverdueTrigger:
             state.marks.pop(ticket_mark(rule.id, ticket_id), None)
 
 
@@ -491,9 +491,9 @@ def _arming_key(rule: Rule, state: CustomerState, key: str) -> str:
 
 def _event_context(pack: RulePack, trigger: Any, firing: Firing) -> dict[str, Any]:
     """The trigger fields (pack.trigger_fields) of an event-driven firing."""
-    if isinstance(trigger, SegmentTrigger):
+    if type(trigger) is SegmentTrigger:
         return {"segment.previous": firing.previous_segment}
-    if isinstance(trigger, SignalTrigger) and trigger.on in ("ticket_opened", "ticket_closed"):
+    if type(trigger) is SignalTrigger and trigger.on in ("ticket_opened", "ticket_closed"):
         event = firing.event
         # The promise runs from the ticket's own time, even when its event arrives late.
         priority = getattr(event, "priority", None) or "normal"
@@ -546,32 +546,33 @@ def _build(
     spec = template.spec
     ident = action_id(state.customer_id, rule.id, trigger_key, template.index)
     payload: dict[str, Any]
-    match spec:
-        case NotificationSpec():
-            payload = {
-                "template": spec.template,
-                "channel": _channel(spec.channel, state),
-                "variables": _resolve(template, subject),
-            }
-        case TaskSpec():
-            payload = {
-                "assignee": _assignee(pack, spec.assignee, state),
-                "priority": spec.priority,
-                "due_at": rfc3339(firing.now + spec.due_in_hours * HOUR),
-                "title": spec.title,
-            }
-            if spec.details:
-                payload["details"] = _resolve(template, subject)
-        case CouponSpec():
-            payload = {
-                "code": f"CG-{ident[:10].upper()}",
-                "value": spec.value,
-                "kind": spec.kind,
-                "expires_at": rfc3339(firing.now + spec.expires_in_days * DAY),
-            }
-        case ProfileUpdateSpec():
-            payload = {"set": dict(spec.set), "add_tags": list(spec.add_tags)}
-            _apply_profile_update(state, spec)
+    # Exact types, not a match on classes (see triggers.earliest_due).
+    if type(spec) is NotificationSpec:
+        payload = {
+            "template": spec.template,
+            "channel": _channel(spec.channel, state),
+            "variables": _resolve(template, subject),
+        }
+    elif type(spec) is TaskSpec:
+        payload = {
+            "assignee": _assignee(pack, spec.assignee, state),
+            "priority": spec.priority,
+            "due_at": rfc3339(firing.now + spec.due_in_hours * HOUR),
+            "title": spec.title,
+        }
+        if spec.details:
+            payload["details"] = _resolve(template, subject)
+    elif type(spec) is CouponSpec:
+        payload = {
+            "code": f"CG-{ident[:10].upper()}",
+            "value": spec.value,
+            "kind": spec.kind,
+            "expires_at": rfc3339(firing.now + spec.expires_in_days * DAY),
+        }
+    else:
+        assert type(spec) is ProfileUpdateSpec
+        payload = {"set": dict(spec.set), "add_tags": list(spec.add_tags)}
+        _apply_profile_update(state, spec)
     return Action(
         action_id=ident,
         type=spec.type,

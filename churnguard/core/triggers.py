@@ -75,7 +75,7 @@ def pending(
             return []
         return [Occurrence(state.last_active_at + trigger.days * DAY, key,
                            {"inactivity.days": trigger.days})]
-    assert isinstance(trigger, TicketOverdueTrigger)
+    assert type(trigger) is TicketOverdueTrigger
     return [
         Occurrence(
             ticket.opened_at + sla_hours[ticket.priority] * HOUR,
@@ -96,15 +96,15 @@ def pending(
 def moved_by(trigger: TimerTrigger) -> frozenset[str]:
     """The event signals (processor.apply_event) that change this timer's inputs: only
     these can make it due at an event, everything due before having fired already."""
-    match trigger:
-        case AfterTrigger():
-            return frozenset({"purchase"})  # a first, or an earlier (late) first purchase
-        case AnniversaryTrigger():
-            return frozenset({"profile"})
-        case InactivityTrigger():
-            return frozenset({"login", "purchase"})
-        case TicketOverdueTrigger():
-            return frozenset({"ticket_opened"})  # a late one can be overdue already
+    # Exact types, not a match on classes (see earliest_due).
+    if type(trigger) is AfterTrigger:
+        return frozenset({"purchase"})  # a first, or an earlier (late) first purchase
+    if type(trigger) is AnniversaryTrigger:
+        return frozenset({"profile"})
+    if type(trigger) is InactivityTrigger:
+        return frozenset({"login", "purchase"})
+    assert type(trigger) is TicketOverdueTrigger
+    return frozenset({"ticket_opened"})  # a late one can be overdue already
 
 
 def earliest_due(
@@ -166,7 +166,7 @@ def mark(rule_id: str, trigger: TimerTrigger, state: CustomerState, occurrence: 
     elif type(trigger) is AfterTrigger:
         state.marks[rule_id] = "done"
     else:
-        assert isinstance(trigger, TicketOverdueTrigger)
+        assert type(trigger) is TicketOverdueTrigger
         state.marks[occurrence.key] = "done"
 
 
