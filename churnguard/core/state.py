@@ -151,6 +151,77 @@ class CustomerState:
     # so advance need not recompute it before acting. A state just read does not know.
     _due_exact: bool = field(default=False, init=False, repr=False, compare=False)
 
+    # Written out, as core/processor.Outcome's: compiled, one per state decoded (the states
+    # the worker does not keep decoded: most of them, with many customers).
+    def __init__(
+            self, customer_id: str, clock: float = 0.0,
+            first_purchase_at: float | None = None, last_purchase_at: float | None = None,
+            last_active_at: float | None = None, order_count: int = 0, spend_e4: int = 0,
+            purchase_days: dict[int, int] | None = None,
+            login_days: dict[int, int] | None = None,
+            open_tickets: dict[str, OpenTicket] | None = None,
+            closed_tickets: list[str] | None = None,
+            ratings: list[tuple[float, int]] | None = None, birthday: str | None = None,
+            signup_date: str | None = None, tier: str = "standard",
+            account_manager: str | None = None, tags: list[str] | None = None,
+            has_email: bool = False, has_phone: bool = False, timezone: str | None = None,
+            region: str | None = None, score: float | None = None,
+            components: tuple[float, float, float] | None = None, segment: str | None = None,
+            rfm: tuple[int, int, int] | None = None,
+            score_trend: list[tuple[int, float]] | None = None,
+            fired: list[str] | None = None, marks: dict[str, str] | None = None,
+            next_due: float | None = None, due_pack: int = 0, armed: list[str] | None = None,
+            rule_fires: dict[str, tuple[int, float]] | None = None,
+            sent: list[tuple[float, str, str]] | None = None,
+            deferred: list[tuple[float, dict[str, Any]]] | None = None,
+            actions_log: list[LoggedAction] | None = None,
+            episodes: list[Episode] | None = None, seen: list[str] | None = None,
+            offsets: dict[str, int] | None = None, last_event_at: float | None = None,
+            last_noticed_at: float | None = None,
+    ) -> None:
+        self.customer_id = customer_id
+        self.clock = clock
+        self.first_purchase_at = first_purchase_at
+        self.last_purchase_at = last_purchase_at
+        self.last_active_at = last_active_at
+        self.order_count = order_count
+        self.spend_e4 = spend_e4
+        self.purchase_days = {} if purchase_days is None else purchase_days
+        self.login_days = {} if login_days is None else login_days
+        self.open_tickets = {} if open_tickets is None else open_tickets
+        self.closed_tickets = [] if closed_tickets is None else closed_tickets
+        self.ratings = [] if ratings is None else ratings
+        self.birthday = birthday
+        self.signup_date = signup_date
+        self.tier = tier
+        self.account_manager = account_manager
+        self.tags = [] if tags is None else tags
+        self.has_email = has_email
+        self.has_phone = has_phone
+        self.timezone = timezone
+        self.region = region
+        self.score = score
+        self.components = components
+        self.segment = segment
+        self.rfm = rfm
+        self.score_trend = [] if score_trend is None else score_trend
+        self.fired = [] if fired is None else fired
+        self.marks = {} if marks is None else marks
+        self.next_due = next_due
+        self.due_pack = due_pack
+        self.armed = [] if armed is None else armed
+        self.rule_fires = {} if rule_fires is None else rule_fires
+        self.sent = [] if sent is None else sent
+        self.deferred = [] if deferred is None else deferred
+        self.actions_log = [] if actions_log is None else actions_log
+        self.episodes = [] if episodes is None else episodes
+        self.seen = [] if seen is None else seen
+        self.offsets = {} if offsets is None else offsets
+        self.last_event_at = last_event_at
+        self.last_noticed_at = last_noticed_at
+        self._stored_log = None
+        self._due_exact = False
+
     @property
     def lifetime_spend(self) -> float:
         return self.spend_e4 / SPEND_SCALE

@@ -107,7 +107,7 @@ def _written_out_samples() -> dict[type, dict[str, object]]:
     """The core's dataclasses whose __init__ is written out (compiled, the generated one
     runs as Python), with a value of the right type for each init field, none its default."""
     from churnguard.core.rules import Action, Firing
-    from churnguard.core.state import CustomerState
+    from churnguard.core.state import CustomerState, Episode, LoggedAction, OpenTicket
     from churnguard.core.triggers import Occurrence
     from schemas.events import Login
 
@@ -123,6 +123,25 @@ def _written_out_samples() -> dict[type, dict[str, object]]:
                  "caused_by": ("e1",), "health_score": 0.5, "segment": "vip",
                  "payload": {"k": 1}, "pack_version": 9},
         Occurrence: {"due": 1.5, "key": "k", "context": {"x": 1}},
+        CustomerState: {
+            "customer_id": "c1", "clock": 5.5, "first_purchase_at": 1.5,
+            "last_purchase_at": 2.5, "last_active_at": 3.5, "order_count": 2, "spend_e4": 7,
+            "purchase_days": {1: 1}, "login_days": {2: 2},
+            "open_tickets": {"t1": OpenTicket(1.5, "high", "billing")},
+            "closed_tickets": ["t0"], "ratings": [(1.5, 4)], "birthday": "1990-04-17",
+            "signup_date": "2020-01-02", "tier": "vip", "account_manager": "am",
+            "tags": ["x"], "has_email": True, "has_phone": True, "timezone": "Europe/Paris",
+            "region": "EU", "score": 55.5, "components": (1.5, 2.5, 3.5),
+            "segment": "loyal", "rfm": (1, 2, 3), "score_trend": [(1, 2.5)],
+            "fired": ["r1"], "marks": {"r1": "done"}, "next_due": 9.5, "due_pack": 3,
+            "armed": ["r2"], "rule_fires": {"r3": (1, 2.5)},
+            "sent": [(1.5, "coupon", "email")], "deferred": [(2.5, {"a": 1})],
+            "actions_log": [LoggedAction("a" * 32, "task", "r", 1.5, "", "vip", "new",
+                                         "", "")],
+            "episodes": [Episode("r", "treated", 1.5, 2.5, 60.5, "vip", "new", "", "",
+                                 ["a" * 32])],
+            "seen": ["e1"], "offsets": {"events": 4}, "last_event_at": 4.5,
+            "last_noticed_at": 6.5},
     }
 
 
