@@ -85,6 +85,10 @@ class ChaosConfig:
     timeout_s: float = 900.0
     broker: str | None = None  # kafka:// URL of a running broker instead of the embedded one
     apache_kafka: bool = False  # the running broker is Apache Kafka: no Tansu workarounds
+    # The workers' consumer session (and rebalance) timeout: on the embedded broker a
+    # restarted worker's join waits for the killed one's session to expire. Not an option
+    # of the command (6 s there); the tests shorten it.
+    session_timeout_s: float = 6.0
 
 
 @dataclass
@@ -216,7 +220,7 @@ def _run(
     name = f"chaos-{config.seed}-{int(time.time() * 1000) % 10**9}"
     deployment = Deployment.create(
         broker_url=url, tmp=tmp, name=name, partitions=config.partitions, pinned=pinned,
-        embedded_broker=not config.apache_kafka,
+        embedded_broker=not config.apache_kafka, session_timeout_s=config.session_timeout_s,
     )
     values = [v for _, v in generate(config.events, config.customers, days=config.days,
                                      seed=config.seed, end=end)]

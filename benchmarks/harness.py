@@ -85,6 +85,7 @@ class Deployment:
         embedded_broker: bool = True,
         tick_interval_s: float = 0.2,
         commit_interval_s: float = 0.5,
+        session_timeout_s: float = 6.0,
     ) -> Deployment:
         tmp.mkdir(parents=True, exist_ok=True)
         clock_file = tmp / "clock"
@@ -105,8 +106,8 @@ class Deployment:
             rules_file=rules_file,
             tick_interval_s=tick_interval_s,
             commit_interval_s=commit_interval_s,
-            session_timeout_s=6.0,
-            rebalance_timeout_s=6.0,
+            session_timeout_s=session_timeout_s,
+            rebalance_timeout_s=session_timeout_s,
             log_level="info",
             web_port=0,
         )

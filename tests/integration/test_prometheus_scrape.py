@@ -185,17 +185,18 @@ class Prometheus:
 
 @contextlib.contextmanager
 def running_prometheus(tmp: Path, worker_port: int | None = None, *,
-                       jobs: dict[str, list[str]] | None = None) -> Iterator[Prometheus]:
-    """Prometheus 2.42 scraping every second, with docker/alerts.yaml: the worker on
-    `worker_port` (job `churnguard`), or the `jobs` given (job name -> targets; shared with
-    tests/integration/test_connectors_prometheus.py)."""
+                       jobs: dict[str, list[str]] | None = None,
+                       scrape_interval: str = "1s") -> Iterator[Prometheus]:
+    """Prometheus 2.42 scraping every `scrape_interval` (timeout the same), with
+    docker/alerts.yaml: the worker on `worker_port` (job `churnguard`), or the `jobs` given
+    (job name -> targets; shared with tests/integration/test_connectors_prometheus.py)."""
     if jobs is None:
         assert worker_port is not None
         jobs = {"churnguard": [f"127.0.0.1:{worker_port}"]}
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "prometheus.yml"
     config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
+        "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval,
                    "evaluation_interval": "1s"},
         "rule_files": [str(ALERTS)],
         "scrape_configs": [{"job_name": name, "static_configs": [{"targets": targets}]}
@@ -229,8 +230,11 @@ def running_prometheus(tmp: Path, worker_port: int | None = None, *,
 
 
 RATE = 20.0  # events per second
-DURATION_S = 20.0
-WINDOW_S = 15.0  # rate(...[15s])
+# A scrape every 0.5 s lets a 10 s rate() window measure as closely as a 15 s one with a
+# scrape a second (see the error estimate below), and the producer runs 13 s instead of 20.
+SCRAPE_S = 0.5
+DURATION_S = 13.0
+WINDOW_S = 10.0  # rate(...[10s])
 
 
 @pytest.mark.skipif(not PROMETHEUS.exists(), reason=(
@@ -244,7 +248,8 @@ def test_prometheus_scrapes_lag_and_event_rate_of_a_worker(
     wait_for("ready", lambda: _get(f"http://127.0.0.1:{port}/ready")[0] == 200)
     events = pipeline.topics.events
 
-    with running_prometheus(tmp_path / "prometheus", port) as prometheus:
+    with running_prometheus(tmp_path / "prometheus", port,
+                            scrape_interval=f"{SCRAPE_S * 1000:.0f}ms") as prometheus:
         wait_for("the worker scraped", lambda: prometheus.value(
             'up{job="churnguard"}') == 1.0, timeout=30)
 
@@ -284,13 +289,15 @@ def test_prometheus_scrapes_lag_and_event_rate_of_a_worker(
             6 * pipeline.settings.partitions  # the six input topics
 
         # The event rate inside the production window, against what was sent in that same
-        # window. rate() over 15 s uses the first and last samples in it (~14 s apart, one
-        # scrape a second) and extrapolates to the window: each end can be off by what the
-        # worker had not yet counted at that scrape (a batch in hand, well under a second:
-        # RATE events at most) plus one scrape interval of timing, so 2 x 1 s of 15 s
-        # ≈ 13 %; 25 % leaves room for a loaded 2-core CI machine, and still tells a
-        # correct rate from a wrong unit, a double count or a per-partition value.
-        for at in (start_wall + 16.0, start_wall + 19.0):
+        # window. rate() over 10 s uses the first and last samples in it (~9.5 s apart, a
+        # scrape every 0.5 s) and extrapolates to the window: each end can be off by what
+        # the worker had not yet counted at that scrape (a batch in hand, well under the
+        # 0.5 s: RATE / 2 events at most) plus one scrape interval of timing, so
+        # 2 x 0.5 s of 10 s ≈ 10 % (13 % with 15 s and a scrape a second); 25 % leaves
+        # room for a loaded 2-core CI machine, and still tells a correct rate from a wrong
+        # unit, a double count or a per-partition value. Both moments have a whole window
+        # inside the production (the first second after its start, the last before its end).
+        for at in (start_wall + WINDOW_S + 1.0, start_wall + DURATION_S - 1.0):
             produced = sum(1 for t in sent_at if at - WINDOW_S < t <= at) / WINDOW_S
             assert produced == pytest.approx(RATE, rel=0.1)
             measured = prometheus.value(
