@@ -359,14 +359,15 @@ class RulePack:
     thresholds: tuple[tuple[Rule, Threshold], ...] = ()
     timers: tuple[tuple[Rule, TimerTrigger], ...] = ()
     segment_rules: tuple[Rule, ...] = ()
-    # Signals some rule listens to, and the candidate rules per set of them and kind of
-    # evaluation (filled lazily; the sets are bounded by the pack's own triggers).
+    # Signals some rule listens to.
     signals: frozenset[str] = frozenset()
     # The content's identity (the spec's digest, 63 bits): dues computed under another pack
     # are recomputed (processor.apply_event, the re-index), whatever the version number says
     # (a rules file edited and the worker restarted keeps version 0).
     fingerprint: int = 0
-    # Filled by rules.candidates (compiled: it runs for every evaluation).
+    # The candidate rules per set of signals and kind of evaluation, filled lazily by
+    # rules.candidates (compiled: it runs for every evaluation); the sets are bounded by the
+    # pack's own triggers.
     candidates_by_signals: dict[tuple[frozenset[str], bool], tuple[Rule, ...]] = field(
         default_factory=dict)
 

@@ -498,7 +498,7 @@ def _event_context(pack: RulePack, trigger: Any, firing: Firing) -> dict[str, An
         # The promise runs from the ticket's own time, even when its event arrives late.
         priority = getattr(event, "priority", None) or "normal"
         hours = pack.ticket_sla_hours[priority]
-        opened = event.occurred_at.timestamp() if event is not None else firing.now  # type: ignore[attr-defined]
+        opened = event.at if event is not None else firing.now  # type: ignore[attr-defined]
         return {
             "ticket.priority": priority,
             "ticket.expected_resolution_hours": hours,
